@@ -1,0 +1,209 @@
+package data
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"unicode/utf8"
+)
+
+// Message is one turn of a conversation.
+type Message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+// Example is one preference pair.
+//
+// Which fields are set depends on the dataset's [Layout]:
+//   - Standard and ImplicitPrompt: Prompt, Chosen and Rejected. Chosen and
+//     Rejected hold only the completions (the prompt is split off for
+//     ImplicitPrompt).
+//   - Conversational: PromptMessages, ChosenMessages and RejectedMessages;
+//     Prompt also holds the file's prompt when it was a plain string.
+//   - Tokenized: PromptIDs, ChosenIDs and RejectedIDs.
+//
+// The pointer fields are nil when the column is absent or the value is null.
+type Example struct {
+	Row int64 // 0-based row index in the file (line index for JSONL)
+
+	Prompt, Chosen, Rejected string
+
+	PromptMessages, ChosenMessages, RejectedMessages []Message
+
+	PromptIDs, ChosenIDs, RejectedIDs []int64
+
+	RefChosenLogps, RefRejectedLogps *float64
+	Margin                           *float64
+}
+
+// Layout is the shape of a preference dataset.
+type Layout int
+
+// The layouts of DESIGN.md; see the package documentation.
+const (
+	Standard Layout = iota
+	ImplicitPrompt
+	Conversational
+	Tokenized
+)
+
+// String returns the layout's name as used in messages.
+func (l Layout) String() string {
+	switch l {
+	case Standard:
+		return "standard"
+	case ImplicitPrompt:
+		return "implicit prompt"
+	case Conversational:
+		return "conversational"
+	case Tokenized:
+		return "pre-tokenized"
+	}
+	return fmt.Sprintf("Layout(%d)", int(l))
+}
+
+// Canonical field names (TRL's column names). They are the keys of
+// [Options.Columns].
+const (
+	FieldPrompt           = "prompt"
+	FieldChosen           = "chosen"
+	FieldRejected         = "rejected"
+	FieldPromptIDs        = "prompt_input_ids"
+	FieldChosenIDs        = "chosen_input_ids"
+	FieldRejectedIDs      = "rejected_input_ids"
+	FieldMargin           = "margin"
+	FieldRefChosenLogps   = "ref_chosen_logps"
+	FieldRefRejectedLogps = "ref_rejected_logps"
+)
+
+var canonicalFields = []string{
+	FieldPrompt, FieldChosen, FieldRejected,
+	FieldPromptIDs, FieldChosenIDs, FieldRejectedIDs,
+	FieldMargin, FieldRefChosenLogps, FieldRefRejectedLogps,
+}
+
+// Options controls how a dataset is read.
+type Options struct {
+	// Columns maps canonical field names (prompt, chosen, rejected,
+	// prompt_input_ids, chosen_input_ids, rejected_input_ids, margin,
+	// ref_chosen_logps, ref_rejected_logps) to the file's column names,
+	// e.g. {"prompt": "question", "chosen": "good", "rejected": "bad"}.
+	// Unmapped fields use their canonical name.
+	Columns map[string]string
+
+	// Strict makes a null prompt, chosen or rejected value an error instead
+	// of a skipped row.
+	Strict bool
+}
+
+// ParseColumns parses a --columns flag value of the form
+// "prompt=question,chosen=good,rejected=bad" into an [Options.Columns] map.
+func ParseColumns(s string) (map[string]string, error) {
+	m := map[string]string{}
+	if strings.TrimSpace(s) == "" {
+		return m, nil
+	}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if !ok || k == "" || v == "" {
+			return nil, fmt.Errorf("--columns: %q is not FIELD=COLUMN", kv)
+		}
+		if !slices.Contains(canonicalFields, k) {
+			return nil, fmt.Errorf("--columns: unknown field %q (fields: %s)", k, strings.Join(canonicalFields, ", "))
+		}
+		if _, dup := m[k]; dup {
+			return nil, fmt.Errorf("--columns: field %q given twice", k)
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+// resolveColumns returns canonical field -> column name, validating the keys.
+func resolveColumns(o Options) (map[string]string, error) {
+	names := make(map[string]string, len(canonicalFields))
+	for _, f := range canonicalFields {
+		names[f] = f
+	}
+	for k, v := range o.Columns {
+		if !slices.Contains(canonicalFields, k) {
+			return nil, fmt.Errorf("column mapping: unknown field %q (fields: %s)", k, strings.Join(canonicalFields, ", "))
+		}
+		if v == "" {
+			return nil, fmt.Errorf("column mapping: empty column name for field %q", k)
+		}
+		names[k] = v
+	}
+	return names, nil
+}
+
+// SkippedRow is a row left out because a required value was null.
+type SkippedRow struct {
+	Row    int64  // 0-based row index in the file
+	Column string // the file's column, with a message or list index when the null is inside a list, e.g. "chosen[1].content"
+}
+
+// String formats the skipped row for a warning.
+func (s SkippedRow) String() string {
+	return fmt.Sprintf("row %d: null in column %q", s.Row, s.Column)
+}
+
+// assistantMarker separates turns in Anthropic HH-RLHF transcripts.
+const assistantMarker = "\n\nAssistant:"
+
+// SplitImplicitPrompt splits the prompt off two completions that share it,
+// returning the prompt and the remaining completions.
+//
+// The rule: let P be the longest common prefix of chosen and rejected (cut at
+// a UTF-8 character boundary). If P contains "\n\nAssistant:" (the Anthropic
+// HH-RLHF transcript format), the prompt is P up to and including the last
+// such marker, so the completions start with the space after it. Otherwise
+// the prompt is P, except that a space ending P is left to the completions
+// (TRL's extract_prompt rule).
+func SplitImplicitPrompt(chosen, rejected string) (prompt, chosenRest, rejectedRest string) {
+	n := 0
+	for n < len(chosen) && n < len(rejected) && chosen[n] == rejected[n] {
+		n++
+	}
+	for n > 0 && n < len(chosen) && !utf8.RuneStart(chosen[n]) {
+		n--
+	}
+	p := chosen[:n]
+	if i := strings.LastIndex(p, assistantMarker); i >= 0 {
+		n = i + len(assistantMarker)
+	} else if strings.HasSuffix(p, " ") {
+		n--
+	}
+	return chosen[:n], chosen[n:], rejected[n:]
+}
+
+// SplitConversation separates the prompt messages from chosen and rejected
+// message lists.
+//
+//   - If promptMsgs is non-empty it is the prompt; when both chosen and
+//     rejected repeat it as their leading messages, those are removed.
+//   - Otherwise the prompt is the leading messages shared by chosen and
+//     rejected (never their last message), and chosen and rejected keep the
+//     rest; this is UltraFeedback-binarized, where chosen and rejected repeat
+//     the user turn. If they share nothing and promptText is not empty, the
+//     prompt is a single user message holding promptText.
+func SplitConversation(promptText string, promptMsgs, chosen, rejected []Message) (prompt, chosenRest, rejectedRest []Message) {
+	if len(promptMsgs) > 0 {
+		n := len(promptMsgs)
+		if len(chosen) > n && len(rejected) > n &&
+			slices.Equal(chosen[:n], promptMsgs) && slices.Equal(rejected[:n], promptMsgs) {
+			return promptMsgs, chosen[n:], rejected[n:]
+		}
+		return promptMsgs, chosen, rejected
+	}
+	n := 0
+	for n < len(chosen)-1 && n < len(rejected)-1 && chosen[n] == rejected[n] {
+		n++
+	}
+	if n == 0 && promptText != "" {
+		return []Message{{Role: "user", Content: promptText}}, chosen, rejected
+	}
+	return chosen[:n:n], chosen[n:], rejected[n:]
+}

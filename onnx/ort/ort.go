@@ -1,0 +1,380 @@
+// Package ort is ortalign's binding to ONNX Runtime: it finds and loads the shared
+// library, and wraps onnxruntime_go sessions so that callers feed and fetch plain Go
+// slices. It owns the only process-wide state of the project, the ORT environment.
+package ort
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+
+	ortgo "github.com/yalue/onnxruntime_go"
+)
+
+// LibEnv is the environment variable that names the ONNX Runtime shared library.
+const LibEnv = "ORTALIGN_ORT_LIB"
+
+// libName is the file name the setup step installs (from onnxruntime-node@1.24.1).
+const libName = "libonnxruntime.so.1"
+
+// setupDir is where scripts/setup-ort.sh puts the library, relative to the repository root.
+const setupDir = "third_party/ort"
+
+// ErrLibraryNotFound is returned when no ONNX Runtime library can be located.
+var ErrLibraryNotFound = errors.New("ONNX Runtime library not found")
+
+var (
+	initMu   sync.Mutex
+	initLib  string
+	initDone bool
+)
+
+// FindLibrary returns the path of the ONNX Runtime shared library, looking in order at
+// explicit (the --ort-lib flag), $ORTALIGN_ORT_LIB, next to the running binary, and the
+// setup folder (third_party/ort) of the enclosing source checkout.
+func FindLibrary(explicit string) (string, error) {
+	if explicit != "" {
+		if err := checkFile(explicit); err != nil {
+			return "", fmt.Errorf("--ort-lib %s: %w", explicit, err)
+		}
+		return explicit, nil
+	}
+	if p := os.Getenv(LibEnv); p != "" {
+		if err := checkFile(p); err != nil {
+			return "", fmt.Errorf("%s=%s: %w", LibEnv, p, err)
+		}
+		return p, nil
+	}
+	var tried []string
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), libName)
+		tried = append(tried, p)
+		if checkFile(p) == nil {
+			return p, nil
+		}
+	}
+	for _, start := range startDirs() {
+		for dir := start; ; dir = filepath.Dir(dir) {
+			p := filepath.Join(dir, setupDir, libName)
+			if checkFile(p) == nil {
+				return p, nil
+			}
+			if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+				tried = append(tried, p)
+				break
+			}
+			if filepath.Dir(dir) == dir {
+				break
+			}
+		}
+	}
+	return "", fmt.Errorf("%w (tried --ort-lib, $%s, %v): run `make setup` (scripts/setup-ort.sh fetches it from npm onnxruntime-node@1.24.1) or pass --ort-lib PATH",
+		ErrLibraryNotFound, LibEnv, tried)
+}
+
+func startDirs() []string {
+	var dirs []string
+	if wd, err := os.Getwd(); err == nil {
+		dirs = append(dirs, wd)
+	}
+	if exe, err := os.Executable(); err == nil {
+		dirs = append(dirs, filepath.Dir(exe))
+	}
+	return dirs
+}
+
+func checkFile(p string) error {
+	st, err := os.Stat(p)
+	if err != nil {
+		return err
+	}
+	if st.IsDir() {
+		return fmt.Errorf("is a directory")
+	}
+	return nil
+}
+
+// Init loads the ONNX Runtime library (found with FindLibrary(explicit)) and creates the
+// environment. It is safe to call more than once; later calls are no-ops, and asking for
+// a different library after the first load is an error.
+func Init(explicit string) error {
+	initMu.Lock()
+	defer initMu.Unlock()
+	if initDone {
+		if explicit != "" && explicit != initLib {
+			return fmt.Errorf("ONNX Runtime already loaded from %s; cannot switch to %s", initLib, explicit)
+		}
+		return nil
+	}
+	lib, err := FindLibrary(explicit)
+	if err != nil {
+		return err
+	}
+	ortgo.SetSharedLibraryPath(lib)
+	if err := ortgo.InitializeEnvironment(ortgo.WithLogLevelError()); err != nil {
+		return fmt.Errorf("load ONNX Runtime %s: %w (expected onnxruntime 1.24.x for linux-x64; run `make setup`)", lib, err)
+	}
+	initLib, initDone = lib, true
+	return nil
+}
+
+// Version returns the loaded ONNX Runtime version string.
+func Version() string { return ortgo.GetVersion() }
+
+// Options configures a session.
+type Options struct {
+	// Threads is the intra-op thread count; 0 means all cores.
+	Threads int
+	// DisableOptimizations turns graph optimizations off (useful to compare numerics).
+	DisableOptimizations bool
+}
+
+// Session is an ONNX Runtime inference session with fixed input and output names.
+type Session struct {
+	sess    *ortgo.DynamicAdvancedSession
+	inputs  []ortgo.InputOutputInfo
+	outputs []ortgo.InputOutputInfo
+	inIdx   map[string]int
+	outIdx  map[string]int
+}
+
+// Info describes a session input or output.
+type Info struct {
+	Name     string
+	Dims     []int64 // -1 for dynamic dimensions
+	DataType string
+}
+
+// NewSession creates a session from a serialized model. When outputs is nil, all model
+// outputs are fetched.
+func NewSession(model []byte, outputs []string, o Options) (*Session, error) {
+	return newSession(model, "", outputs, o)
+}
+
+// NewSessionFromFile creates a session from a model file (external data is resolved
+// relative to it).
+func NewSessionFromFile(path string, outputs []string, o Options) (*Session, error) {
+	return newSession(nil, path, outputs, o)
+}
+
+func newSession(model []byte, path string, outputs []string, o Options) (*Session, error) {
+	if err := Init(""); err != nil {
+		return nil, err
+	}
+	opts, err := ortgo.NewSessionOptions()
+	if err != nil {
+		return nil, fmt.Errorf("session options: %w", err)
+	}
+	defer opts.Destroy()
+	threads := o.Threads
+	if threads <= 0 {
+		threads = runtime.NumCPU()
+	}
+	if err := opts.SetIntraOpNumThreads(threads); err != nil {
+		return nil, fmt.Errorf("set intra-op threads: %w", err)
+	}
+	if err := opts.SetInterOpNumThreads(1); err != nil {
+		return nil, fmt.Errorf("set inter-op threads: %w", err)
+	}
+	if o.DisableOptimizations {
+		if err := opts.SetGraphOptimizationLevel(ortgo.GraphOptimizationLevelDisableAll); err != nil {
+			return nil, err
+		}
+	}
+	var ins, outs []ortgo.InputOutputInfo
+	if path != "" {
+		ins, outs, err = ortgo.GetInputOutputInfoWithOptions(path, opts)
+	} else {
+		ins, outs, err = ortgo.GetInputOutputInfoWithONNXData(model)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read model inputs/outputs: %w", err)
+	}
+	s := &Session{inputs: ins, inIdx: map[string]int{}, outIdx: map[string]int{}}
+	byName := map[string]ortgo.InputOutputInfo{}
+	for _, out := range outs {
+		byName[out.Name] = out
+	}
+	if outputs == nil {
+		s.outputs = outs
+	} else {
+		for _, name := range outputs {
+			info, ok := byName[name]
+			if !ok {
+				return nil, fmt.Errorf("model has no output %q", name)
+			}
+			s.outputs = append(s.outputs, info)
+		}
+	}
+	inNames := make([]string, len(s.inputs))
+	for i, in := range s.inputs {
+		inNames[i] = in.Name
+		s.inIdx[in.Name] = i
+	}
+	outNames := make([]string, len(s.outputs))
+	for i, out := range s.outputs {
+		outNames[i] = out.Name
+		s.outIdx[out.Name] = i
+	}
+	if path != "" {
+		s.sess, err = ortgo.NewDynamicAdvancedSession(path, inNames, outNames, opts)
+	} else {
+		s.sess, err = ortgo.NewDynamicAdvancedSessionWithONNXData(model, inNames, outNames, opts)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create ONNX Runtime session: %w", err)
+	}
+	return s, nil
+}
+
+// Inputs describes the session's inputs.
+func (s *Session) Inputs() []Info { return infos(s.inputs) }
+
+// Outputs describes the session's fetched outputs.
+func (s *Session) Outputs() []Info { return infos(s.outputs) }
+
+// HasInput reports whether the model has an input of that name.
+func (s *Session) HasInput(name string) bool { _, ok := s.inIdx[name]; return ok }
+
+func infos(in []ortgo.InputOutputInfo) []Info {
+	out := make([]Info, len(in))
+	for i, x := range in {
+		out[i] = Info{Name: x.Name, Dims: append([]int64(nil), x.Dimensions...), DataType: x.DataType.String()}
+	}
+	return out
+}
+
+// Destroy releases the session.
+func (s *Session) Destroy() {
+	if s.sess != nil {
+		s.sess.Destroy()
+		s.sess = nil
+	}
+}
+
+// Tensor is a Go-owned tensor: exactly one of F32, F64, I64 holds the data.
+type Tensor struct {
+	Shape []int64
+	F32   []float32
+	F64   []float64
+	I64   []int64
+}
+
+func (t *Tensor) value() (ortgo.Value, error) {
+	shape := ortgo.NewShape(t.Shape...)
+	switch {
+	case t.F32 != nil:
+		if len(t.Shape) == 0 {
+			return ortgo.NewScalar(t.F32[0])
+		}
+		return ortgo.NewTensor(shape, t.F32)
+	case t.F64 != nil:
+		if len(t.Shape) == 0 {
+			return ortgo.NewScalar(t.F64[0])
+		}
+		return ortgo.NewTensor(shape, t.F64)
+	case t.I64 != nil:
+		if len(t.Shape) == 0 {
+			return ortgo.NewScalar(t.I64[0])
+		}
+		return ortgo.NewTensor(shape, t.I64)
+	}
+	return nil, fmt.Errorf("tensor with shape %v has no data", t.Shape)
+}
+
+// Run feeds the named inputs and returns the fetched outputs by name. Inputs missing
+// from in are an error. into optionally supplies Go buffers that ORT writes the named
+// outputs into directly (their shape must be exact); they are returned as given.
+// Scalar outputs are pre-allocated because onnxruntime_go cannot wrap 0-d ORT outputs.
+func (s *Session) Run(in map[string]*Tensor, into map[string]*Tensor) (map[string]*Tensor, error) {
+	inputs := make([]ortgo.Value, len(s.inputs))
+	var owned []ortgo.Value
+	defer func() {
+		for _, v := range owned {
+			v.Destroy()
+		}
+	}()
+	for i, info := range s.inputs {
+		t, ok := in[info.Name]
+		if !ok {
+			return nil, fmt.Errorf("missing input %q", info.Name)
+		}
+		v, err := t.value()
+		if err != nil {
+			return nil, fmt.Errorf("input %q: %w", info.Name, err)
+		}
+		owned = append(owned, v)
+		inputs[i] = v
+	}
+	outputs := make([]ortgo.Value, len(s.outputs))
+	for i, info := range s.outputs {
+		if t, ok := into[info.Name]; ok {
+			v, err := t.value()
+			if err != nil {
+				return nil, fmt.Errorf("output buffer %q: %w", info.Name, err)
+			}
+			owned = append(owned, v)
+			outputs[i] = v
+			continue
+		}
+		if len(info.Dimensions) == 0 {
+			var v ortgo.Value
+			var err error
+			switch info.DataType {
+			case ortgo.TensorElementDataTypeFloat:
+				v, err = ortgo.NewEmptyScalar[float32]()
+			case ortgo.TensorElementDataTypeDouble:
+				v, err = ortgo.NewEmptyScalar[float64]()
+			case ortgo.TensorElementDataTypeInt64:
+				v, err = ortgo.NewEmptyScalar[int64]()
+			default:
+				return nil, fmt.Errorf("output %q: unsupported scalar type %s", info.Name, info.DataType)
+			}
+			if err != nil {
+				return nil, err
+			}
+			owned = append(owned, v)
+			outputs[i] = v
+		}
+	}
+	if err := s.sess.Run(inputs, outputs); err != nil {
+		return nil, fmt.Errorf("run: %w", err)
+	}
+	res := make(map[string]*Tensor, len(outputs))
+	for i, info := range s.outputs {
+		if t, ok := into[info.Name]; ok {
+			res[info.Name] = t
+			continue
+		}
+		t, err := toTensor(outputs[i])
+		if len(info.Dimensions) != 0 {
+			outputs[i].Destroy() // ORT allocated it; the scalar ones are in owned
+		}
+		if err != nil {
+			return nil, fmt.Errorf("output %q: %w", info.Name, err)
+		}
+		res[info.Name] = t
+	}
+	return res, nil
+}
+
+func toTensor(v ortgo.Value) (*Tensor, error) {
+	switch x := v.(type) {
+	case *ortgo.Tensor[float32]:
+		return &Tensor{Shape: x.GetShape().Clone(), F32: append([]float32(nil), x.GetData()...)}, nil
+	case *ortgo.Tensor[float64]:
+		return &Tensor{Shape: x.GetShape().Clone(), F64: append([]float64(nil), x.GetData()...)}, nil
+	case *ortgo.Tensor[int64]:
+		return &Tensor{Shape: x.GetShape().Clone(), I64: append([]int64(nil), x.GetData()...)}, nil
+	case *ortgo.Scalar[float32]:
+		return &Tensor{Shape: []int64{}, F32: []float32{x.GetData()}}, nil
+	case *ortgo.Scalar[float64]:
+		return &Tensor{Shape: []int64{}, F64: []float64{x.GetData()}}, nil
+	case *ortgo.Scalar[int64]:
+		return &Tensor{Shape: []int64{}, I64: []int64{x.GetData()}}, nil
+	}
+	return nil, fmt.Errorf("unsupported output value type %T", v)
+}
