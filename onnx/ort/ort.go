@@ -26,6 +26,9 @@ const setupDir = "third_party/ort"
 // ErrLibraryNotFound is returned when no ONNX Runtime library can be located.
 var ErrLibraryNotFound = errors.New("ONNX Runtime library not found")
 
+// howToGet tells the user how to obtain the library.
+const howToGet = "run `make setup` (scripts/setup-ort.sh fetches it from npm onnxruntime-node@1.24.1) or pass --ort-lib PATH"
+
 var (
 	initMu   sync.Mutex
 	initLib  string
@@ -38,13 +41,13 @@ var (
 func FindLibrary(explicit string) (string, error) {
 	if explicit != "" {
 		if err := checkFile(explicit); err != nil {
-			return "", fmt.Errorf("--ort-lib %s: %w", explicit, err)
+			return "", fmt.Errorf("--ort-lib %s: %w: %s", explicit, err, howToGet)
 		}
 		return explicit, nil
 	}
 	if p := os.Getenv(LibEnv); p != "" {
 		if err := checkFile(p); err != nil {
-			return "", fmt.Errorf("%s=%s: %w", LibEnv, p, err)
+			return "", fmt.Errorf("%s=%s: %w: %s", LibEnv, p, err, howToGet)
 		}
 		return p, nil
 	}
@@ -71,8 +74,7 @@ func FindLibrary(explicit string) (string, error) {
 			}
 		}
 	}
-	return "", fmt.Errorf("%w (tried --ort-lib, $%s, %v): run `make setup` (scripts/setup-ort.sh fetches it from npm onnxruntime-node@1.24.1) or pass --ort-lib PATH",
-		ErrLibraryNotFound, LibEnv, tried)
+	return "", fmt.Errorf("%w (tried --ort-lib, $%s, %v): %s", ErrLibraryNotFound, LibEnv, tried, howToGet)
 }
 
 func startDirs() []string {

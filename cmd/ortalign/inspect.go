@@ -1,0 +1,77 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"ortalign/onnx"
+)
+
+func newInspectCmd(_ *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:     "inspect MODEL.onnx",
+		Short:   "Show a model's inputs, outputs, opsets, parameter count and op histogram",
+		Example: `  ortalign inspect testdata/models/llama_opset17.onnx`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := onnx.Load(args[0])
+			if err != nil {
+				return err
+			}
+			printSummary(cmd.OutOrStdout(), args[0], onnx.Summary(m))
+			return nil
+		},
+	}
+}
+
+func printSummary(w io.Writer, path string, s onnx.ModelSummary) {
+	fmt.Fprintf(w, "model:      %s\n", path)
+	fmt.Fprintf(w, "producer:   %s %s (IR version %d)\n", s.ProducerName, s.ProducerVersion, s.IRVersion)
+	var opsets []string
+	for _, o := range s.Opsets {
+		d := o.Domain
+		if d == "" {
+			d = "ai.onnx"
+		}
+		opsets = append(opsets, fmt.Sprintf("%s %d", d, o.Version))
+	}
+	fmt.Fprintf(w, "opsets:     %s\n", strings.Join(opsets, ", "))
+	fmt.Fprintf(w, "parameters: %d in %d initializers (%.1f MB)\n", s.ParamCount, s.Initializers, float64(s.ParamBytes)/1e6)
+	fmt.Fprintln(w, "inputs:")
+	for _, v := range s.Inputs {
+		fmt.Fprintf(w, "  %-24s %s %s\n", v.Name, v.ElemType, dimsString(v.Dims))
+	}
+	fmt.Fprintln(w, "outputs:")
+	for _, v := range s.Outputs {
+		fmt.Fprintf(w, "  %-24s %s %s\n", v.Name, v.ElemType, dimsString(v.Dims))
+	}
+	fmt.Fprintf(w, "ops (%d nodes):\n", s.Nodes)
+	ops := make([]string, 0, len(s.OpHistogram))
+	for op := range s.OpHistogram {
+		ops = append(ops, op)
+	}
+	sort.Slice(ops, func(i, j int) bool {
+		if s.OpHistogram[ops[i]] != s.OpHistogram[ops[j]] {
+			return s.OpHistogram[ops[i]] > s.OpHistogram[ops[j]]
+		}
+		return ops[i] < ops[j]
+	})
+	for _, op := range ops {
+		fmt.Fprintf(w, "  %-24s %d\n", op, s.OpHistogram[op])
+	}
+}
+
+func dimsString(dims []onnx.Dim) string {
+	if dims == nil {
+		return "[?]"
+	}
+	parts := make([]string, len(dims))
+	for i, d := range dims {
+		parts[i] = d.String()
+	}
+	return "[" + strings.Join(parts, ", ") + "]"
+}

@@ -1,0 +1,290 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"ortalign/data"
+	"ortalign/pipeline"
+	"ortalign/tokenize"
+)
+
+// scoreOptions are the flags of `ortalign score`.
+type scoreOptions struct {
+	*globalOptions
+	model, ref, dataPath, tokenizer, out string
+	columns                              string
+	beta                                 float64
+	batchSize, maxLength                 int
+	truncation                           string
+	strict                               bool
+	shard                                string
+}
+
+func newScoreCmd(g *globalOptions) *cobra.Command {
+	o := &scoreOptions{globalOptions: g}
+	cmd := &cobra.Command{
+		Use:   "score --model M.onnx --data D.parquet --out S.parquet",
+		Short: "Score preference pairs: completion log-probs, implicit rewards and margins",
+		Long: `score computes, for every preference pair, the summed log-probs of the chosen and
+rejected completions under the policy model and, with --ref (or ref_chosen_logps /
+ref_rejected_logps columns in the data), the implicit rewards beta·(policy − reference)
+and their margin, as TRL defines them. One output row per input row, in input order;
+rows that could not be scored (null fields, prompt longer than --max-length) have null
+scores.`,
+		Example: `  ortalign score --model policy.onnx --ref ref.onnx --data pairs.parquet \
+      --tokenizer tokenizer.json --out scores.parquet
+  ortalign score --model model.onnx --data tokenized.parquet --out scores.jsonl --shard 0/4`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runScore(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.model, "model", "", "policy model (ONNX causal LM with input_ids and logits)")
+	f.StringVar(&o.ref, "ref", "", "reference model; default: ref_*_logps columns of the data, if any")
+	f.StringVar(&o.dataPath, "data", "", "preference pairs (.parquet or .jsonl) in a TRL layout")
+	f.StringVar(&o.tokenizer, "tokenizer", "", "HuggingFace tokenizer.json (needed for text datasets)")
+	f.StringVar(&o.out, "out", "", "output file, .parquet or .jsonl")
+	f.StringVar(&o.columns, "columns", "", "column mapping, e.g. prompt=question,chosen=good,rejected=bad")
+	f.Float64Var(&o.beta, "beta", 0.1, "scale of the implicit rewards")
+	f.IntVar(&o.batchSize, "batch-size", 8, "pairs per forward pass")
+	f.IntVar(&o.maxLength, "max-length", 1024, "maximum tokens of prompt+completion (0 = no limit)")
+	f.StringVar(&o.truncation, "truncation", "keep_end", "how to truncate long sequences: keep_start or keep_end")
+	f.BoolVar(&o.strict, "strict", false, "fail on rows with null prompt/chosen/rejected instead of skipping them")
+	f.StringVar(&o.shard, "shard", "", "score only shard i of N (i/N, over Parquet row groups)")
+	for _, name := range []string{"model", "data", "out"} {
+		_ = cmd.MarkFlagRequired(name)
+	}
+	return cmd
+}
+
+func (o *scoreOptions) validate() error {
+	if o.batchSize <= 0 {
+		return fmt.Errorf("--batch-size must be positive, got %d", o.batchSize)
+	}
+	if o.maxLength < 0 {
+		return fmt.Errorf("--max-length must be >= 0, got %d", o.maxLength)
+	}
+	if o.truncation != "keep_start" && o.truncation != "keep_end" {
+		return fmt.Errorf("--truncation must be keep_start or keep_end, got %q", o.truncation)
+	}
+	if o.beta <= 0 {
+		return fmt.Errorf("--beta must be positive, got %g", o.beta)
+	}
+	if !strings.HasSuffix(o.out, ".parquet") && !strings.HasSuffix(o.out, ".jsonl") {
+		return fmt.Errorf("--out %s: use a .parquet or .jsonl file name", o.out)
+	}
+	return nil
+}
+
+// parseShard reads "i/N".
+func parseShard(s string) (i, n int, err error) {
+	if s == "" {
+		return 0, 1, nil
+	}
+	a, b, ok := strings.Cut(s, "/")
+	if ok {
+		i, err = strconv.Atoi(a)
+		if err == nil {
+			n, err = strconv.Atoi(b)
+		}
+	}
+	if !ok || err != nil || n <= 0 || i < 0 || i >= n {
+		return 0, 0, fmt.Errorf("--shard %q: want i/N with 0 <= i < N", s)
+	}
+	return i, n, nil
+}
+
+// readShard reads the examples of one shard (all of them by default).
+func readShard(d *data.Dataset, shard, shards int) ([]data.Example, []data.SkippedRow, error) {
+	if shards == 1 {
+		return d.ReadAll()
+	}
+	var ex []data.Example
+	var skipped []data.SkippedRow
+	for g := shard; g < d.NumRowGroups(); g += shards {
+		e, s, err := d.ReadRowGroup(g)
+		if err != nil {
+			return nil, nil, err
+		}
+		ex, skipped = append(ex, e...), append(skipped, s...)
+	}
+	return ex, skipped, nil
+}
+
+func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) error {
+	if err := o.validate(); err != nil {
+		return err
+	}
+	shard, shards, err := parseShard(o.shard)
+	if err != nil {
+		return err
+	}
+	cols, err := data.ParseColumns(o.columns)
+	if err != nil {
+		return fmt.Errorf("--columns: %w", err)
+	}
+	ds, err := data.Open(o.dataPath, data.Options{Columns: cols, Strict: o.strict})
+	if err != nil {
+		return err
+	}
+	defer ds.Close()
+	var tok *tokenize.Tokenizer
+	if o.tokenizer != "" {
+		if tok, err = tokenize.Load(o.tokenizer); err != nil {
+			return err
+		}
+	}
+	examples, skipped, err := readShard(ds, shard, shards)
+	if err != nil {
+		return err
+	}
+	for _, s := range skipped {
+		fmt.Fprintf(stderr, "warning: %s: skipped %s\n", o.dataPath, s)
+	}
+	if err := o.initORT(); err != nil {
+		return err
+	}
+	mo := pipeline.ModelOptions{Threads: o.threads, PadID: padID(tok)}
+	policy, err := pipeline.LoadLogProbModel(o.model, mo)
+	if err != nil {
+		return err
+	}
+	defer policy.Close()
+	var ref *pipeline.LogProbModel
+	if o.ref != "" {
+		if ref, err = pipeline.LoadLogProbModel(o.ref, mo); err != nil {
+			return err
+		}
+		defer ref.Close()
+		if ref.VocabSize() != policy.VocabSize() {
+			return fmt.Errorf("--ref %s has vocabulary %d but --model %s has %d", o.ref, ref.VocabSize(), o.model, policy.VocabSize())
+		}
+	}
+	if err := pipeline.CheckTokenizerFits(tok, policy.VocabSize()); err != nil {
+		return fmt.Errorf("--tokenizer %s, --model %s: %w", o.tokenizer, o.model, err)
+	}
+	pairs, stats, err := pipeline.EncodePairs(o.dataPath, ds.Layout, examples, tok, pipeline.EncodeConfig{MaxLength: o.maxLength, Truncation: o.truncation}, policy.VocabSize())
+	if err != nil {
+		return err
+	}
+	if stats.BoundaryMismatches > 0 {
+		fmt.Fprintf(stderr, "warning: %d pairs: the prompt's tokens are not a prefix of prompt+completion's tokens (the boundary was kept at the prompt's length, as TRL does)\n", stats.BoundaryMismatches)
+	}
+	for _, r := range stats.DroppedRows {
+		fmt.Fprintf(stderr, "warning: %s: row %d: prompt alone fills --max-length %d; dropped\n", o.dataPath, r, o.maxLength)
+	}
+	progress := pipeline.NewProgress(stderr, "score", "pairs")
+	scores, sum, err := pipeline.ScorePairs(ctx, policy, ref, pairs, pipeline.ScoreConfig{Beta: o.beta, BatchSize: o.batchSize, Progress: progress})
+	if err != nil {
+		return err
+	}
+	if err := writeScores(o.out, ds.Layout, examples, skipped, pairs, scores, sum.HasRef); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "scored %d pairs from %s (%s layout) -> %s\n", sum.Pairs, o.dataPath, ds.Layout, o.out)
+	fmt.Fprintf(stdout, "  skipped (null fields): %d, dropped (prompt > max length): %d, truncated: %d\n", len(skipped), stats.Dropped, stats.Truncated)
+	if sum.HasRef {
+		fmt.Fprintf(stdout, "  reward accuracy: %.1f%%   mean margin: %.4f   (beta %g)\n", 100*sum.RewardAccuracy, sum.MeanMargin, o.beta)
+	} else {
+		fmt.Fprintf(stdout, "  chosen log-prob > rejected: %.1f%% (no reference: pass --ref for rewards)\n", 100*sum.RewardAccuracy)
+	}
+	fmt.Fprintf(stdout, "  %d tokens in %.2fs: %.0f tokens/s\n", sum.Tokens, sum.Elapsed.Seconds(), sum.TokensPerSecond())
+	return nil
+}
+
+func padID(tok *tokenize.Tokenizer) int64 {
+	if tok == nil {
+		return 0
+	}
+	if id, ok := tok.PAD(); ok {
+		return int64(id)
+	}
+	if id, ok := tok.EOS(); ok {
+		return int64(id)
+	}
+	return 0
+}
+
+// writeScores writes one row per input row, in file order: the input's own columns,
+// then the scores (null where the row was skipped or dropped).
+func writeScores(path string, layout data.Layout, examples []data.Example, skipped []data.SkippedRow, pairs []pipeline.EncodedPair, scores []pipeline.PairScore, hasRef bool) error {
+	var cols []data.Column
+	if layout == data.Tokenized {
+		cols = []data.Column{{Name: "prompt_input_ids", Kind: data.Int64List}, {Name: "chosen_input_ids", Kind: data.Int64List}, {Name: "rejected_input_ids", Kind: data.Int64List}}
+	} else {
+		cols = []data.Column{{Name: "prompt", Kind: data.String}, {Name: "chosen", Kind: data.String}, {Name: "rejected", Kind: data.String}}
+	}
+	cols = append(cols,
+		data.Column{Name: "chosen_logps", Kind: data.Float64}, data.Column{Name: "rejected_logps", Kind: data.Float64},
+		data.Column{Name: "chosen_tokens", Kind: data.Int64}, data.Column{Name: "rejected_tokens", Kind: data.Int64})
+	if hasRef {
+		for _, n := range []string{"ref_chosen_logps", "ref_rejected_logps", "rewards_chosen", "rewards_rejected", "margin"} {
+			cols = append(cols, data.Column{Name: n, Kind: data.Float64})
+		}
+	}
+	byRow := map[int64]int{} // file row -> index in scores
+	for i, p := range pairs {
+		byRow[p.Row] = i
+	}
+	type outRow struct {
+		row int64
+		ex  *data.Example
+	}
+	rows := make([]outRow, 0, len(examples)+len(skipped))
+	for i := range examples {
+		rows = append(rows, outRow{row: examples[i].Row, ex: &examples[i]})
+	}
+	seen := map[int64]bool{}
+	for _, s := range skipped {
+		if !seen[s.Row] {
+			seen[s.Row] = true
+			rows = append(rows, outRow{row: s.Row})
+		}
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].row < rows[j].row })
+
+	w, err := data.Create(path, cols)
+	if err != nil {
+		return err
+	}
+	defer w.Abort()
+	for _, r := range rows {
+		vals := make([]any, 0, len(cols))
+		switch {
+		case r.ex == nil:
+			vals = append(vals, nil, nil, nil)
+		case layout == data.Tokenized:
+			vals = append(vals, r.ex.PromptIDs, r.ex.ChosenIDs, r.ex.RejectedIDs)
+		default:
+			vals = append(vals, r.ex.Prompt, r.ex.Chosen, r.ex.Rejected)
+		}
+		i, ok := byRow[r.row]
+		if !ok || r.ex == nil {
+			for len(vals) < len(cols) {
+				vals = append(vals, nil)
+			}
+		} else {
+			s := scores[i]
+			vals = append(vals, s.ChosenLogps, s.RejectedLogps, int64(s.ChosenTokens), int64(s.RejectedTokens))
+			if hasRef {
+				vals = append(vals, s.RefChosenLogps, s.RefRejectedLogps, s.RewardsChosen, s.RewardsRejected, s.Margin)
+			}
+		}
+		if err := w.Write(vals...); err != nil {
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}

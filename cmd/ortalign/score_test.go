@@ -1,0 +1,223 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"ortalign/data"
+)
+
+const (
+	tinyModel = "../../testdata/models/gpt2_opset17.onnx"
+	tinyRef   = "../../testdata/models/llama_opset17.onnx"
+	tinyTok   = "../../testdata/tokenizer/tokenizer.json"
+	tinyData  = "../../testdata/data/test.parquet"
+)
+
+// TestMain lets a test run the real command in a subprocess (for process-wide failures
+// such as a missing ONNX Runtime library): ORTALIGN_TEST_MAIN=1 runs main() instead.
+func TestMain(m *testing.M) {
+	if os.Getenv("ORTALIGN_TEST_MAIN") == "1" {
+		os.Args = append([]string{"ortalign"}, strings.Fields(os.Getenv("ORTALIGN_TEST_ARGS"))...)
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func scoreOpts(dataPath, out string) *scoreOptions {
+	return &scoreOptions{
+		globalOptions: &globalOptions{threads: 1},
+		model:         tinyModel, dataPath: dataPath, tokenizer: tinyTok, out: out,
+		beta: 0.1, batchSize: 4, maxLength: 128, truncation: "keep_end",
+	}
+}
+
+// writePairs writes a standard-layout Parquet file; a nil string is a null.
+func writePairs(t *testing.T, rows [][3]*string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "pairs.parquet")
+	cols := []data.Column{{Name: "prompt", Kind: data.String}, {Name: "chosen", Kind: data.String}, {Name: "rejected", Kind: data.String}}
+	var vals [][]any
+	for _, r := range rows {
+		vals = append(vals, []any{r[0], r[1], r[2]})
+	}
+	if err := data.WriteFile(p, cols, vals); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func s(v string) *string { return &v }
+
+func TestScoreWritesOneRowPerInputInOrder(t *testing.T) {
+	in := writePairs(t, [][3]*string{
+		{s("Review: fine.\nSentiment:"), s(" good"), s(" bad")},
+		{s("Review: null row.\nSentiment:"), nil, s(" bad")},
+		{s("Review: long one here.\nSentiment:"), s(" amazing happy good"), s(" awful")},
+	})
+	out := filepath.Join(t.TempDir(), "scores.parquet")
+	o := scoreOpts(in, out)
+	o.ref = tinyRef
+	var stdout, stderr bytes.Buffer
+	if err := runScore(context.Background(), o, &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stdout.String(), "skipped (null fields): 1") || !strings.Contains(stdout.String(), "reward accuracy") {
+		t.Fatalf("summary: %s", stdout.String())
+	}
+	if !strings.Contains(stderr.String(), "row 1") {
+		t.Fatalf("want a warning naming row 1, got %s", stderr.String())
+	}
+	// The output is a valid input: it reads back in the standard layout with ref columns.
+	d, err := data.Open(out, data.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ex, skipped, err := d.ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.NumRows != 3 || len(ex) != 2 || len(skipped) != 1 || skipped[0].Row != 1 {
+		t.Fatalf("rows %d, examples %d, skipped %v", d.NumRows, len(ex), skipped)
+	}
+	if ex[1].Row != 2 || ex[1].Chosen != " amazing happy good" || ex[1].RefChosenLogps == nil || *ex[1].RefChosenLogps >= 0 {
+		t.Fatalf("row 2 read back wrong: %+v", ex[1])
+	}
+}
+
+func TestScoreStrictFailsOnNull(t *testing.T) {
+	in := writePairs(t, [][3]*string{{s("p"), s(" a"), nil}})
+	out := filepath.Join(t.TempDir(), "scores.jsonl")
+	o := scoreOpts(in, out)
+	o.strict = true
+	err := runScore(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "rejected") || !strings.Contains(err.Error(), "row 0") {
+		t.Fatalf("want an error naming row 0 and column rejected, got %v", err)
+	}
+	assertNoFile(t, out)
+}
+
+func assertNoFile(t *testing.T, path string) {
+	t.Helper()
+	entries, _ := os.ReadDir(filepath.Dir(path))
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), filepath.Base(path)) || strings.Contains(e.Name(), ".tmp") {
+			t.Fatalf("partial output left behind: %s", e.Name())
+		}
+	}
+}
+
+// TestScoreBadInput checks that each bad input is a one-line error naming the culprit,
+// with no partial output.
+func TestScoreBadInput(t *testing.T) {
+	good, err := os.ReadFile(tinyData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	corruptPage := append([]byte(nil), good...)
+	for i := 4; i < 64; i++ { // the first page header follows the leading magic
+		corruptPage[i] = 0xff
+	}
+	corruptFooter := append([]byte(nil), good...)
+	for i := len(good) - 200; i < len(good)-8; i++ {
+		corruptFooter[i] = 0x5a
+	}
+	noRejected := writeColumns(t, dir, "norejected.parquet")
+	noLogits := filepath.Join(dir, "nologits.onnx")
+	renameOutput(t, tinyModel, noLogits, "hidden_states")
+	bigIDs := filepath.Join(dir, "bigids.parquet")
+	if err := data.WriteFile(bigIDs, []data.Column{{Name: "prompt_input_ids", Kind: data.Int64List}, {Name: "chosen_input_ids", Kind: data.Int64List}, {Name: "rejected_input_ids", Kind: data.Int64List}},
+		[][]any{{[]int64{1, 2}, []int64{3}, []int64{4}}, {[]int64{1, 2}, []int64{9000}, []int64{4}}}); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, data, model string
+		want              []string
+	}{
+		{"empty file", write("empty.parquet", nil), "", []string{"empty.parquet"}},
+		{"not parquet", write("text.parquet", []byte("prompt,chosen,rejected\na,b,c\n")), "", []string{"text.parquet"}},
+		{"truncated", write("trunc.parquet", good[:len(good)/2]), "", []string{"trunc.parquet"}},
+		{"corrupt footer", write("footer.parquet", corruptFooter), "", []string{"footer.parquet"}},
+		{"corrupt page", write("page.parquet", corruptPage), "", []string{"page.parquet"}},
+		{"missing rejected", noRejected, "", []string{"norejected.parquet", "rejected"}},
+		{"ids beyond vocabulary", bigIDs, "", []string{"bigids.parquet", "row 1", "9000"}},
+		{"model without logits", tinyData, noLogits, []string{"nologits.onnx", "logits"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "out.parquet")
+			o := scoreOpts(c.data, out)
+			if c.model != "" {
+				o.model = c.model
+			}
+			err := runScore(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{})
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			msg := err.Error()
+			if strings.Contains(msg, "\n") {
+				t.Errorf("error is not one line: %q", msg)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error %q does not mention %q", msg, w)
+				}
+			}
+			assertNoFile(t, out)
+		})
+	}
+}
+
+func TestTokenizerLargerThanModelIsAnError(t *testing.T) {
+	// A tokenizer with ids beyond the model's vocabulary cannot be used with it.
+	dir := t.TempDir()
+	b, err := os.ReadFile(tinyTok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := strings.Replace(string(b), `"added_tokens": [`, `"added_tokens": [{"id": 9999, "content": "<|extra|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},`, 1)
+	if big == string(b) {
+		t.Fatal("could not add a token to the tokenizer fixture")
+	}
+	tok := filepath.Join(dir, "tokenizer.json")
+	os.WriteFile(tok, []byte(big), 0o644)
+	o := scoreOpts(tinyData, filepath.Join(dir, "out.parquet"))
+	o.tokenizer = tok
+	err = runScore(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "does not fit") || !strings.Contains(err.Error(), "512") || !strings.Contains(err.Error(), tok) {
+		t.Fatalf("want an error naming both sizes, got %v", err)
+	}
+}
+
+func TestMissingORTLibrary(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "out.parquet")
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "ORTALIGN_TEST_MAIN=1", "ORTALIGN_ORT_LIB=/nonexistent/libonnxruntime.so.1",
+		"ORTALIGN_TEST_ARGS=score --model "+tinyModel+" --data "+tinyData+" --tokenizer "+tinyTok+" --out "+out)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	if err == nil {
+		t.Fatal("want a non-zero exit")
+	}
+	msg := strings.TrimSpace(stderr.String())
+	if strings.Count(msg, "\n") != 0 || !strings.Contains(msg, "/nonexistent/libonnxruntime.so.1") || !strings.Contains(msg, "make setup") {
+		t.Fatalf("want one line naming the library and how to get it, got %q", msg)
+	}
+	assertNoFile(t, out)
+}

@@ -1,0 +1,111 @@
+package pipeline
+
+import (
+	"errors"
+	"fmt"
+
+	"ortalign/data"
+	"ortalign/tokenize"
+)
+
+// EncodedPair is a preference pair ready for the model: chosen and rejected token
+// sequences (prompt included) and, when the dataset supplies them, reference log-probs.
+type EncodedPair struct {
+	Index            int   // position among the dataset's kept rows, i.e. output order
+	Row              int64 // row in the source file
+	Chosen, Rejected Sequence
+	RefChosenLogps   *float64
+	RefRejectedLogps *float64
+}
+
+// EncodeConfig controls how text examples become token sequences (TRL v1.x semantics).
+type EncodeConfig struct {
+	MaxLength  int    // 0 means no limit
+	Truncation string // "keep_start" or "keep_end"
+}
+
+// EncodeStats counts what encoding dropped or noticed.
+type EncodeStats struct {
+	Dropped            int     // examples whose prompt alone fills MaxLength
+	DroppedRows        []int64 // their rows in the file
+	BoundaryMismatches int     // prompt ids not a prefix of prompt+completion ids
+	Truncated          int     // pairs with at least one truncated sequence
+}
+
+// EncodePairs turns dataset examples into token sequences. Text layouts need tok;
+// pre-tokenized ones do not. Pairs whose prompt fills MaxLength are dropped and counted.
+// Ids are checked against vocab (the model's vocabulary size) when vocab > 0.
+func EncodePairs(path string, layout data.Layout, examples []data.Example, tok *tokenize.Tokenizer, cfg EncodeConfig, vocab int64) ([]EncodedPair, EncodeStats, error) {
+	var stats EncodeStats
+	if layout != data.Tokenized && tok == nil {
+		return nil, stats, fmt.Errorf("%s: the %s layout holds text; pass --tokenizer tokenizer.json", path, layout)
+	}
+	if layout == data.Conversational {
+		return nil, stats, fmt.Errorf("%s: conversational datasets need a chat template, which ortalign does not apply yet; pre-render the conversations to text (prompt/chosen/rejected strings) or pre-tokenize them", path)
+	}
+	if err := CheckTokenizerFits(tok, vocab); err != nil {
+		return nil, stats, err
+	}
+	opts := tokenize.PairOptions{MaxLength: cfg.MaxLength, Truncation: cfg.Truncation, AppendEOS: true}
+	pairs := make([]EncodedPair, 0, len(examples))
+	for _, ex := range examples {
+		var chosen, rejected tokenize.Encoded
+		var err error
+		switch layout {
+		case data.Tokenized:
+			chosen, err = tokenize.EncodeIDsPair(ex.PromptIDs, ex.ChosenIDs, opts)
+			if err == nil {
+				rejected, err = tokenize.EncodeIDsPair(ex.PromptIDs, ex.RejectedIDs, opts)
+			}
+		default:
+			chosen, err = tok.EncodePromptCompletion(ex.Prompt, ex.Chosen, opts)
+			if err == nil {
+				rejected, err = tok.EncodePromptCompletion(ex.Prompt, ex.Rejected, opts)
+			}
+		}
+		if errors.Is(err, tokenize.ErrPromptTooLong) {
+			stats.Dropped++
+			stats.DroppedRows = append(stats.DroppedRows, ex.Row)
+			continue
+		}
+		if err != nil {
+			return nil, stats, fmt.Errorf("%s: row %d: %w", path, ex.Row, err)
+		}
+		if chosen.BoundaryMismatch || rejected.BoundaryMismatch {
+			stats.BoundaryMismatches++
+		}
+		if chosen.Truncated || rejected.Truncated {
+			stats.Truncated++
+		}
+		p := EncodedPair{
+			Index: len(pairs), Row: ex.Row,
+			Chosen:           Sequence{IDs: chosen.IDs, CompletionStart: chosen.CompletionStart},
+			Rejected:         Sequence{IDs: rejected.IDs, CompletionStart: rejected.CompletionStart},
+			RefChosenLogps:   ex.RefChosenLogps,
+			RefRejectedLogps: ex.RefRejectedLogps,
+		}
+		if vocab > 0 {
+			for _, c := range []struct {
+				name string
+				seq  Sequence
+			}{{"chosen", p.Chosen}, {"rejected", p.Rejected}} {
+				for _, id := range c.seq.IDs {
+					if id < 0 || id >= vocab {
+						return nil, stats, fmt.Errorf("%s: row %d: %s token id %d outside the model's vocabulary [0, %d)", path, ex.Row, c.name, id, vocab)
+					}
+				}
+			}
+		}
+		pairs = append(pairs, p)
+	}
+	return pairs, stats, nil
+}
+
+// CheckTokenizerFits returns an error when the tokenizer can produce ids beyond the
+// model's vocabulary (a model may have more rows than the tokenizer has ids, not fewer).
+func CheckTokenizerFits(tok *tokenize.Tokenizer, vocab int64) error {
+	if tok != nil && vocab > 0 && int64(tok.VocabSize()) > vocab {
+		return fmt.Errorf("tokenizer has %d ids but the model's vocabulary has %d: the tokenizer does not fit the model", tok.VocabSize(), vocab)
+	}
+	return nil
+}

@@ -1,0 +1,303 @@
+package pipeline
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+
+	"ortalign/onnx"
+	"ortalign/onnx/onnxpb"
+	"ortalign/onnx/ort"
+
+	"google.golang.org/protobuf/proto"
+)
+
+// Names of the values the log-prob head adds to a causal LM graph.
+const (
+	// CompletionMaskInput is float32 [batch, seq]: 1 where input_ids[t] is a completion
+	// token whose log-prob counts, 0 on prompt and padding positions.
+	CompletionMaskInput = "completion_mask"
+	// SequenceLogpsOutput is float32 [batch]: the sum over completion tokens t of
+	// log softmax(logits[t-1])[input_ids[t]].
+	SequenceLogpsOutput = "sequence_logps"
+	// VocabSizeOutput is int64 [1]: the last dimension of logits, read once to check ids.
+	VocabSizeOutput = "ortalign_vocab_size"
+)
+
+// Standard input and output names of an exported causal LM (optimum / torch.onnx.export).
+const (
+	inputIDs      = "input_ids"
+	attentionMask = "attention_mask"
+	positionIDs   = "position_ids"
+	logitsOutput  = "logits"
+)
+
+// AppendLogProbHead adds to a causal LM the sub-graph that turns its logits into
+// per-sequence completion log-probs inside ONNX Runtime, so [batch, seq, vocab] logits
+// never leave the session. It returns the name of the float32 [batch] output.
+func AppendLogProbHead(m *onnx.Model) (string, error) {
+	g := m.Graph()
+	if onnx.Output(g, logitsOutput) == nil {
+		return "", fmt.Errorf("model has no output %q (outputs: %s); a causal LM must output logits [batch, seq, vocab]",
+			logitsOutput, strings.Join(valueNames(g.GetOutput()), ", "))
+	}
+	if onnx.Input(g, inputIDs) == nil {
+		return "", fmt.Errorf("model has no input %q (inputs: %s)", inputIDs, strings.Join(valueNames(g.GetInput()), ", "))
+	}
+	if err := onnx.AddInput(g, CompletionMaskInput, onnx.Float, []onnx.Dim{onnx.DimParam("batch"), onnx.DimParam("sequence")}); err != nil {
+		return "", err
+	}
+	b := onnx.NewBuilder(g, m.Opset(""), "ortalign_logp")
+	logits := logitsOutput
+	if et, _, ok := onnx.TensorType(onnx.Output(g, logitsOutput)); ok && et != onnx.Float {
+		logits = b.Cast(logits, onnx.Float)
+	}
+	seqLogps := sequenceLogps(b, logits, inputIDs, CompletionMaskInput)
+	addIdentity(g, seqLogps, SequenceLogpsOutput)
+	if err := onnx.AddOutput(g, SequenceLogpsOutput, onnx.Float, []onnx.Dim{onnx.DimParam("batch")}); err != nil {
+		return "", err
+	}
+	vocab := b.Slice(b.Shape(logitsOutput), []int64{2}, []int64{3}, []int64{0}, nil)
+	addIdentity(g, vocab, VocabSizeOutput)
+	if err := onnx.AddOutput(g, VocabSizeOutput, onnx.Int64, []onnx.Dim{onnx.DimValue(1)}); err != nil {
+		return "", err
+	}
+	return SequenceLogpsOutput, nil
+}
+
+// sequenceLogps emits sum_t mask[t] * log softmax(logits[t-1])[ids[t]] over t >= 1, and
+// returns the name of the [batch] result. Loss heads build on the same value.
+func sequenceLogps(b *onnx.Builder, logits, ids, mask string) string {
+	const end = math.MaxInt64
+	prev := b.Slice(logits, []int64{0}, []int64{-1}, []int64{1}, nil) // predictions for t = 1..S-1
+	next := b.Slice(ids, []int64{1}, []int64{end}, []int64{1}, nil)
+	lp := b.LogSoftmax(prev, -1)
+	tok := b.Squeeze(b.GatherElements(lp, b.Unsqueeze(next, []int64{2}), 2), []int64{2})
+	m := b.Slice(mask, []int64{1}, []int64{end}, []int64{1}, nil)
+	return b.ReduceSum(b.Mul(tok, m), []int64{1}, false)
+}
+
+func addIdentity(g *onnxpb.GraphProto, from, to string) {
+	g.Node = append(g.Node, &onnxpb.NodeProto{
+		Name: proto.String(to + "_identity"), OpType: proto.String("Identity"),
+		Input: []string{from}, Output: []string{to},
+	})
+}
+
+func valueNames(vs []*onnxpb.ValueInfoProto) []string {
+	out := make([]string, len(vs))
+	for i, v := range vs {
+		out[i] = v.GetName()
+	}
+	return out
+}
+
+// Sequence is one tokenized row: its ids and the index of its first completion token.
+type Sequence struct {
+	IDs             []int64
+	CompletionStart int
+}
+
+// CompletionTokens is the number of tokens whose log-probs count.
+func (s Sequence) CompletionTokens() int { return len(s.IDs) - s.CompletionStart }
+
+// ModelOptions configures a LogProbModel.
+type ModelOptions struct {
+	// Threads is ONNX Runtime's intra-op thread count; 0 means all cores.
+	Threads int
+	// PadID fills right padding; any id the model accepts will do since padded
+	// positions are masked out.
+	PadID int64
+}
+
+// LogProbModel is a causal LM loaded in ONNX Runtime with the log-prob head.
+type LogProbModel struct {
+	Path    string
+	sess    *ort.Session
+	vocab   int64
+	opts    ModelOptions
+	hasMask bool
+	hasPos  bool
+	pasts   []pastInput
+}
+
+// pastInput is a KV-cache input fed as an empty past: [batch, heads, 0, head_dim].
+type pastInput struct {
+	name string
+	dims []int64 // -1 where dynamic
+}
+
+// LoadLogProbModel loads the causal LM at path and prepares it for scoring.
+func LoadLogProbModel(path string, o ModelOptions) (*LogProbModel, error) {
+	m, err := onnx.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	return NewLogProbModel(path, m, o)
+}
+
+// NewLogProbModel prepares an already loaded model; path only labels errors.
+func NewLogProbModel(path string, m *onnx.Model, o ModelOptions) (*LogProbModel, error) {
+	m = m.Clone()
+	lm := &LogProbModel{Path: path, opts: o}
+	g := m.Graph()
+	init := map[string]bool{}
+	for _, t := range g.GetInitializer() {
+		init[t.GetName()] = true
+	}
+	for _, in := range g.GetInput() {
+		name := in.GetName()
+		if init[name] {
+			continue
+		}
+		switch {
+		case name == inputIDs:
+		case name == attentionMask:
+			lm.hasMask = true
+		case name == positionIDs:
+			lm.hasPos = true
+		case strings.HasPrefix(name, "past_key_values") || strings.HasPrefix(name, "past."):
+			_, dims, _ := onnx.TensorType(in)
+			if len(dims) != 4 {
+				return nil, fmt.Errorf("%s: KV-cache input %q has rank %d, want 4", path, name, len(dims))
+			}
+			pd := make([]int64, 4)
+			for i, d := range dims {
+				pd[i] = -1
+				if d.IsKnown() {
+					pd[i] = d.Value
+				}
+			}
+			if pd[1] < 0 || pd[3] < 0 {
+				return nil, fmt.Errorf("%s: KV-cache input %q needs static heads and head_dim, has %v", path, name, dims)
+			}
+			lm.pasts = append(lm.pasts, pastInput{name: name, dims: pd})
+		default:
+			return nil, fmt.Errorf("%s: unsupported model input %q (supported: input_ids, attention_mask, position_ids, past_key_values.*)", path, name)
+		}
+	}
+	if _, err := AppendLogProbHead(m); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	bytes, err := m.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	lm.sess, err = ort.NewSession(bytes, []string{SequenceLogpsOutput, VocabSizeOutput}, ort.Options{Threads: o.Threads})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	// One tiny forward to learn the vocabulary size and prove the model runs.
+	out, err := lm.run([]Sequence{{IDs: []int64{0, 0}, CompletionStart: 1}})
+	if err != nil {
+		lm.Close()
+		return nil, fmt.Errorf("%s: probe run: %w", path, err)
+	}
+	lm.vocab = out[VocabSizeOutput].I64[0]
+	return lm, nil
+}
+
+// VocabSize is the size of the model's logits' last dimension.
+func (lm *LogProbModel) VocabSize() int64 { return lm.vocab }
+
+// Close releases the ONNX Runtime session.
+func (lm *LogProbModel) Close() {
+	if lm.sess != nil {
+		lm.sess.Destroy()
+		lm.sess = nil
+	}
+}
+
+// SequenceLogps returns, for each row, the sum of its completion tokens' log-probs.
+// Rows are right-padded to the longest one in a single batch.
+func (lm *LogProbModel) SequenceLogps(rows []Sequence) ([]float64, error) {
+	for i, r := range rows {
+		for t, id := range r.IDs {
+			if id < 0 || id >= lm.vocab {
+				return nil, fmt.Errorf("%s: row %d position %d: token id %d outside the model's vocabulary [0, %d)", lm.Path, i, t, id, lm.vocab)
+			}
+		}
+	}
+	out, err := lm.run(rows)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", lm.Path, err)
+	}
+	res := make([]float64, len(rows))
+	for i, v := range out[SequenceLogpsOutput].F32 {
+		res[i] = float64(v)
+	}
+	return res, nil
+}
+
+func (lm *LogProbModel) run(rows []Sequence) (map[string]*ort.Tensor, error) {
+	in := BatchInputs(rows, lm.opts.PadID)
+	feeds := map[string]*ort.Tensor{inputIDs: in.IDs, CompletionMaskInput: in.CompletionMask}
+	if lm.hasMask {
+		feeds[attentionMask] = in.AttentionMask
+	}
+	if lm.hasPos {
+		feeds[positionIDs] = in.PositionIDs
+	}
+	for _, p := range lm.pasts {
+		shape := []int64{int64(len(rows)), p.dims[1], 0, p.dims[3]}
+		feeds[p.name] = &ort.Tensor{Shape: shape, F32: []float32{}}
+	}
+	return lm.sess.Run(feeds, nil)
+}
+
+// Batch holds the model inputs of a right-padded batch.
+type Batch struct {
+	IDs, AttentionMask, PositionIDs, CompletionMask *ort.Tensor
+}
+
+// BatchInputs right-pads rows to the longest and builds input_ids, attention_mask,
+// position_ids (0..len-1) and the completion mask.
+func BatchInputs(rows []Sequence, padID int64) Batch {
+	width := 0
+	for _, r := range rows {
+		width = max(width, len(r.IDs))
+	}
+	n := len(rows) * width
+	shape := []int64{int64(len(rows)), int64(width)}
+	ids := make([]int64, n)
+	mask := make([]int64, n)
+	pos := make([]int64, n)
+	comp := make([]float32, n)
+	for i, r := range rows {
+		base := i * width
+		for t := 0; t < width; t++ {
+			pos[base+t] = int64(t)
+			if t < len(r.IDs) {
+				ids[base+t] = r.IDs[t]
+				mask[base+t] = 1
+				if t >= r.CompletionStart {
+					comp[base+t] = 1
+				}
+			} else {
+				ids[base+t] = padID
+			}
+		}
+	}
+	return Batch{
+		IDs:            &ort.Tensor{Shape: shape, I64: ids},
+		AttentionMask:  &ort.Tensor{Shape: shape, I64: mask},
+		PositionIDs:    &ort.Tensor{Shape: shape, I64: pos},
+		CompletionMask: &ort.Tensor{Shape: shape, F32: comp},
+	}
+}
+
+// LengthBatches groups item indices into batches of at most size items with similar
+// lengths (longest first), which cuts padding. length(i) is item i's padded length.
+func LengthBatches(n, size int, length func(i int) int) [][]int {
+	order := make([]int, n)
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool { return length(order[a]) > length(order[b]) })
+	var out [][]int
+	for start := 0; start < n; start += size {
+		out = append(out, order[start:min(start+size, n)])
+	}
+	return out
+}

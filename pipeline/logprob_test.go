@@ -1,0 +1,139 @@
+package pipeline
+
+import (
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"ortalign/onnx"
+)
+
+// oracle is testdata/expected/logps.json, written by testdata/gen_expected_logps.py (PyTorch).
+type oracle struct {
+	PadID  int64 `json:"pad_id"`
+	Models map[string]struct {
+		OnnxFiles []string `json:"onnx_files"`
+	} `json:"models"`
+	Batches []struct {
+		Model          string      `json:"model"`
+		Name           string      `json:"name"`
+		InputIDs       [][]int64   `json:"input_ids"`
+		AttentionMask  [][]int64   `json:"attention_mask"`
+		CompletionMask [][]float64 `json:"completion_mask"`
+		PromptLen      []int       `json:"prompt_len"`
+		CompletionLen  []int       `json:"completion_len"`
+		Logps          []float64   `json:"logps_float64"`
+	} `json:"batches"`
+}
+
+func loadOracle(t *testing.T) oracle {
+	t.Helper()
+	b, err := os.ReadFile("../testdata/expected/logps.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var o oracle
+	if err := json.Unmarshal(b, &o); err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+// TestSequenceLogpsMatchPyTorch checks the scoring head against PyTorch's float64
+// log-probs on both tiny models, at opsets 14 and 17, on right-padded mixed-length
+// batches (chosen rows then rejected rows).
+func TestSequenceLogpsMatchPyTorch(t *testing.T) {
+	o := loadOracle(t)
+	for model, info := range o.Models {
+		for _, file := range info.OnnxFiles {
+			t.Run(filepath.Base(file), func(t *testing.T) {
+				lm, err := LoadLogProbModel(filepath.Join("../testdata", file), ModelOptions{Threads: 1, PadID: o.PadID})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer lm.Close()
+				if lm.VocabSize() != 512 {
+					t.Fatalf("vocab = %d, want 512", lm.VocabSize())
+				}
+				checked, worst := 0, 0.0
+				for _, b := range o.Batches {
+					if b.Model != model {
+						continue
+					}
+					rows := make([]Sequence, len(b.InputIDs))
+					for i := range rows {
+						n := b.PromptLen[i] + b.CompletionLen[i]
+						rows[i] = Sequence{IDs: b.InputIDs[i][:n], CompletionStart: b.PromptLen[i]}
+						// The oracle's mask must agree with our reading of it.
+						for t2, m := range b.CompletionMask[i] {
+							if want := t2 >= b.PromptLen[i] && t2 < n; (m == 1) != want {
+								t.Fatalf("%s row %d: oracle mask disagrees at %d", b.Name, i, t2)
+							}
+						}
+					}
+					got, err := lm.SequenceLogps(rows)
+					if err != nil {
+						t.Fatal(err)
+					}
+					for i := range got {
+						d := math.Abs(got[i] - b.Logps[i])
+						worst = max(worst, d)
+						if d > 1e-4 {
+							t.Errorf("%s row %d: logps %.7f, PyTorch %.7f (diff %.2e)", b.Name, i, got[i], b.Logps[i], d)
+						}
+						checked++
+					}
+				}
+				if checked == 0 {
+					t.Fatal("no oracle rows for this model")
+				}
+				t.Logf("%d rows, max |diff| vs PyTorch float64 = %.2e", checked, worst)
+			})
+		}
+	}
+}
+
+func TestModelWithoutLogitsIsAnError(t *testing.T) {
+	m, err := onnx.Load("../testdata/models/gpt2_opset17.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Graph().GetOutput()[0].Name = nil
+	m.Graph().GetOutput()[0].Name = new(string)
+	*m.Graph().GetOutput()[0].Name = "hidden"
+	_, err = NewLogProbModel("renamed.onnx", m, ModelOptions{})
+	if err == nil || !strings.Contains(err.Error(), `no output "logits"`) || !strings.Contains(err.Error(), "renamed.onnx") {
+		t.Fatalf("want error naming the file and the missing logits, got %v", err)
+	}
+}
+
+func TestIDsOutsideVocabularyAreAnError(t *testing.T) {
+	lm, err := LoadLogProbModel("../testdata/models/gpt2_opset17.onnx", ModelOptions{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lm.Close()
+	_, err = lm.SequenceLogps([]Sequence{{IDs: []int64{1, 2, 600}, CompletionStart: 1}})
+	if err == nil || !strings.Contains(err.Error(), "600") {
+		t.Fatalf("want error naming id 600, got %v", err)
+	}
+}
+
+func TestLengthBatches(t *testing.T) {
+	lens := []int{3, 9, 1, 7, 5}
+	got := LengthBatches(len(lens), 2, func(i int) int { return lens[i] })
+	want := [][]int{{1, 3}, {4, 0}, {2}}
+	if len(got) != len(want) {
+		t.Fatalf("got %v", got)
+	}
+	for i := range want {
+		for j := range want[i] {
+			if got[i][j] != want[i][j] {
+				t.Fatalf("got %v, want %v", got, want)
+			}
+		}
+	}
+}
