@@ -13,18 +13,15 @@ import (
 
 	"ortalign/data"
 	"ortalign/pipeline"
-	"ortalign/tokenize"
 )
 
 // scoreOptions are the flags of `ortalign score`.
 type scoreOptions struct {
 	*globalOptions
+	dataFlags
 	model, ref, dataPath, tokenizer, out string
-	columns                              string
 	beta                                 float64
-	batchSize, maxLength                 int
-	truncation                           string
-	strict                               bool
+	batchSize                            int
 	shard                                string
 }
 
@@ -53,12 +50,9 @@ scores.`,
 	f.StringVar(&o.dataPath, "data", "", "preference pairs (.parquet or .jsonl) in a TRL layout")
 	f.StringVar(&o.tokenizer, "tokenizer", "", "HuggingFace tokenizer.json (needed for text datasets)")
 	f.StringVar(&o.out, "out", "", "output file, .parquet or .jsonl")
-	f.StringVar(&o.columns, "columns", "", "column mapping, e.g. prompt=question,chosen=good,rejected=bad")
 	f.Float64Var(&o.beta, "beta", 0.1, "scale of the implicit rewards")
 	f.IntVar(&o.batchSize, "batch-size", 8, "pairs per forward pass")
-	f.IntVar(&o.maxLength, "max-length", 1024, "maximum tokens of prompt+completion (0 = no limit)")
-	f.StringVar(&o.truncation, "truncation", "keep_end", "how to truncate long sequences: keep_start or keep_end")
-	f.BoolVar(&o.strict, "strict", false, "fail on rows with null prompt/chosen/rejected instead of skipping them")
+	addDataFlags(f, &o.dataFlags)
 	f.StringVar(&o.shard, "shard", "", "score only shard i of N (i/N, over Parquet row groups)")
 	for _, name := range []string{"model", "data", "out"} {
 		_ = cmd.MarkFlagRequired(name)
@@ -70,11 +64,8 @@ func (o *scoreOptions) validate() error {
 	if o.batchSize <= 0 {
 		return fmt.Errorf("--batch-size must be positive, got %d", o.batchSize)
 	}
-	if o.maxLength < 0 {
-		return fmt.Errorf("--max-length must be >= 0, got %d", o.maxLength)
-	}
-	if o.truncation != "keep_start" && o.truncation != "keep_end" {
-		return fmt.Errorf("--truncation must be keep_start or keep_end, got %q", o.truncation)
+	if err := o.dataFlags.validate(); err != nil {
+		return err
 	}
 	if o.beta <= 0 {
 		return fmt.Errorf("--beta must be positive, got %g", o.beta)
@@ -103,23 +94,6 @@ func parseShard(s string) (i, n int, err error) {
 	return i, n, nil
 }
 
-// readShard reads the examples of one shard (all of them by default).
-func readShard(d *data.Dataset, shard, shards int) ([]data.Example, []data.SkippedRow, error) {
-	if shards == 1 {
-		return d.ReadAll()
-	}
-	var ex []data.Example
-	var skipped []data.SkippedRow
-	for g := shard; g < d.NumRowGroups(); g += shards {
-		e, s, err := d.ReadRowGroup(g)
-		if err != nil {
-			return nil, nil, err
-		}
-		ex, skipped = append(ex, e...), append(skipped, s...)
-	}
-	return ex, skipped, nil
-}
-
 func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) error {
 	if err := o.validate(); err != nil {
 		return err
@@ -128,27 +102,9 @@ func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	cols, err := data.ParseColumns(o.columns)
-	if err != nil {
-		return fmt.Errorf("--columns: %w", err)
-	}
-	ds, err := data.Open(o.dataPath, data.Options{Columns: cols, Strict: o.strict})
+	tok, err := loadTokenizer(o.tokenizer)
 	if err != nil {
 		return err
-	}
-	defer ds.Close()
-	var tok *tokenize.Tokenizer
-	if o.tokenizer != "" {
-		if tok, err = tokenize.Load(o.tokenizer); err != nil {
-			return err
-		}
-	}
-	examples, skipped, err := readShard(ds, shard, shards)
-	if err != nil {
-		return err
-	}
-	for _, s := range skipped {
-		fmt.Fprintf(stderr, "warning: %s: skipped %s\n", o.dataPath, s)
 	}
 	if err := o.initORT(); err != nil {
 		return err
@@ -169,29 +125,20 @@ func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) er
 			return fmt.Errorf("--ref %s has vocabulary %d but --model %s has %d", o.ref, ref.VocabSize(), o.model, policy.VocabSize())
 		}
 	}
-	if err := pipeline.CheckTokenizerFits(tok, policy.VocabSize()); err != nil {
-		return fmt.Errorf("--tokenizer %s, --model %s: %w", o.tokenizer, o.model, err)
-	}
-	pairs, stats, err := pipeline.EncodePairs(o.dataPath, ds.Layout, examples, tok, pipeline.EncodeConfig{MaxLength: o.maxLength, Truncation: o.truncation}, policy.VocabSize())
+	lp, err := loadPairs(o.dataPath, o.dataFlags, tok, o.tokenizer, policy.VocabSize(), shard, shards, stderr)
 	if err != nil {
 		return err
-	}
-	if stats.BoundaryMismatches > 0 {
-		fmt.Fprintf(stderr, "warning: %d pairs: the prompt's tokens are not a prefix of prompt+completion's tokens (the boundary was kept at the prompt's length, as TRL does)\n", stats.BoundaryMismatches)
-	}
-	for _, r := range stats.DroppedRows {
-		fmt.Fprintf(stderr, "warning: %s: row %d: prompt alone fills --max-length %d; dropped\n", o.dataPath, r, o.maxLength)
 	}
 	progress := pipeline.NewProgress(stderr, "score", "pairs")
-	scores, sum, err := pipeline.ScorePairs(ctx, policy, ref, pairs, pipeline.ScoreConfig{Beta: o.beta, BatchSize: o.batchSize, Progress: progress})
+	scores, sum, err := pipeline.ScorePairs(ctx, policy, ref, lp.pairs, pipeline.ScoreConfig{Beta: o.beta, BatchSize: o.batchSize, Progress: progress})
 	if err != nil {
 		return err
 	}
-	if err := writeScores(o.out, ds.Layout, examples, skipped, pairs, scores, sum.HasRef); err != nil {
+	if err := writeScores(o.out, lp.layout, lp.examples, lp.skipped, lp.pairs, scores, sum.HasRef); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "scored %d pairs from %s (%s layout) -> %s\n", sum.Pairs, o.dataPath, ds.Layout, o.out)
-	fmt.Fprintf(stdout, "  skipped (null fields): %d, dropped (prompt > max length): %d, truncated: %d\n", len(skipped), stats.Dropped, stats.Truncated)
+	fmt.Fprintf(stdout, "scored %d pairs from %s (%s layout) -> %s\n", sum.Pairs, o.dataPath, lp.layout, o.out)
+	fmt.Fprintf(stdout, "  skipped (null fields): %d, dropped (prompt > max length): %d, truncated: %d\n", len(lp.skipped), lp.stats.Dropped, lp.stats.Truncated)
 	if sum.HasRef {
 		fmt.Fprintf(stdout, "  reward accuracy: %.1f%%   mean margin: %.4f   (beta %g)\n", 100*sum.RewardAccuracy, sum.MeanMargin, o.beta)
 	} else {
@@ -199,19 +146,6 @@ func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) er
 	}
 	fmt.Fprintf(stdout, "  %d tokens in %.2fs: %.0f tokens/s\n", sum.Tokens, sum.Elapsed.Seconds(), sum.TokensPerSecond())
 	return nil
-}
-
-func padID(tok *tokenize.Tokenizer) int64 {
-	if tok == nil {
-		return 0
-	}
-	if id, ok := tok.PAD(); ok {
-		return int64(id)
-	}
-	if id, ok := tok.EOS(); ok {
-		return int64(id)
-	}
-	return 0
 }
 
 // writeScores writes one row per input row, in file order: the input's own columns,

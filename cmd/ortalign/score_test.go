@@ -34,7 +34,7 @@ func scoreOpts(dataPath, out string) *scoreOptions {
 	return &scoreOptions{
 		globalOptions: &globalOptions{threads: 1},
 		model:         tinyModel, dataPath: dataPath, tokenizer: tinyTok, out: out,
-		beta: 0.1, batchSize: 4, maxLength: 128, truncation: "keep_end",
+		beta: 0.1, batchSize: 4, dataFlags: dataFlags{maxLength: 128, truncation: "keep_end"},
 	}
 }
 

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"ortalign/data"
+	"ortalign/pipeline"
+	"ortalign/tokenize"
+)
+
+// dataFlags are the dataset and encoding flags shared by score and the trainers.
+type dataFlags struct {
+	columns    string
+	maxLength  int
+	truncation string
+	strict     bool
+}
+
+func (d *dataFlags) validate() error {
+	if d.maxLength < 0 {
+		return fmt.Errorf("--max-length must be >= 0, got %d", d.maxLength)
+	}
+	if d.truncation != tokenize.KeepStart && d.truncation != tokenize.KeepEnd {
+		return fmt.Errorf("--truncation must be keep_start or keep_end, got %q", d.truncation)
+	}
+	return nil
+}
+
+// loadedPairs is a dataset read and encoded for a model.
+type loadedPairs struct {
+	layout   data.Layout
+	examples []data.Example
+	skipped  []data.SkippedRow
+	pairs    []pipeline.EncodedPair
+	stats    pipeline.EncodeStats
+}
+
+// loadPairs opens a dataset, reads the given row groups (all when shards == 1), warns
+// about skipped rows on stderr, and encodes the pairs for a model of vocabulary vocab.
+func loadPairs(path string, d dataFlags, tok *tokenize.Tokenizer, tokPath string, vocab int64, shard, shards int, stderr io.Writer) (*loadedPairs, error) {
+	cols, err := data.ParseColumns(d.columns)
+	if err != nil {
+		return nil, fmt.Errorf("--columns: %w", err)
+	}
+	ds, err := data.Open(path, data.Options{Columns: cols, Strict: d.strict})
+	if err != nil {
+		return nil, err
+	}
+	defer ds.Close()
+	lp := &loadedPairs{layout: ds.Layout}
+	if lp.examples, lp.skipped, err = readShard(ds, shard, shards); err != nil {
+		return nil, err
+	}
+	for _, s := range lp.skipped {
+		fmt.Fprintf(stderr, "warning: %s: skipped %s\n", path, s)
+	}
+	if err := pipeline.CheckTokenizerFits(tok, vocab); err != nil {
+		return nil, fmt.Errorf("--tokenizer %s: %w", tokPath, err)
+	}
+	lp.pairs, lp.stats, err = pipeline.EncodePairs(path, ds.Layout, lp.examples, tok, pipeline.EncodeConfig{MaxLength: d.maxLength, Truncation: d.truncation}, vocab)
+	if err != nil {
+		return nil, err
+	}
+	if n := lp.stats.BoundaryMismatches; n > 0 {
+		fmt.Fprintf(stderr, "warning: %s: %d pairs: the prompt's tokens are not a prefix of prompt+completion's tokens (the boundary was kept at the prompt's length, as TRL does)\n", path, n)
+	}
+	for _, r := range lp.stats.DroppedRows {
+		fmt.Fprintf(stderr, "warning: %s: row %d: prompt alone fills --max-length %d; dropped\n", path, r, d.maxLength)
+	}
+	return lp, nil
+}
+
+// readShard reads the examples of one shard (all of them when shards == 1).
+func readShard(d *data.Dataset, shard, shards int) ([]data.Example, []data.SkippedRow, error) {
+	if shards == 1 {
+		return d.ReadAll()
+	}
+	var ex []data.Example
+	var skipped []data.SkippedRow
+	for g := shard; g < d.NumRowGroups(); g += shards {
+		e, s, err := d.ReadRowGroup(g)
+		if err != nil {
+			return nil, nil, err
+		}
+		ex, skipped = append(ex, e...), append(skipped, s...)
+	}
+	return ex, skipped, nil
+}
+
+// loadTokenizer loads path, or returns nil when path is empty.
+func loadTokenizer(path string) (*tokenize.Tokenizer, error) {
+	if path == "" {
+		return nil, nil
+	}
+	return tokenize.Load(path)
+}
+
+func padID(tok *tokenize.Tokenizer) int64 {
+	if tok == nil {
+		return 0
+	}
+	if id, ok := tok.PAD(); ok {
+		return int64(id)
+	}
+	if id, ok := tok.EOS(); ok {
+		return int64(id)
+	}
+	return 0
+}
+
+func addDataFlags(f interface {
+	StringVar(*string, string, string, string)
+	IntVar(*int, string, int, string)
+	BoolVar(*bool, string, bool, string)
+}, d *dataFlags) {
+	f.StringVar(&d.columns, "columns", "", "column mapping, e.g. prompt=question,chosen=good,rejected=bad")
+	f.IntVar(&d.maxLength, "max-length", 1024, "maximum tokens of prompt+completion (0 = no limit)")
+	f.StringVar(&d.truncation, "truncation", "keep_end", "how to truncate long sequences: keep_start or keep_end")
+	f.BoolVar(&d.strict, "strict", false, "fail on rows with null prompt/chosen/rejected instead of skipping them")
+}

@@ -1,0 +1,373 @@
+package autodiff
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"ortalign/onnx"
+	"ortalign/onnx/onnxpb"
+	"ortalign/onnx/ort"
+)
+
+// GradPrefix starts the name of each gradient output: "grad.<param>".
+const GradPrefix = "grad."
+
+// Config says what to differentiate.
+type Config struct {
+	// Loss is the name of a scalar floating-point value of the forward graph
+	// (usually one of its outputs). Its gradient is seeded with 1.
+	Loss string
+	// Trainable lists the initializers to differentiate with respect to.
+	// They become graph inputs of the training model, in this order.
+	Trainable []string
+	// KeepOutputs lists other forward values to expose as outputs of the
+	// training model (metrics such as per-sequence log-probs).
+	KeepOutputs []string
+	// SampleFeeds is an optional small sample of the forward graph's
+	// inputs. Build runs the forward graph on it once to learn the ranks
+	// and shapes of intermediate values. Without it, Build feeds zeros,
+	// giving each symbolic dim a small size of its own (2, 3, 4, ...).
+	// A dim sampled at size 1 is handled correctly but costs a few extra
+	// shape operators; prefer samples with every dynamic dim at least 2.
+	SampleFeeds map[string]*ort.Tensor
+	// Threads is ONNX Runtime's intra-op thread count for the sample run;
+	// 0 means 1.
+	Threads int
+}
+
+// Result is a training model and the names a trainer needs to drive it.
+type Result struct {
+	// Model is the training model: forward, loss, kept outputs and
+	// gradients in one graph.
+	Model *onnx.Model
+	// Grads maps each trainable parameter to the name of its gradient
+	// output ("grad.<param>").
+	Grads map[string]string
+	// Manifest lists the training model's inputs and outputs.
+	Manifest Manifest
+}
+
+// NodeRef names a node of a graph.
+type NodeRef struct {
+	// Name is the node's name (may be empty in hand-made graphs).
+	Name string `json:"name"`
+	// OpType is the operator, prefixed by its domain and a colon when the
+	// domain is not the default ONNX one ("com.microsoft:FusedMatMul").
+	OpType string `json:"op_type"`
+}
+
+// String formats the reference as `OpType node "name"`.
+func (r NodeRef) String() string { return fmt.Sprintf("%s node %q", r.OpType, r.Name) }
+
+func nodeRef(n *onnxpb.NodeProto) NodeRef {
+	return NodeRef{Name: n.GetName(), OpType: opKey(n)}
+}
+
+// opKey is the registry key of n: its op type, prefixed with the domain
+// when that is not the default ONNX domain.
+func opKey(n *onnxpb.NodeProto) string {
+	if d := n.GetDomain(); d != "" && d != "ai.onnx" {
+		return d + ":" + n.GetOpType()
+	}
+	return n.GetOpType()
+}
+
+// UnsupportedError reports operators on the path from a trainable parameter
+// to the loss that have no gradient rule.
+type UnsupportedError struct {
+	Nodes []NodeRef
+}
+
+func (e *UnsupportedError) Error() string {
+	parts := make([]string, 0, len(e.Nodes))
+	for _, n := range e.Nodes {
+		parts = append(parts, n.String())
+	}
+	return "no gradient rule for " + strings.Join(parts, ", ") +
+		" (on the path from a trainable parameter to the loss; freeze the parameters before it or add a rule in onnx/autodiff)"
+}
+
+// Unsupported returns the nodes of m that lie on a path from one of the
+// trainable initializers to loss and whose operator has no gradient rule,
+// in graph order. It runs nothing; `ortalign inspect` lists them.
+func Unsupported(m *onnx.Model, loss string, trainable []string) []NodeRef {
+	g := m.Graph()
+	types := inferTypes(g)
+	p := analyze(g, types, loss, trainable)
+	var out []NodeRef
+	for _, n := range p.active {
+		if _, ok := rules[opKey(n)]; !ok {
+			out = append(out, nodeRef(n))
+		}
+	}
+	return out
+}
+
+// Build differentiates the forward model: it returns a new model that
+// computes cfg.Loss, the cfg.KeepOutputs and the gradient of the loss with
+// respect to each of cfg.Trainable. The forward model is not modified.
+func Build(forward *onnx.Model, cfg Config) (*Result, error) {
+	if forward == nil {
+		return nil, errors.New("autodiff: nil forward model")
+	}
+	m := forward.Clone()
+	g := m.Graph()
+	if opset := m.Opset(""); opset < 13 {
+		return nil, fmt.Errorf("autodiff: model imports default-domain opset %d; opset 13 or later is needed", opset)
+	}
+	if err := onnx.TopologicalSort(g); err != nil {
+		return nil, fmt.Errorf("autodiff: %w", err)
+	}
+	if err := checkConfig(g, cfg); err != nil {
+		return nil, fmt.Errorf("autodiff: %w", err)
+	}
+	types := inferTypes(g)
+	if !types[cfg.Loss].IsFloat() {
+		return nil, fmt.Errorf("autodiff: loss %q has type %s; it must be a floating-point scalar", cfg.Loss, types[cfg.Loss])
+	}
+	p := analyze(g, types, cfg.Loss, cfg.Trainable)
+	var missing []NodeRef
+	for _, n := range p.active {
+		if _, ok := rules[opKey(n)]; !ok {
+			missing = append(missing, nodeRef(n))
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("autodiff: %w", &UnsupportedError{Nodes: missing})
+	}
+
+	shapes, err := sampleShapes(m, p, types, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("autodiff: learning shapes: %w", err)
+	}
+	if s, ok := shapes[cfg.Loss]; !ok || numel(s) != 1 {
+		return nil, fmt.Errorf("autodiff: loss %q has shape %v on the sample; it must be a scalar", cfg.Loss, shapes[cfg.Loss])
+	}
+
+	// Scatter-add (Gather's gradient) needs opset 16; the forward operators
+	// of opsets 13-15 mean the same at 16.
+	if m.Opset("") < 16 && slices.ContainsFunc(p.active, func(n *onnxpb.NodeProto) bool {
+		return n.GetOpType() == "Gather" || n.GetOpType() == "GatherElements"
+	}) {
+		m.SetOpset("", 16)
+	}
+
+	// Trainable initializers become inputs.
+	params := make([]Param, 0, len(cfg.Trainable))
+	for _, name := range cfg.Trainable {
+		t := onnx.RemoveInitializer(g, name)
+		dims := onnx.Dims(t.GetDims()...)
+		if onnx.Input(g, name) == nil {
+			if err := onnx.AddInput(g, name, onnx.DataType(t.GetDataType()), dims); err != nil {
+				return nil, fmt.Errorf("autodiff: %w", err)
+			}
+		}
+		params = append(params, Param{Name: name, ElemType: onnx.DataType(t.GetDataType()).String(), Dims: append([]int64{}, t.GetDims()...)})
+	}
+
+	e := &emitter{
+		b:      onnx.NewBuilder(g, m.Opset(""), "grad"),
+		m:      m,
+		types:  types,
+		shapes: shapes,
+		consts: constValues(g),
+	}
+	grads, err := e.backward(p, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("autodiff: %w", err)
+	}
+
+	// Outputs: loss, kept values, gradients.
+	oldOutputs := map[string]*onnxpb.ValueInfoProto{}
+	for _, o := range g.GetOutput() {
+		oldOutputs[o.GetName()] = o
+	}
+	g.Output = nil
+	addOut := func(name string) {
+		if vi := oldOutputs[name]; vi != nil {
+			g.Output = append(g.Output, vi)
+			return
+		}
+		var dims []onnx.Dim
+		if s, ok := shapes[name]; ok && name == cfg.Loss {
+			dims = onnx.Dims(s...)
+		}
+		g.Output = append(g.Output, onnx.TensorValueInfo(name, types[name], dims))
+	}
+	addOut(cfg.Loss)
+	for _, k := range cfg.KeepOutputs {
+		if k != cfg.Loss {
+			addOut(k)
+		}
+	}
+	res := &Result{Model: m, Grads: map[string]string{}}
+	used := onnx.Names(g)
+	for i, name := range cfg.Trainable {
+		out := uniqueIn(used, GradPrefix+name)
+		used[out] = true
+		g.Node = append(g.Node, &onnxpb.NodeProto{
+			Name: ptr(out + "/identity"), OpType: ptr("Identity"), Input: []string{grads[name]}, Output: []string{out},
+		})
+		g.Output = append(g.Output, onnx.TensorValueInfo(out, types[name], onnx.Dims(params[i].Dims...)))
+		params[i].Grad = out
+		res.Grads[name] = out
+	}
+	prune(g, cfg.Trainable)
+	res.Manifest = manifest(g, cfg, params)
+	return res, nil
+}
+
+// checkConfig validates cfg against the graph.
+func checkConfig(g *onnxpb.GraphProto, cfg Config) error {
+	producers := onnx.Producers(g)
+	defined := func(name string) bool {
+		return producers[name] != nil || onnx.Input(g, name) != nil || onnx.Initializer(g, name) != nil
+	}
+	if cfg.Loss == "" {
+		return errors.New("no loss given")
+	}
+	if !defined(cfg.Loss) {
+		return fmt.Errorf("loss %q is not a value of graph %q", cfg.Loss, g.GetName())
+	}
+	for _, k := range cfg.KeepOutputs {
+		if !defined(k) {
+			return fmt.Errorf("kept output %q is not a value of graph %q", k, g.GetName())
+		}
+	}
+	if len(cfg.Trainable) == 0 {
+		return errors.New("no trainable parameters given")
+	}
+	seen := map[string]bool{}
+	for _, name := range cfg.Trainable {
+		if seen[name] {
+			return fmt.Errorf("trainable parameter %q listed twice", name)
+		}
+		seen[name] = true
+		t := onnx.Initializer(g, name)
+		if t == nil {
+			return fmt.Errorf("trainable parameter %q is not an initializer of graph %q", name, g.GetName())
+		}
+		if !onnx.DataType(t.GetDataType()).IsFloat() {
+			return fmt.Errorf("trainable parameter %q has type %s; only floating-point initializers can be trained", name, onnx.DataType(t.GetDataType()))
+		}
+	}
+	return nil
+}
+
+// plan is the result of analysing which nodes need differentiating.
+type plan struct {
+	// requires holds the float values that depend on a trainable parameter.
+	requires map[string]bool
+	// active lists, in graph order, the nodes with an output that depends on
+	// a trainable parameter and on which the loss depends.
+	active []*onnxpb.NodeProto
+}
+
+// analyze finds the values that need gradients and the nodes to
+// differentiate.
+func analyze(g *onnxpb.GraphProto, types map[string]onnx.DataType, loss string, trainable []string) plan {
+	requires := map[string]bool{}
+	for _, t := range trainable {
+		requires[t] = true
+	}
+	for _, n := range g.GetNode() {
+		if nonDifferentiable[n.GetOpType()] {
+			continue
+		}
+		if !slices.ContainsFunc(n.GetInput(), func(s string) bool { return requires[s] }) {
+			continue
+		}
+		for _, o := range n.GetOutput() {
+			if o != "" && types[o].IsFloat() {
+				requires[o] = true
+			}
+		}
+	}
+	reaches := map[string]bool{loss: true}
+	nodes := g.GetNode()
+	var active []*onnxpb.NodeProto
+	for i := len(nodes) - 1; i >= 0; i-- {
+		n := nodes[i]
+		hit, act := false, false
+		for _, o := range n.GetOutput() {
+			if reaches[o] {
+				hit = true
+				act = act || requires[o]
+			}
+		}
+		if !hit {
+			continue
+		}
+		for _, in := range onnx.NodeInputs(n) {
+			reaches[in] = true
+		}
+		if act {
+			active = append(active, n)
+		}
+	}
+	slices.Reverse(active)
+	return plan{requires: requires, active: active}
+}
+
+// prune removes the nodes and initializers that no output needs, and graph
+// inputs nothing reads, except the trainable parameters.
+func prune(g *onnxpb.GraphProto, keepInputs []string) {
+	live := map[string]bool{}
+	for _, o := range g.GetOutput() {
+		live[o.GetName()] = true
+	}
+	nodes := g.GetNode()
+	keep := make([]bool, len(nodes))
+	for i := len(nodes) - 1; i >= 0; i-- {
+		for _, o := range nodes[i].GetOutput() {
+			if live[o] {
+				keep[i] = true
+			}
+		}
+		if keep[i] {
+			for _, in := range onnx.NodeInputs(nodes[i]) {
+				live[in] = true
+			}
+		}
+	}
+	var kept []*onnxpb.NodeProto
+	for i, n := range nodes {
+		if keep[i] {
+			kept = append(kept, n)
+		}
+	}
+	g.Node = kept
+	var inits []*onnxpb.TensorProto
+	for _, t := range g.GetInitializer() {
+		if live[t.GetName()] {
+			inits = append(inits, t)
+		}
+	}
+	g.Initializer = inits
+	var ins []*onnxpb.ValueInfoProto
+	for _, in := range g.GetInput() {
+		if live[in.GetName()] || slices.Contains(keepInputs, in.GetName()) {
+			ins = append(ins, in)
+		}
+	}
+	g.Input = ins
+	var vis []*onnxpb.ValueInfoProto
+	for _, vi := range g.GetValueInfo() {
+		if live[vi.GetName()] {
+			vis = append(vis, vi)
+		}
+	}
+	g.ValueInfo = vis
+}
+
+func uniqueIn(used map[string]bool, name string) string {
+	out := name
+	for i := 1; used[out]; i++ {
+		out = fmt.Sprintf("%s_%d", name, i)
+	}
+	return out
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,401 @@
+package autodiff
+
+import (
+	"fmt"
+	"slices"
+
+	"ortalign/onnx"
+	"ortalign/onnx/onnxpb"
+)
+
+// emitter appends the gradient computation to the training graph. Its
+// helpers fail by panicking with a ruleError, which apply turns into an
+// error that names the node; rules stay one-liners.
+type emitter struct {
+	b      *onnx.Builder
+	m      *onnx.Model
+	types  map[string]onnx.DataType
+	shapes map[string][]int64             // sample shapes of forward values
+	consts map[string]*onnxpb.TensorProto // fixed contents: initializers, Constant outputs
+	static map[string]bool                // values whose shape is fixed
+}
+
+type ruleError struct{ msg string }
+
+// fail aborts the current rule with a message.
+func fail(format string, args ...any) {
+	panic(ruleError{fmt.Sprintf(format, args...)})
+}
+
+// node is a forward node as a rule sees it, with the gradients of its
+// outputs.
+type node struct {
+	*onnxpb.NodeProto
+	gy []string // gradient of each output, "" where none flows
+}
+
+// x returns the name of input i, "" when absent.
+func (n *node) x(i int) string {
+	if i < len(n.Input) {
+		return n.Input[i]
+	}
+	return ""
+}
+
+// y returns the name of output i, "" when absent.
+func (n *node) y(i int) string {
+	if i < len(n.Output) {
+		return n.Output[i]
+	}
+	return ""
+}
+
+// g returns the gradient of the first output.
+func (n *node) g() string { return n.gy[0] }
+
+func (n *node) attrInt(name string, def int64) int64 {
+	if a := onnx.FindAttr(n.NodeProto, name); a != nil {
+		return a.GetI()
+	}
+	return def
+}
+
+func (n *node) attrFloat(name string, def float64) float64 {
+	if a := onnx.FindAttr(n.NodeProto, name); a != nil {
+		return float64(a.GetF())
+	}
+	return def
+}
+
+func (n *node) attrInts(name string) ([]int64, bool) {
+	if a := onnx.FindAttr(n.NodeProto, name); a != nil {
+		return a.GetInts(), true
+	}
+	return nil, false
+}
+
+// backward emits the gradient of every active node in reverse order and
+// returns, for each trainable parameter, the value holding its gradient.
+func (e *emitter) backward(p plan, cfg Config) (map[string]string, error) {
+	e.static = map[string]bool{}
+	for _, t := range e.m.Graph().GetInitializer() {
+		e.static[t.GetName()] = true
+	}
+	for name := range e.consts {
+		e.static[name] = true
+	}
+	for _, name := range cfg.Trainable {
+		e.static[name] = true
+	}
+	if e.m.Opset("com.microsoft") == 0 {
+		e.m.SetOpset("com.microsoft", 1)
+	}
+
+	contrib := map[string][]string{}
+	lossShape := e.shapes[cfg.Loss]
+	contrib[cfg.Loss] = []string{e.b.Const(e.tensor(e.types[cfg.Loss], lossShape, 1))}
+	for i := len(p.active) - 1; i >= 0; i-- {
+		n := &node{NodeProto: p.active[i], gy: make([]string, len(p.active[i].Output))}
+		flows := false
+		for j, o := range n.Output {
+			if cs := contrib[o]; len(cs) > 0 {
+				n.gy[j] = e.sum(cs)
+				flows = true
+			}
+		}
+		if !flows {
+			continue
+		}
+		gx, err := e.apply(n)
+		if err != nil {
+			return nil, err
+		}
+		for j, in := range n.Input {
+			if in != "" && p.requires[in] && j < len(gx) && gx[j] != "" {
+				contrib[in] = append(contrib[in], gx[j])
+			}
+		}
+	}
+	grads := map[string]string{}
+	for _, t := range cfg.Trainable {
+		if cs := contrib[t]; len(cs) > 0 {
+			grads[t] = e.sum(cs)
+			continue
+		}
+		// No path to the loss: the gradient is zero.
+		grads[t] = e.b.Const(e.tensor(e.types[t], e.shapes[t], 0))
+	}
+	return grads, nil
+}
+
+// apply runs the rule of n, turning a rule failure into an error.
+func (e *emitter) apply(n *node) (gx []string, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			re, ok := r.(ruleError)
+			if !ok {
+				panic(r)
+			}
+			err = fmt.Errorf("gradient of %s: %s", nodeRef(n.NodeProto), re.msg)
+		}
+	}()
+	return rules[opKey(n.NodeProto)](e, n), nil
+}
+
+// sum adds gradient contributions.
+func (e *emitter) sum(xs []string) string {
+	switch len(xs) {
+	case 1:
+		return xs[0]
+	case 2:
+		return e.b.Add(xs[0], xs[1])
+	}
+	return e.b.Sum(xs...)
+}
+
+// shape returns the sample shape of a forward value.
+func (e *emitter) shape(v string) []int64 {
+	s, ok := e.shapes[v]
+	if !ok {
+		fail("no sample shape for value %q", v)
+	}
+	return s
+}
+
+func (e *emitter) rank(v string) int { return len(e.shape(v)) }
+
+func (e *emitter) dtype(v string) onnx.DataType { return e.types[v] }
+
+// tensor returns a constant tensor of element type dt and the given dims
+// filled with v.
+func (e *emitter) tensor(dt onnx.DataType, dims []int64, v float64) *onnxpb.TensorProto {
+	n := numel(dims)
+	switch dt {
+	case onnx.Float:
+		d := make([]float32, n)
+		for i := range d {
+			d[i] = float32(v)
+		}
+		return onnx.FloatTensor("", dims, d)
+	case onnx.Double:
+		d := make([]float64, n)
+		for i := range d {
+			d[i] = v
+		}
+		return onnx.DoubleTensor("", dims, d)
+	case onnx.Int64:
+		d := make([]int64, n)
+		for i := range d {
+			d[i] = int64(v)
+		}
+		return onnx.Int64Tensor("", dims, d)
+	}
+	fail("element type %s is not supported (float32 and float64 are)", dt)
+	return nil
+}
+
+// scalar returns a rank-0 constant v of like's element type.
+func (e *emitter) scalar(v float64, like string) string {
+	return e.b.Const(e.tensor(e.dtype(like), nil, v))
+}
+
+// ints returns the contents of a constant int64 (or int32) value.
+func (e *emitter) ints(v string) []int64 {
+	t, ok := e.consts[v]
+	if !ok {
+		fail("value %q must be a constant", v)
+	}
+	var out []int64
+	var err error
+	if onnx.DataType(t.GetDataType()) == onnx.Int32 {
+		var i32 []int64
+		i32, err = int32s(t)
+		out = i32
+	} else {
+		out, err = onnx.TensorInt64s(t)
+	}
+	if err != nil {
+		fail("reading constant %q: %v", v, err)
+	}
+	return out
+}
+
+// floatConst returns the value of a constant scalar float, if v is one.
+func (e *emitter) floatConst(v string) (float64, bool) {
+	t, ok := e.consts[v]
+	if !ok || numel(t.GetDims()) != 1 {
+		return 0, false
+	}
+	switch onnx.DataType(t.GetDataType()) {
+	case onnx.Float:
+		f, err := onnx.TensorFloats(t)
+		return float64(f[0]), err == nil
+	case onnx.Double:
+		f, err := onnx.TensorDoubles(t)
+		return f[0], err == nil
+	case onnx.Int64, onnx.Int32:
+		f := e.ints(v)
+		return float64(f[0]), true
+	}
+	return 0, false
+}
+
+// int64Value returns v as int64, casting int32 values.
+func (e *emitter) int64Value(v string) string {
+	if e.dtype(v) == onnx.Int32 {
+		return e.b.Cast(v, onnx.Int64)
+	}
+	return v
+}
+
+// shapeOf returns a value holding x's runtime shape: a constant when x's
+// shape is fixed.
+func (e *emitter) shapeOf(x string) string {
+	if e.static[x] {
+		return e.b.ConstInt64s(e.shape(x))
+	}
+	return e.b.Shape(x)
+}
+
+// zerosLike returns zeros of x's shape and element type.
+func (e *emitter) zerosLike(x string) string {
+	return e.zeros(e.shapeOf(x), e.dtype(x))
+}
+
+// zeros returns zeros of the given runtime shape.
+func (e *emitter) zeros(shape string, dt onnx.DataType) string {
+	return e.b.Op("ConstantOfShape", []string{shape}, onnx.AttrTensor("value", e.tensor(dt, []int64{1}, 0)))
+}
+
+// like reshapes g to x's shape (gradients of shape-only operators).
+func (e *emitter) like(g, x string) string { return e.b.Reshape(g, e.shapeOf(x)) }
+
+// sumTo reduces g, a gradient of sample shape gs that x was broadcast to,
+// to x's shape: it sums over the leading axes x lacks and over the axes
+// where x has size 1. Axes the sample proves broadcast are reduced with
+// constant axes; when the sample cannot tell (x and g both of size 1 on an
+// axis that may be dynamic) the axes are computed from runtime shapes.
+func (e *emitter) sumTo(g string, gs []int64, x string) string {
+	xs := e.shape(x)
+	lead := len(gs) - len(xs)
+	if lead < 0 {
+		fail("gradient of shape %v cannot be reduced to %q of shape %v", gs, x, xs)
+	}
+	var axes []int64
+	for i := range lead {
+		axes = append(axes, int64(i))
+	}
+	ambiguous := false
+	for i, d := range xs {
+		gd := gs[lead+i]
+		switch {
+		case d == gd && d != 1:
+		case d == 1 && gd != 1:
+			axes = append(axes, int64(lead+i))
+		case d == 1 && gd == 1:
+			ambiguous = true
+		default:
+			fail("gradient of shape %v cannot be reduced to %q of shape %v", gs, x, xs)
+		}
+	}
+	switch {
+	case ambiguous:
+		return e.sumToDynamic(g, len(gs), x)
+	case len(axes) == 0:
+		return g
+	case len(axes) == lead:
+		return e.b.ReduceSum(g, axes, false)
+	case lead == 0:
+		return e.b.ReduceSum(g, axes, true)
+	}
+	return e.like(e.b.ReduceSum(g, axes, true), x)
+}
+
+// sumToDynamic reduces g (of rank rg) over the axes where x, right-aligned
+// and padded with ones, has size 1 at run time.
+func (e *emitter) sumToDynamic(g string, rg int, x string) string {
+	b := e.b
+	sx := e.shapeOf(x)
+	if lead := rg - e.rank(x); lead > 0 {
+		sx = b.Concat(0, b.ConstInt64s(slices.Repeat([]int64{1}, lead)), sx)
+	}
+	isOne := b.Equal(sx, b.ConstInt64s([]int64{1}))
+	axes := b.Op("Compress", []string{b.ConstInt64s(arange(rg)), isOne}, onnx.AttrInt("axis", 0))
+	r := b.Op("ReduceSum", []string{g, axes}, onnx.AttrInt("keepdims", 1), onnx.AttrInt("noop_with_empty_axes", 1))
+	return e.like(r, x)
+}
+
+// mm returns op(x) @ op(y) where op transposes the last two axes when tx
+// (ty) is set. Float32 uses com.microsoft FusedMatMul, which transposes
+// for free. Other types transpose with a unary Einsum: ONNX Runtime's
+// optimizer would fuse a Transpose node into a FusedMatMul, which has only
+// a float32 kernel.
+func (e *emitter) mm(x string, tx bool, y string, ty bool, dt onnx.DataType) string {
+	if dt == onnx.Float && (tx || ty) {
+		return e.b.OpDomain("com.microsoft", "FusedMatMul", []string{x, y}, 1,
+			onnx.AttrInt("transA", boolInt(tx)), onnx.AttrInt("transB", boolInt(ty)))[0]
+	}
+	t := func(v string) string {
+		return e.b.Op("Einsum", []string{v}, onnx.AttrString("equation", "...ij->...ji"))
+	}
+	if tx {
+		x = t(x)
+	}
+	if ty {
+		y = t(y)
+	}
+	return e.b.MatMul(x, y)
+}
+
+// axis normalises a possibly negative axis for a value of rank r.
+func axis(a int64, r int) int64 {
+	if a < 0 {
+		a += int64(r)
+	}
+	if a < 0 || a >= int64(max(r, 1)) {
+		fail("axis %d out of range for rank %d", a, r)
+	}
+	return a
+}
+
+func arange(n int) []int64 {
+	out := make([]int64, n)
+	for i := range out {
+		out[i] = int64(i)
+	}
+	return out
+}
+
+func inversePerm(p []int64) []int64 {
+	inv := make([]int64, len(p))
+	for i, v := range p {
+		inv[v] = int64(i)
+	}
+	return inv
+}
+
+func boolInt(v bool) int64 {
+	if v {
+		return 1
+	}
+	return 0
+}
+
+func int32s(t *onnxpb.TensorProto) ([]int64, error) {
+	if t.RawData != nil {
+		if len(t.RawData)%4 != 0 {
+			return nil, fmt.Errorf("int32 raw data of %d bytes", len(t.RawData))
+		}
+		out := make([]int64, len(t.RawData)/4)
+		for i := range out {
+			b := t.RawData[4*i:]
+			out[i] = int64(int32(uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24))
+		}
+		return out, nil
+	}
+	out := make([]int64, len(t.Int32Data))
+	for i, v := range t.Int32Data {
+		out[i] = int64(v)
+	}
+	return out, nil
+}

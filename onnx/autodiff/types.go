@@ -1,0 +1,146 @@
+package autodiff
+
+import (
+	"ortalign/onnx"
+	"ortalign/onnx/onnxpb"
+)
+
+// nonDifferentiable lists operators whose outputs never carry a gradient,
+// even when computed from a trainable value: shape and index logic,
+// comparisons, rounding, random numbers. They pass through the walk.
+var nonDifferentiable = map[string]bool{
+	"Shape": true, "Size": true, "Range": true, "ConstantOfShape": true, "Constant": true,
+	"Equal": true, "Less": true, "LessOrEqual": true, "Greater": true, "GreaterOrEqual": true,
+	"And": true, "Or": true, "Xor": true, "Not": true, "IsNaN": true, "IsInf": true,
+	"NonZero": true, "ArgMax": true, "ArgMin": true, "EyeLike": true,
+	"Floor": true, "Ceil": true, "Round": true, "Sign": true,
+	"RandomNormal": true, "RandomNormalLike": true, "RandomUniform": true, "RandomUniformLike": true,
+	"Bernoulli": true, "Multinomial": true, "OneHot": true,
+}
+
+// inferTypes returns the element type of every value of g it can tell:
+// inputs, initializers, annotated values, and node outputs by simple
+// per-operator rules (most operators keep their first input's type).
+func inferTypes(g *onnxpb.GraphProto) map[string]onnx.DataType {
+	types := map[string]onnx.DataType{}
+	for _, vis := range [][]*onnxpb.ValueInfoProto{g.GetInput(), g.GetValueInfo(), g.GetOutput()} {
+		for _, vi := range vis {
+			if et, _, ok := onnx.TensorType(vi); ok && et != onnx.Undefined {
+				types[vi.GetName()] = et
+			}
+		}
+	}
+	for _, t := range g.GetInitializer() {
+		types[t.GetName()] = onnx.DataType(t.GetDataType())
+	}
+	for _, n := range g.GetNode() {
+		in := func(i int) onnx.DataType {
+			if i < len(n.Input) {
+				return types[n.Input[i]]
+			}
+			return onnx.Undefined
+		}
+		attrType := func(name string, def onnx.DataType) onnx.DataType {
+			if a := onnx.FindAttr(n, name); a != nil {
+				return onnx.DataType(a.GetI())
+			}
+			return def
+		}
+		var out []onnx.DataType // per output; a single entry applies to all
+		switch n.GetOpType() {
+		case "Constant":
+			out = []onnx.DataType{constantType(n)}
+		case "ConstantOfShape":
+			t := onnx.Float
+			if a := onnx.FindAttr(n, "value"); a != nil && a.T != nil {
+				t = onnx.DataType(a.T.GetDataType())
+			}
+			out = []onnx.DataType{t}
+		case "Shape", "Size", "NonZero", "ArgMax", "ArgMin":
+			out = []onnx.DataType{onnx.Int64}
+		case "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor", "Not", "IsNaN", "IsInf":
+			out = []onnx.DataType{onnx.Bool}
+		case "Cast":
+			out = []onnx.DataType{attrType("to", onnx.Undefined)}
+		case "CastLike", "Where":
+			out = []onnx.DataType{in(1)}
+		case "TopK":
+			out = []onnx.DataType{in(0), onnx.Int64}
+		case "Dropout":
+			out = []onnx.DataType{in(0), onnx.Bool}
+		case "LayerNormalization":
+			out = []onnx.DataType{in(0), onnx.Float, onnx.Float}
+			if a := onnx.FindAttr(n, "stash_type"); a != nil && a.GetI() != 1 {
+				out = []onnx.DataType{in(0), in(0), in(0)}
+			}
+		case "EyeLike", "RandomNormalLike", "RandomUniformLike":
+			out = []onnx.DataType{attrType("dtype", in(0))}
+		case "RandomNormal", "RandomUniform", "Bernoulli":
+			out = []onnx.DataType{attrType("dtype", onnx.Float)}
+		case "OneHot":
+			out = []onnx.DataType{in(2)}
+		default:
+			out = []onnx.DataType{in(0)}
+		}
+		for i, o := range n.GetOutput() {
+			if o == "" {
+				continue
+			}
+			if _, known := types[o]; known {
+				continue // annotated in the graph
+			}
+			t := out[0]
+			if i < len(out) {
+				t = out[i]
+			}
+			types[o] = t
+		}
+	}
+	return types
+}
+
+// constantType is the element type of a Constant node's value.
+func constantType(n *onnxpb.NodeProto) onnx.DataType {
+	for _, a := range n.GetAttribute() {
+		switch a.GetName() {
+		case "value":
+			return onnx.DataType(a.GetT().GetDataType())
+		case "value_float", "value_floats":
+			return onnx.Float
+		case "value_int", "value_ints":
+			return onnx.Int64
+		case "value_string", "value_strings":
+			return onnx.String
+		}
+	}
+	return onnx.Undefined
+}
+
+// constValues maps the values of g whose contents are fixed (initializers
+// and Constant node outputs) to their tensors.
+func constValues(g *onnxpb.GraphProto) map[string]*onnxpb.TensorProto {
+	out := map[string]*onnxpb.TensorProto{}
+	for _, t := range g.GetInitializer() {
+		out[t.GetName()] = t
+	}
+	for _, n := range g.GetNode() {
+		if n.GetOpType() != "Constant" || len(n.GetOutput()) != 1 {
+			continue
+		}
+		for _, a := range n.GetAttribute() {
+			switch a.GetName() {
+			case "value":
+				out[n.Output[0]] = a.GetT()
+			case "value_int":
+				out[n.Output[0]] = onnx.ScalarInt64("", a.GetI())
+			case "value_ints":
+				out[n.Output[0]] = onnx.Int64Tensor("", []int64{int64(len(a.GetInts()))}, a.GetInts())
+			case "value_float":
+				out[n.Output[0]] = onnx.ScalarFloat("", a.GetF())
+			case "value_floats":
+				out[n.Output[0]] = onnx.FloatTensor("", []int64{int64(len(a.GetFloats()))}, a.GetFloats())
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,387 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"math/rand"
+	"regexp"
+
+	"ortalign/onnx"
+	"ortalign/onnx/autodiff"
+	"ortalign/onnx/ort"
+)
+
+// TrainConfig configures preference training.
+type TrainConfig struct {
+	Loss        LossConfig
+	Optim       OptimConfig
+	LR          float64
+	Scheduler   string // "constant" or "linear" (to 0 at the last step, as HF's default)
+	WarmupSteps int
+	MaxGradNorm float64 // 0 disables clipping
+	BatchSize   int     // pairs per step
+	Epochs      int
+	MaxSteps    int // overrides Epochs when > 0
+	Seed        int64
+	Shuffle     bool
+	Threads     int
+	PadID       int64
+	Freeze      *regexp.Regexp // initializers whose names match stay frozen
+}
+
+// Trainer owns the training graph's session and the trainable parameters' buffers.
+type Trainer struct {
+	cfg    TrainConfig
+	path   string
+	base   *onnx.Model // the user's model; exports write new values into a clone
+	names  []string    // trainable initializers
+	shapes [][]int64
+	params [][]float32
+	grads  [][]float32
+	gradOf map[string]string // parameter -> gradient output
+	sess   *ort.Session
+	inputs map[string]bool
+	opt    *Optimizer
+}
+
+// StepMetrics are one step's values, with TRL's names in JSON.
+type StepMetrics struct {
+	Loss            float64 `json:"loss"`
+	RewardsChosen   float64 `json:"rewards/chosen"`
+	RewardsRejected float64 `json:"rewards/rejected"`
+	Accuracy        float64 `json:"rewards/accuracies"`
+	Margin          float64 `json:"rewards/margins"`
+	LogpsChosen     float64 `json:"logps/chosen"`
+	LogpsRejected   float64 `json:"logps/rejected"`
+	GradNorm        float64 `json:"grad_norm"`
+	LearningRate    float64 `json:"learning_rate"`
+	Epoch           float64 `json:"epoch"`
+	Step            int     `json:"step"`
+}
+
+// TrainableNames lists the float32 initializers of m that training updates: every
+// float tensor with more than one element that some node reads, minus those matching
+// freeze. Scalars are constants of the export (scales, epsilons), not parameters.
+func TrainableNames(m *onnx.Model, freeze *regexp.Regexp) ([]string, error) {
+	g := m.Graph()
+	used := map[string]bool{}
+	for _, n := range g.GetNode() {
+		for _, in := range onnx.NodeInputs(n) {
+			used[in] = true
+		}
+	}
+	var names []string
+	for _, t := range g.GetInitializer() {
+		if onnx.DataType(t.GetDataType()) != onnx.Float || !used[t.GetName()] {
+			continue
+		}
+		n, err := onnx.NumElements(t)
+		if err != nil {
+			return nil, err
+		}
+		if n <= 1 || (freeze != nil && freeze.MatchString(t.GetName())) {
+			continue
+		}
+		names = append(names, t.GetName())
+	}
+	return names, nil
+}
+
+// NewTrainer builds the training graph of the model at path (already loaded as m) —
+// forward, loss head and generated backward — and opens it in ONNX Runtime. sample is a
+// small batch used to learn intermediate shapes.
+func NewTrainer(path string, m *onnx.Model, cfg TrainConfig, sample []EncodedPair) (*Trainer, error) {
+	if err := cfg.Loss.Validate(); err != nil {
+		return nil, err
+	}
+	names, err := TrainableNames(m, cfg.Freeze)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(names) == 0 {
+		return nil, fmt.Errorf("%s: no trainable float initializers", path)
+	}
+	fwd := m.Clone()
+	if err := AppendPreferenceLoss(fwd, cfg.Loss); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	t := &Trainer{cfg: cfg, path: path, base: m, inputs: map[string]bool{}}
+	for _, in := range m.Graph().GetInput() {
+		t.inputs[in.GetName()] = true
+	}
+	sampleFeeds := t.batchFeeds(sample, make([]float64, len(sample)), make([]float64, len(sample)))
+	res, err := autodiff.Build(fwd, autodiff.Config{
+		Loss: LossOutput, Trainable: names, KeepOutputs: []string{SequenceLogpsOutput}, SampleFeeds: sampleFeeds,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: build training graph: %w", path, err)
+	}
+	t.gradOf = res.Grads
+	for _, name := range names {
+		init := onnx.Initializer(m.Graph(), name)
+		data, err := onnx.TensorFloats(init)
+		if err != nil {
+			return nil, fmt.Errorf("%s: initializer %q: %w", path, name, err)
+		}
+		if _, ok := res.Grads[name]; !ok {
+			return nil, fmt.Errorf("%s: no gradient for trainable %q", path, name)
+		}
+		t.names = append(t.names, name)
+		t.shapes = append(t.shapes, append([]int64(nil), init.GetDims()...))
+		t.params = append(t.params, data)
+		t.grads = append(t.grads, make([]float32, len(data)))
+	}
+	bytes, err := res.Model.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("%s: training graph: %w", path, err)
+	}
+	outputs := []string{LossOutput, SequenceLogpsOutput}
+	for _, name := range t.names {
+		outputs = append(outputs, res.Grads[name])
+	}
+	if t.sess, err = ort.NewSession(bytes, outputs, ort.Options{Threads: cfg.Threads}); err != nil {
+		return nil, fmt.Errorf("%s: training graph: %w", path, err)
+	}
+	sizes := make([]int, len(t.params))
+	for i, p := range t.params {
+		sizes[i] = len(p)
+	}
+	if t.opt, err = NewOptimizer(cfg.Optim, sizes); err != nil {
+		t.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// Close releases the session.
+func (t *Trainer) Close() {
+	if t.sess != nil {
+		t.sess.Destroy()
+		t.sess = nil
+	}
+}
+
+// Trainable returns the names of the trained initializers.
+func (t *Trainer) Trainable() []string { return t.names }
+
+// Params returns the live parameter buffers, in Trainable order.
+func (t *Trainer) Params() [][]float32 { return t.params }
+
+// Grads returns the last step's gradient buffers (before clipping), in Trainable order.
+func (t *Trainer) Grads() [][]float32 { return t.grads }
+
+// batchFeeds builds the model and loss inputs for a batch of pairs.
+func (t *Trainer) batchFeeds(pairs []EncodedPair, refC, refR []float64) map[string]*ort.Tensor {
+	rows := make([]Sequence, 0, 2*len(pairs))
+	for _, p := range pairs {
+		rows = append(rows, p.Chosen)
+	}
+	for _, p := range pairs {
+		rows = append(rows, p.Rejected)
+	}
+	b := BatchInputs(rows, t.cfg.PadID)
+	feeds := map[string]*ort.Tensor{inputIDs: b.IDs, CompletionMaskInput: b.CompletionMask}
+	if t.inputs[attentionMask] {
+		feeds[attentionMask] = b.AttentionMask
+	}
+	if t.inputs[positionIDs] {
+		feeds[positionIDs] = b.PositionIDs
+	}
+	n := int64(len(pairs))
+	rc, rr := make([]float32, n), make([]float32, n)
+	for i := range pairs {
+		rc[i], rr[i] = float32(refC[i]), float32(refR[i])
+	}
+	feeds[RefChosenInput] = &ort.Tensor{Shape: []int64{n}, F32: rc}
+	feeds[RefRejectedInput] = &ort.Tensor{Shape: []int64{n}, F32: rr}
+	return feeds
+}
+
+// ComputeGradients runs forward and backward on a batch: it fills Grads() and returns
+// the metrics of the batch (GradNorm included, LearningRate and Step left to the caller).
+func (t *Trainer) ComputeGradients(pairs []EncodedPair, refC, refR []float64) (StepMetrics, error) {
+	feeds := t.batchFeeds(pairs, refC, refR)
+	into := map[string]*ort.Tensor{}
+	for i, name := range t.names {
+		feeds[name] = &ort.Tensor{Shape: t.shapes[i], F32: t.params[i]}
+		into[t.gradOf[name]] = &ort.Tensor{Shape: t.shapes[i], F32: t.grads[i]}
+	}
+	out, err := t.sess.Run(feeds, into)
+	if err != nil {
+		return StepMetrics{}, err
+	}
+	var m StepMetrics
+	m.Loss = float64(out[LossOutput].F32[0])
+	lp := out[SequenceLogpsOutput].F32
+	n := len(pairs)
+	beta := t.cfg.Loss.Beta
+	for i := 0; i < n; i++ {
+		pc, pr := float64(lp[i]), float64(lp[n+i])
+		rc, rr := beta*(pc-refC[i]), beta*(pr-refR[i])
+		m.RewardsChosen += rc
+		m.RewardsRejected += rr
+		m.LogpsChosen += pc
+		m.LogpsRejected += pr
+		if rc > rr {
+			m.Accuracy++
+		}
+	}
+	for _, v := range []*float64{&m.RewardsChosen, &m.RewardsRejected, &m.LogpsChosen, &m.LogpsRejected, &m.Accuracy} {
+		*v /= float64(n)
+	}
+	m.Margin = m.RewardsChosen - m.RewardsRejected
+	m.GradNorm = GradNorm(t.grads)
+	if math.IsNaN(m.Loss) || math.IsInf(m.Loss, 0) || math.IsNaN(m.GradNorm) || math.IsInf(m.GradNorm, 0) {
+		return m, fmt.Errorf("non-finite loss %g or gradient norm %g", m.Loss, m.GradNorm)
+	}
+	return m, nil
+}
+
+// Step computes gradients on a batch, clips them and applies the optimizer with lr.
+func (t *Trainer) Step(pairs []EncodedPair, refC, refR []float64, lr float64) (StepMetrics, error) {
+	m, err := t.ComputeGradients(pairs, refC, refR)
+	if err != nil {
+		return m, err
+	}
+	ClipGrads(t.grads, m.GradNorm, t.cfg.MaxGradNorm)
+	t.opt.Apply(t.params, t.grads, lr)
+	m.LearningRate = lr
+	m.Step = t.opt.Step
+	return m, nil
+}
+
+// Model returns a copy of the user's model holding the current weights: same graph,
+// inputs, outputs, names, opset and external-data layout.
+func (t *Trainer) Model() (*onnx.Model, error) {
+	m := t.base.Clone()
+	for i, name := range t.names {
+		init := onnx.Initializer(m.Graph(), name)
+		if err := onnx.SetTensorFloats(init, t.params[i]); err != nil {
+			return nil, fmt.Errorf("set %q: %w", name, err)
+		}
+	}
+	return m, nil
+}
+
+// Export writes the user's model with the current weights to path (atomically).
+func (t *Trainer) Export(path string) error {
+	m, err := t.Model()
+	if err != nil {
+		return err
+	}
+	if err := m.Save(path, onnx.SaveOptions{}); err != nil {
+		return fmt.Errorf("export %s: %w", path, err)
+	}
+	return nil
+}
+
+// LearningRate is the scheduled rate at a 0-based step of total.
+func (c TrainConfig) LearningRate(step, total int) float64 {
+	if c.WarmupSteps > 0 && step < c.WarmupSteps {
+		return c.LR * float64(step+1) / float64(c.WarmupSteps)
+	}
+	if c.Scheduler == "linear" && total > c.WarmupSteps {
+		return c.LR * math.Max(0, float64(total-step)/float64(total-c.WarmupSteps))
+	}
+	return c.LR
+}
+
+// RunConfig says where a training run reports and saves.
+type RunConfig struct {
+	Checkpoint      string    // checkpoint file; "" disables checkpoints
+	CheckpointEvery int       // steps between checkpoints (0: only at the end or on interrupt)
+	Metrics         io.Writer // one JSON object per step
+	Progress        *Progress
+}
+
+// Train runs the configured number of steps over pairs (reference log-probs refC/refR
+// per pair), resuming from rc.Checkpoint when it exists. On ctx cancellation it saves a
+// checkpoint and returns ctx.Err().
+func (t *Trainer) Train(ctx context.Context, pairs []EncodedPair, refC, refR []float64, rc RunConfig) error {
+	bs := max(1, t.cfg.BatchSize)
+	perEpoch := (len(pairs) + bs - 1) / bs
+	if perEpoch == 0 {
+		return fmt.Errorf("no training pairs")
+	}
+	total := t.cfg.MaxSteps
+	if total <= 0 {
+		total = max(1, t.cfg.Epochs) * perEpoch
+	}
+	if rc.Checkpoint != "" {
+		ok, err := t.loadCheckpoint(rc.Checkpoint)
+		if err != nil {
+			return err
+		}
+		if ok && rc.Progress != nil {
+			fmt.Fprintf(rc.Progress.Out, "resuming from %s at step %d\n", rc.Checkpoint, t.opt.Step)
+		}
+	}
+	enc := json.NewEncoder(orDiscard(rc.Metrics))
+	rc.Progress.Start(total)
+	rc.Progress.Add(t.opt.Step)
+	var order []int
+	orderEpoch := -1
+	for step := t.opt.Step; step < total; step++ {
+		if err := ctx.Err(); err != nil {
+			if rc.Checkpoint != "" {
+				if cerr := t.saveCheckpoint(rc.Checkpoint); cerr != nil {
+					return fmt.Errorf("interrupted at step %d; checkpoint failed: %w", step, cerr)
+				}
+			}
+			return err
+		}
+		epoch, k := step/perEpoch, step%perEpoch
+		if epoch != orderEpoch {
+			order, orderEpoch = epochOrder(len(pairs), t.cfg.Seed, epoch, t.cfg.Shuffle), epoch
+		}
+		idx := order[k*bs : min((k+1)*bs, len(pairs))]
+		batch := make([]EncodedPair, len(idx))
+		bc, br := make([]float64, len(idx)), make([]float64, len(idx))
+		for j, i := range idx {
+			batch[j], bc[j], br[j] = pairs[i], refC[i], refR[i]
+		}
+		m, err := t.Step(batch, bc, br, t.cfg.LearningRate(step, total))
+		if err != nil {
+			return fmt.Errorf("step %d: %w", step+1, err)
+		}
+		m.Epoch = float64(step+1) / float64(perEpoch)
+		if err := enc.Encode(m); err != nil {
+			return fmt.Errorf("write metrics: %w", err)
+		}
+		rc.Progress.Add(1)
+		if rc.Checkpoint != "" && rc.CheckpointEvery > 0 && (step+1)%rc.CheckpointEvery == 0 && step+1 < total {
+			if err := t.saveCheckpoint(rc.Checkpoint); err != nil {
+				return fmt.Errorf("step %d: %w", step+1, err)
+			}
+		}
+	}
+	rc.Progress.Done()
+	if rc.Checkpoint != "" {
+		return t.saveCheckpoint(rc.Checkpoint)
+	}
+	return nil
+}
+
+// epochOrder is the pair order of an epoch: a seeded shuffle, so a resumed run sees the
+// same batches.
+func epochOrder(n int, seed int64, epoch int, shuffle bool) []int {
+	order := make([]int, n)
+	for i := range order {
+		order[i] = i
+	}
+	if shuffle {
+		r := rand.New(rand.NewSource(seed*1000003 + int64(epoch)))
+		r.Shuffle(n, func(i, j int) { order[i], order[j] = order[j], order[i] })
+	}
+	return order
+}
+
+func orDiscard(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}

@@ -1,0 +1,350 @@
+package pipeline
+
+import (
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"errors"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"ortalign/onnx"
+)
+
+// dpoOracle is testdata/expected/dpo_grads_<model>.json.gz, written by
+// testdata/gen_dpo_oracle.py with PyTorch autograd in float64.
+type dpoOracle struct {
+	InputIDs  [][]int64 `json:"input_ids"`
+	PromptLen []int     `json:"prompt_len"`
+	SeqLen    []int     `json:"seq_len"`
+	RefLogps  []float64 `json:"ref_logps"`
+	Loss      float64   `json:"loss_float64"`
+	PadID     int64     `json:"pad_id"`
+	Beta      float64   `json:"beta"`
+	OnnxGrads map[string]map[string]struct {
+		Shape  []int64   `json:"shape"`
+		Values []float64 `json:"values"`
+	} `json:"onnx_grads"`
+}
+
+// adamwOracle is testdata/expected/dpo_adamw_<model>.json.
+type adamwOracle struct {
+	Files  map[string][]string `json:"curve_onnx_files"`
+	Curves map[string]map[string]struct {
+		Steps []StepMetrics `json:"steps"`
+	} `json:"curves"`
+}
+
+func readOracle(t *testing.T, path string, v any) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var r interface{ Read([]byte) (int, error) } = f
+	if filepath.Ext(path) == ".gz" {
+		gz, err := gzip.NewReader(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r = gz
+	}
+	if err := json.NewDecoder(r).Decode(v); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+}
+
+// oracleBatch turns the oracle's rows (4 chosen, then 4 rejected) into pairs and refs.
+func oracleBatch(o *dpoOracle) ([]EncodedPair, []float64, []float64) {
+	n := len(o.InputIDs) / 2
+	seq := func(i int) Sequence {
+		return Sequence{IDs: o.InputIDs[i][:o.SeqLen[i]], CompletionStart: o.PromptLen[i]}
+	}
+	pairs := make([]EncodedPair, n)
+	for i := range pairs {
+		pairs[i] = EncodedPair{Index: i, Chosen: seq(i), Rejected: seq(n + i)}
+	}
+	return pairs, o.RefLogps[:n], o.RefLogps[n:]
+}
+
+func relL2(got []float32, want []float64) float64 {
+	var num, den float64
+	for i := range want {
+		d := float64(got[i]) - want[i]
+		num += d * d
+		den += want[i] * want[i]
+	}
+	return math.Sqrt(num / math.Max(den, 1e-30))
+}
+
+// TestDPOGradientsAndSGDStepMatchPyTorch: the generated training graph's DPO gradients
+// equal PyTorch autograd's (relative L2 ≤ 1e-3 per tensor) on both tiny models at opsets
+// 14 and 17 with padding in the batch, and one SGD step with lr 1 moves every parameter by
+// exactly minus its gradient in the exported model.
+func TestDPOGradientsAndSGDStepMatchPyTorch(t *testing.T) {
+	for _, model := range []string{"gpt2", "llama"} {
+		var o dpoOracle
+		readOracle(t, "../testdata/expected/dpo_grads_"+model+".json.gz", &o)
+		pairs, refC, refR := oracleBatch(&o)
+		for file, want := range o.OnnxGrads {
+			t.Run(filepath.Base(file), func(t *testing.T) {
+				m, err := onnx.Load(filepath.Join("../testdata", file))
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg := TrainConfig{
+					Loss:  LossConfig{Type: LossSigmoid, Beta: o.Beta},
+					Optim: OptimConfig{Name: OptimSGD}, LR: 1, Scheduler: "constant",
+					BatchSize: len(pairs), MaxSteps: 1, Threads: 1, PadID: o.PadID,
+				}
+				tr, err := NewTrainer(file, m, cfg, pairs)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer tr.Close()
+				if len(tr.Trainable()) != len(want) {
+					t.Fatalf("trains %d tensors, oracle has %d", len(tr.Trainable()), len(want))
+				}
+				start := make([][]float32, len(tr.Params()))
+				for i, p := range tr.Params() {
+					start[i] = append([]float32(nil), p...)
+				}
+				metrics, err := tr.Step(pairs, refC, refR, 1)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if d := math.Abs(metrics.Loss - o.Loss); d > 1e-5 {
+					t.Errorf("loss %.8f, PyTorch %.8f", metrics.Loss, o.Loss)
+				}
+				exported, err := tr.Model()
+				if err != nil {
+					t.Fatal(err)
+				}
+				worst := 0.0
+				for i, name := range tr.Trainable() {
+					w, ok := want[name]
+					if !ok {
+						t.Fatalf("no oracle gradient for %q", name)
+					}
+					if e := relL2(tr.Grads()[i], w.Values); e > 1e-3 {
+						t.Errorf("%s: gradient relative L2 error %.2e", name, e)
+					} else {
+						worst = max(worst, e)
+					}
+					after, err := onnx.TensorFloats(onnx.Initializer(exported.Graph(), name))
+					if err != nil {
+						t.Fatal(err)
+					}
+					step := make([]float32, len(after))
+					for k := range after {
+						step[k] = start[i][k] - after[k] // = grad for lr 1
+					}
+					if e := relL2(step, w.Values); e > 1e-3 {
+						t.Errorf("%s: SGD step differs from -grad: relative L2 %.2e", name, e)
+					}
+				}
+				t.Logf("%d tensors, worst gradient relative L2 error %.2e", len(tr.Trainable()), worst)
+			})
+		}
+	}
+}
+
+// TestDPOAdamWCurveMatchesPyTorch: 20 full-batch AdamW steps reproduce PyTorch's loss
+// curve within 1e-3 relative at every step.
+func TestDPOAdamWCurveMatchesPyTorch(t *testing.T) {
+	for _, model := range []string{"gpt2", "llama"} {
+		var o dpoOracle
+		readOracle(t, "../testdata/expected/dpo_grads_"+model+".json.gz", &o)
+		var a adamwOracle
+		readOracle(t, "../testdata/expected/dpo_adamw_"+model+".json", &a)
+		pairs, refC, refR := oracleBatch(&o)
+		for kind, files := range a.Files {
+			curve := a.Curves[kind]["float32"].Steps
+			file := files[len(files)-1]
+			t.Run(model+"/"+kind, func(t *testing.T) {
+				m, err := onnx.Load(filepath.Join("../testdata", file))
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg := TrainConfig{
+					Loss:  LossConfig{Type: LossSigmoid, Beta: o.Beta},
+					Optim: OptimConfig{Name: OptimAdamW, WeightDecay: 0.01}, LR: 1e-3, Scheduler: "constant",
+					BatchSize: len(pairs), MaxSteps: len(curve), Threads: 1, PadID: o.PadID,
+				}
+				tr, err := NewTrainer(file, m, cfg, pairs)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer tr.Close()
+				var got []StepMetrics
+				rec := jsonRecorder{&got}
+				if err := tr.Train(context.Background(), pairs, refC, refR, RunConfig{Metrics: rec}); err != nil {
+					t.Fatal(err)
+				}
+				if len(got) != len(curve) {
+					t.Fatalf("%d steps, want %d", len(got), len(curve))
+				}
+				for k, want := range curve {
+					if e := math.Abs(got[k].Loss-want.Loss) / math.Abs(want.Loss); e > 1e-3 {
+						t.Errorf("step %d: loss %.6f, PyTorch %.6f (rel %.1e)", k+1, got[k].Loss, want.Loss, e)
+					}
+					if e := math.Abs(got[k].GradNorm-want.GradNorm) / want.GradNorm; e > 1e-3 {
+						t.Errorf("step %d: grad_norm %.6f, PyTorch %.6f", k+1, got[k].GradNorm, want.GradNorm)
+					}
+					if got[k].Step != want.Step || math.Abs(got[k].RewardsChosen-want.RewardsChosen) > 1e-4 {
+						t.Errorf("step %d: metrics %+v, PyTorch %+v", k+1, got[k], want)
+					}
+				}
+			})
+		}
+	}
+}
+
+// jsonRecorder decodes the trainer's metrics lines back into structs.
+type jsonRecorder struct{ out *[]StepMetrics }
+
+func (r jsonRecorder) Write(b []byte) (int, error) {
+	var m StepMetrics
+	if err := json.Unmarshal(b, &m); err != nil {
+		return 0, err
+	}
+	*r.out = append(*r.out, m)
+	return len(b), nil
+}
+
+// cancelAfter cancels a context after n metric lines, like a Ctrl-C during training.
+type cancelAfter struct {
+	n      int
+	cancel context.CancelFunc
+}
+
+func (c *cancelAfter) Write(b []byte) (int, error) {
+	if c.n--; c.n == 0 {
+		c.cancel()
+	}
+	return len(b), nil
+}
+
+// TestInterruptSavesCheckpointAndResumes: cancelling mid-run saves a checkpoint at the
+// last finished step, and a new trainer resumes from it.
+func TestInterruptSavesCheckpointAndResumes(t *testing.T) {
+	var o dpoOracle
+	readOracle(t, "../testdata/expected/dpo_grads_llama.json.gz", &o)
+	pairs, refC, refR := oracleBatch(&o)
+	m, err := onnx.Load("../testdata/models/llama_opset14.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := TrainConfig{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}, Optim: OptimConfig{Name: OptimAdamW}, LR: 1e-3,
+		BatchSize: 2, MaxSteps: 8, Threads: 1, PadID: o.PadID}
+	ckpt := filepath.Join(t.TempDir(), "checkpoint.bin")
+	ctx, cancel := context.WithCancel(context.Background())
+	tr, err := NewTrainer("llama", m, cfg, pairs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	err = tr.Train(ctx, pairs, refC, refR, RunConfig{Checkpoint: ckpt, Metrics: &cancelAfter{n: 3, cancel: cancel}})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("want context.Canceled, got %v", err)
+	}
+	tr2, err := NewTrainer("llama", m, cfg, pairs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr2.Close()
+	var got []StepMetrics
+	if err := tr2.Train(context.Background(), pairs, refC, refR, RunConfig{Checkpoint: ckpt, Metrics: jsonRecorder{&got}}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 5 || got[0].Step != 4 {
+		t.Fatalf("resumed run did %d steps starting at %v, want 5 starting at step 4", len(got), got)
+	}
+}
+
+// TestCheckpointOfAnotherModelIsAnError: a checkpoint is never applied to the wrong model.
+func TestCheckpointOfAnotherModelIsAnError(t *testing.T) {
+	var o dpoOracle
+	readOracle(t, "../testdata/expected/dpo_grads_llama.json.gz", &o)
+	pairs, refC, refR := oracleBatch(&o)
+	ckpt := filepath.Join(t.TempDir(), "checkpoint.bin")
+	cfg := TrainConfig{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}, Optim: OptimConfig{Name: OptimSGD}, LR: 1e-3,
+		BatchSize: 4, MaxSteps: 1, Threads: 1, PadID: o.PadID}
+	for i, file := range []string{"llama_opset14.onnx", "gpt2_opset14.onnx"} {
+		m, err := onnx.Load("../testdata/models/" + file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr, err := NewTrainer(file, m, cfg, pairs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = tr.Train(context.Background(), pairs, refC, refR, RunConfig{Checkpoint: ckpt})
+		tr.Close()
+		if i == 1 && (err == nil || !strings.Contains(err.Error(), "another model")) {
+			t.Fatalf("want an error about another model's checkpoint, got %v", err)
+		}
+	}
+}
+
+// TestExportedModelGivesTrainerLogps: the exported model, loaded in ONNX Runtime, gives
+// the same log-probs as the trainer's final policy (within 1e-5).
+func TestExportedModelGivesTrainerLogps(t *testing.T) {
+	var o dpoOracle
+	readOracle(t, "../testdata/expected/dpo_grads_gpt2.json.gz", &o)
+	pairs, refC, refR := oracleBatch(&o)
+	m, err := onnx.Load("../testdata/models/gpt2_opset17.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := TrainConfig{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}, Optim: OptimConfig{Name: OptimAdamW}, LR: 1e-2,
+		BatchSize: 4, MaxSteps: 5, Threads: 1, PadID: o.PadID}
+	tr, err := NewTrainer("gpt2", m, cfg, pairs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Train(context.Background(), pairs, refC, refR, RunConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	after, err := tr.ComputeGradients(pairs, refC, refR) // the trained policy's own log-probs
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "model.onnx")
+	if err := tr.Export(path); err != nil {
+		t.Fatal(err)
+	}
+	lm, err := LoadLogProbModel(path, ModelOptions{Threads: 1, PadID: o.PadID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lm.Close()
+	rows := make([]Sequence, 0, 2*len(pairs))
+	for _, p := range pairs {
+		rows = append(rows, p.Chosen)
+	}
+	for _, p := range pairs {
+		rows = append(rows, p.Rejected)
+	}
+	lp, err := lm.SequenceLogps(rows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := len(pairs)
+	var chosen, rejected float64
+	for i := 0; i < n; i++ {
+		chosen += lp[i] / float64(n)
+		rejected += lp[n+i] / float64(n)
+	}
+	if math.Abs(chosen-after.LogpsChosen) > 1e-5 || math.Abs(rejected-after.LogpsRejected) > 1e-5 {
+		t.Fatalf("exported model logps chosen %.7f rejected %.7f; trainer %.7f %.7f", chosen, rejected, after.LogpsChosen, after.LogpsRejected)
+	}
+	if math.Abs(after.LogpsChosen-(-46.74454116821289)) < 1e-3 {
+		t.Fatal("training did not change the policy")
+	}
+}
