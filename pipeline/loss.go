@@ -26,9 +26,9 @@ const (
 // LossConfig selects a preference loss. h is the log-ratio difference
 // (π_c − π_r) − (ref_c − ref_r) of each pair.
 type LossConfig struct {
-	Type           string
-	Beta           float64
-	LabelSmoothing float64 // sigmoid only: cDPO's ε
+	Type           string  `json:"type"`
+	Beta           float64 `json:"beta"`
+	LabelSmoothing float64 `json:"label_smoothing"` // sigmoid only: cDPO's ε
 }
 
 // Validate reports an unknown type or out-of-range parameters.

@@ -90,6 +90,39 @@ func TrainableNames(m *onnx.Model, freeze *regexp.Regexp) ([]string, error) {
 	return names, nil
 }
 
+// BuildTrainingGraph appends the loss head to a copy of the causal LM m and differentiates
+// it: the result computes the loss, sequence_logps and grad.<name> for every trainable
+// initializer (TrainableNames), which become inputs. sample is a small batch used to learn
+// intermediate shapes; nil means two made-up pairs of token 0.
+func BuildTrainingGraph(m *onnx.Model, loss LossConfig, freeze *regexp.Regexp, sample []EncodedPair) (*autodiff.Result, []string, error) {
+	names, err := TrainableNames(m, freeze)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(names) == 0 {
+		return nil, nil, fmt.Errorf("no trainable float initializers")
+	}
+	fwd := m.Clone()
+	if err := AppendPreferenceLoss(fwd, loss); err != nil {
+		return nil, nil, err
+	}
+	if len(sample) == 0 {
+		sample = []EncodedPair{
+			{Chosen: Sequence{IDs: make([]int64, 5), CompletionStart: 2}, Rejected: Sequence{IDs: make([]int64, 4), CompletionStart: 2}},
+			{Chosen: Sequence{IDs: make([]int64, 3), CompletionStart: 1}, Rejected: Sequence{IDs: make([]int64, 6), CompletionStart: 3}},
+		}
+	}
+	zeros := make([]float64, len(sample))
+	feeds := batchFeeds(modelInputs(m), sample, zeros, zeros, 0)
+	res, err := autodiff.Build(fwd, autodiff.Config{
+		Loss: LossOutput, Trainable: names, KeepOutputs: []string{SequenceLogpsOutput}, SampleFeeds: feeds,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("build training graph: %w", err)
+	}
+	return res, names, nil
+}
+
 // NewTrainer builds the training graph of the model at path (already loaded as m) —
 // forward, loss head and generated backward — and opens it in ONNX Runtime. sample is a
 // small batch used to learn intermediate shapes.
@@ -97,27 +130,10 @@ func NewTrainer(path string, m *onnx.Model, cfg TrainConfig, sample []EncodedPai
 	if err := cfg.Loss.Validate(); err != nil {
 		return nil, err
 	}
-	names, err := TrainableNames(m, cfg.Freeze)
+	t := &Trainer{cfg: cfg, path: path, base: m, inputs: modelInputs(m)}
+	res, names, err := BuildTrainingGraph(m, cfg.Loss, cfg.Freeze, sample)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if len(names) == 0 {
-		return nil, fmt.Errorf("%s: no trainable float initializers", path)
-	}
-	fwd := m.Clone()
-	if err := AppendPreferenceLoss(fwd, cfg.Loss); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	t := &Trainer{cfg: cfg, path: path, base: m, inputs: map[string]bool{}}
-	for _, in := range m.Graph().GetInput() {
-		t.inputs[in.GetName()] = true
-	}
-	sampleFeeds := t.batchFeeds(sample, make([]float64, len(sample)), make([]float64, len(sample)))
-	res, err := autodiff.Build(fwd, autodiff.Config{
-		Loss: LossOutput, Trainable: names, KeepOutputs: []string{SequenceLogpsOutput}, SampleFeeds: sampleFeeds,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("%s: build training graph: %w", path, err)
 	}
 	t.gradOf = res.Grads
 	for _, name := range names {
@@ -173,8 +189,18 @@ func (t *Trainer) Params() [][]float32 { return t.params }
 // Grads returns the last step's gradient buffers (before clipping), in Trainable order.
 func (t *Trainer) Grads() [][]float32 { return t.grads }
 
-// batchFeeds builds the model and loss inputs for a batch of pairs.
-func (t *Trainer) batchFeeds(pairs []EncodedPair, refC, refR []float64) map[string]*ort.Tensor {
+// modelInputs is the set of m's graph input names.
+func modelInputs(m *onnx.Model) map[string]bool {
+	in := map[string]bool{}
+	for _, v := range m.Graph().GetInput() {
+		in[v.GetName()] = true
+	}
+	return in
+}
+
+// batchFeeds builds the model and loss inputs for a batch of pairs; inputs says which of
+// attention_mask and position_ids the model takes.
+func batchFeeds(inputs map[string]bool, pairs []EncodedPair, refC, refR []float64, padID int64) map[string]*ort.Tensor {
 	rows := make([]Sequence, 0, 2*len(pairs))
 	for _, p := range pairs {
 		rows = append(rows, p.Chosen)
@@ -182,12 +208,12 @@ func (t *Trainer) batchFeeds(pairs []EncodedPair, refC, refR []float64) map[stri
 	for _, p := range pairs {
 		rows = append(rows, p.Rejected)
 	}
-	b := BatchInputs(rows, t.cfg.PadID)
+	b := BatchInputs(rows, padID)
 	feeds := map[string]*ort.Tensor{inputIDs: b.IDs, CompletionMaskInput: b.CompletionMask}
-	if t.inputs[attentionMask] {
+	if inputs[attentionMask] {
 		feeds[attentionMask] = b.AttentionMask
 	}
-	if t.inputs[positionIDs] {
+	if inputs[positionIDs] {
 		feeds[positionIDs] = b.PositionIDs
 	}
 	n := int64(len(pairs))
@@ -203,7 +229,7 @@ func (t *Trainer) batchFeeds(pairs []EncodedPair, refC, refR []float64) map[stri
 // ComputeGradients runs forward and backward on a batch: it fills Grads() and returns
 // the metrics of the batch (GradNorm included, LearningRate and Step left to the caller).
 func (t *Trainer) ComputeGradients(pairs []EncodedPair, refC, refR []float64) (StepMetrics, error) {
-	feeds := t.batchFeeds(pairs, refC, refR)
+	feeds := batchFeeds(t.inputs, pairs, refC, refR, t.cfg.PadID)
 	into := map[string]*ort.Tensor{}
 	for i, name := range t.names {
 		feeds[name] = &ort.Tensor{Shape: t.shapes[i], F32: t.params[i]}

@@ -9,6 +9,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"ortalign/onnx"
+	"ortalign/onnx/autodiff"
+	"ortalign/pipeline"
 )
 
 func newInspectCmd(_ *globalOptions) *cobra.Command {
@@ -23,6 +25,7 @@ func newInspectCmd(_ *globalOptions) *cobra.Command {
 				return err
 			}
 			printSummary(cmd.OutOrStdout(), args[0], onnx.Summary(m))
+			printTrainability(cmd.OutOrStdout(), m)
 			return nil
 		},
 	}
@@ -74,4 +77,27 @@ func dimsString(dims []onnx.Dim) string {
 		parts[i] = d.String()
 	}
 	return "[" + strings.Join(parts, ", ") + "]"
+}
+
+// printTrainability says whether ortalign can differentiate the model for training, and
+// lists the nodes on the training path whose ops lack a gradient rule.
+func printTrainability(w io.Writer, m *onnx.Model) {
+	names, err := pipeline.TrainableNames(m, nil)
+	fwd := m.Clone()
+	if err == nil {
+		err = pipeline.AppendPreferenceLoss(fwd, pipeline.LossConfig{Type: pipeline.LossSigmoid, Beta: 0.1})
+	}
+	if err != nil {
+		fmt.Fprintf(w, "training:   not trainable as a causal LM: %v\n", err)
+		return
+	}
+	missing := autodiff.Unsupported(fwd, pipeline.LossOutput, names)
+	if len(missing) == 0 {
+		fmt.Fprintf(w, "training:   %d trainable tensors; every op on the path to the loss has a gradient rule\n", len(names))
+		return
+	}
+	fmt.Fprintf(w, "training:   %d nodes on the path to the loss have no gradient rule:\n", len(missing))
+	for _, n := range missing {
+		fmt.Fprintf(w, "  %s\n", n)
+	}
 }

@@ -35,7 +35,7 @@ tokenizer.json files.`,
 	}
 	root.PersistentFlags().StringVar(&g.ortLib, "ort-lib", "", "path to libonnxruntime.so (default: $ORTALIGN_ORT_LIB, next to the binary, or third_party/ort from `make setup`)")
 	root.PersistentFlags().IntVar(&g.threads, "threads", 0, "ONNX Runtime intra-op threads (0 = all cores)")
-	root.AddCommand(newScoreCmd(g), newDPOCmd(g), newTokenizeCmd(), newInspectCmd(g))
+	root.AddCommand(newScoreCmd(g), newDPOCmd(g), newTokenizeCmd(), newArtifactsCmd(g), newInspectCmd(g))
 	return root
 }
 

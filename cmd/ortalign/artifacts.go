@@ -1,0 +1,112 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+
+	"github.com/spf13/cobra"
+
+	"ortalign/onnx"
+	"ortalign/onnx/autodiff"
+	"ortalign/pipeline"
+)
+
+// artifactsOptions are the flags of `ortalign artifacts`.
+type artifactsOptions struct {
+	model, out, loss, freeze string
+	beta, labelSmoothing     float64
+}
+
+func newArtifactsCmd(g *globalOptions) *cobra.Command {
+	o := &artifactsOptions{}
+	cmd := &cobra.Command{
+		Use:   "artifacts --model M.onnx --loss sigmoid --out DIR",
+		Short: "Write the generated training graph and its manifest, to drive training from your own code",
+		Long: `artifacts writes DIR/training.onnx — the model with a preference-loss head and the
+generated backward pass, in standard ONNX operators that any ONNX Runtime build runs — and
+DIR/manifest.json, which lists its data inputs, the trainable parameters (fed as inputs;
+start from the model's initializers of the same names) with the output holding each one's
+gradient, and all outputs. One session run gives the loss, the per-sequence log-probs and
+every gradient; apply your optimizer to the parameters and feed them back.`,
+		Example: `  ortalign artifacts --model model.onnx --loss sigmoid --beta 0.1 --out artifacts/`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.initORT(); err != nil {
+				return err
+			}
+			return runArtifacts(o, cmd.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.model, "model", "", "causal LM (ONNX)")
+	f.StringVar(&o.out, "out", "", "output directory")
+	f.StringVar(&o.loss, "loss", pipeline.LossSigmoid, "loss: sigmoid (DPO), ipo, hinge")
+	f.Float64Var(&o.beta, "beta", 0.1, "DPO beta")
+	f.Float64Var(&o.labelSmoothing, "label-smoothing", 0, "cDPO label smoothing (sigmoid loss)")
+	f.StringVar(&o.freeze, "freeze", "", "regexp of initializer names to keep frozen")
+	_ = cmd.MarkFlagRequired("model")
+	_ = cmd.MarkFlagRequired("out")
+	return cmd
+}
+
+func runArtifacts(o *artifactsOptions, stdout io.Writer) error {
+	var freeze *regexp.Regexp
+	if o.freeze != "" {
+		var err error
+		if freeze, err = regexp.Compile(o.freeze); err != nil {
+			return fmt.Errorf("--freeze: %w", err)
+		}
+	}
+	m, err := onnx.Load(o.model)
+	if err != nil {
+		return err
+	}
+	loss := pipeline.LossConfig{Type: o.loss, Beta: o.beta, LabelSmoothing: o.labelSmoothing}
+	res, names, err := pipeline.BuildTrainingGraph(m, loss, freeze, nil)
+	if err != nil {
+		return fmt.Errorf("%s: %w", o.model, err)
+	}
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return fmt.Errorf("--out: %w", err)
+	}
+	graphPath := filepath.Join(o.out, "training.onnx")
+	if err := res.Model.Save(graphPath, onnx.SaveOptions{}); err != nil {
+		return err
+	}
+	manifest := struct {
+		Source string `json:"source_model"`
+		Loss   pipeline.LossConfig `json:"loss_config"`
+		autodiff.Manifest
+	}{o.model, loss, res.Manifest}
+	b, err := json.MarshalIndent(manifest, "", "  ")
+	if err != nil {
+		return err
+	}
+	manifestPath := filepath.Join(o.out, "manifest.json")
+	if err := writeFileAtomic(manifestPath, append(b, '\n')); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s (%d trainable tensors) and %s\n", graphPath, len(names), manifestPath)
+	return nil
+}
+
+// writeFileAtomic writes data to a temporary file beside path and renames it into place.
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return os.Rename(tmp.Name(), path)
+}
