@@ -78,7 +78,7 @@ func runArtifacts(o *artifactsOptions, stdout io.Writer) error {
 		return err
 	}
 	manifest := struct {
-		Source string `json:"source_model"`
+		Source string              `json:"source_model"`
 		Loss   pipeline.LossConfig `json:"loss_config"`
 		autodiff.Manifest
 	}{o.model, loss, res.Manifest}

@@ -300,6 +300,7 @@ func (e *emitter) sumTo(g string, gs []int64, x string) string {
 	}
 	switch {
 	case ambiguous:
+		println("AMBIG", x, fmt.Sprint(xs), fmt.Sprint(gs))
 		return e.sumToDynamic(g, len(gs), x)
 	case len(axes) == 0:
 		return g
