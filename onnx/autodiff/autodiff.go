@@ -29,8 +29,8 @@ type Config struct {
 	// inputs. Build runs the forward graph on it once to learn the ranks
 	// and shapes of intermediate values. Without it, Build feeds zeros,
 	// giving each symbolic dim a small size of its own (2, 3, 4, ...).
-	// A dim sampled at size 1 is handled correctly but costs a few extra
-	// shape operators; prefer samples with every dynamic dim at least 2.
+	// Build also runs a second, made-up sample in which every dynamic dim
+	// has another size, to tell dims fixed at 1 from dynamic ones.
 	SampleFeeds map[string]*ort.Tensor
 	// Threads is ONNX Runtime's intra-op thread count for the sample run;
 	// 0 means 1.
@@ -77,9 +77,11 @@ func opKey(n *onnxpb.NodeProto) string {
 // UnsupportedError reports operators on the path from a trainable parameter
 // to the loss that have no gradient rule.
 type UnsupportedError struct {
+	// Nodes are the nodes without a rule, in graph order.
 	Nodes []NodeRef
 }
 
+// Error lists the nodes and says what to do.
 func (e *UnsupportedError) Error() string {
 	parts := make([]string, 0, len(e.Nodes))
 	for _, n := range e.Nodes {
@@ -138,7 +140,8 @@ func Build(forward *onnx.Model, cfg Config) (*Result, error) {
 		return nil, fmt.Errorf("autodiff: %w", &UnsupportedError{Nodes: missing})
 	}
 
-	shapes, err := sampleShapes(m, p, types, cfg)
+	samples, err := sampleShapes(m, p, cfg)
+	shapes := samples.a
 	if err != nil {
 		return nil, fmt.Errorf("autodiff: learning shapes: %w", err)
 	}
@@ -172,6 +175,7 @@ func Build(forward *onnx.Model, cfg Config) (*Result, error) {
 		m:      m,
 		types:  types,
 		shapes: shapes,
+		other:  samples.b,
 		consts: constValues(g),
 	}
 	grads, err := e.backward(p, cfg)

@@ -20,12 +20,20 @@
 // An operator on that path without a rule is an error naming the operator
 // and the node, reported before anything runs (see Unsupported).
 //
-// Ranks and broadcast axes are learned by running the forward graph once in
-// ONNX Runtime on a small sample with the intermediate values as outputs
-// (Config.SampleFeeds, or zeros of a small made-up shape). Broadcast
-// gradients are reduced statically where the sample proves an axis is
-// broadcast (an input dim of 1 against an output dim other than 1) and with
-// a reduction computed from the runtime shapes where the sample cannot tell
-// (both dims 1, as with a dynamic dim sampled at size 1), so the emitted
-// graph is correct for any batch and sequence length.
+// Ranks and broadcast axes are learned by running the forward graph in ONNX
+// Runtime with the intermediate values' shapes as outputs: once on
+// Config.SampleFeeds (or zeros of a small made-up shape) and once on a
+// made-up sample in which every dynamic dim has another size. An input dim
+// of 1 against a larger output dim is a broadcast axis, reduced with
+// constant axes; a dim that is 1 on both samples is fixed and not reduced.
+// Where the samples cannot settle it (the second run failed, or a dynamic
+// dim was 1), the reduction axes are computed from the shapes at run time,
+// so the emitted graph is correct for any batch and sequence length.
+//
+// The emitted graph uses default-domain operators, plus com.microsoft
+// FusedMatMul for float32 matrix products with a transposed operand. Models
+// below opset 13 are refused; when an embedding (Gather) is differentiated,
+// a model below opset 16 is raised to 16 for ScatterND's reduction, which
+// changes no operator the exporters emit at 13-15. Dropout is treated as in
+// inference (the identity); one in training mode is an error.
 package autodiff

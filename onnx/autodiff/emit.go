@@ -15,7 +15,8 @@ type emitter struct {
 	b      *onnx.Builder
 	m      *onnx.Model
 	types  map[string]onnx.DataType
-	shapes map[string][]int64             // sample shapes of forward values
+	shapes map[string][]int64             // shapes of forward values on sample a
+	other  map[string][]int64             // on sample b (nil when unavailable)
 	consts map[string]*onnxpb.TensorProto // fixed contents: initializers, Constant outputs
 	static map[string]bool                // values whose shape is fixed
 }
@@ -87,10 +88,6 @@ func (e *emitter) backward(p plan, cfg Config) (map[string]string, error) {
 	for _, name := range cfg.Trainable {
 		e.static[name] = true
 	}
-	if e.m.Opset("com.microsoft") == 0 {
-		e.m.SetOpset("com.microsoft", 1)
-	}
-
 	contrib := map[string][]string{}
 	lossShape := e.shapes[cfg.Loss]
 	contrib[cfg.Loss] = []string{e.b.Const(e.tensor(e.types[cfg.Loss], lossShape, 1))}
@@ -270,38 +267,74 @@ func (e *emitter) zeros(shape string, dt onnx.DataType) string {
 // like reshapes g to x's shape (gradients of shape-only operators).
 func (e *emitter) like(g, x string) string { return e.b.Reshape(g, e.shapeOf(x)) }
 
-// sumTo reduces g, a gradient of sample shape gs that x was broadcast to,
-// to x's shape: it sums over the leading axes x lacks and over the axes
-// where x has size 1. Axes the sample proves broadcast are reduced with
-// constant axes; when the sample cannot tell (x and g both of size 1 on an
-// axis that may be dynamic) the axes are computed from runtime shapes.
-func (e *emitter) sumTo(g string, gs []int64, x string) string {
-	xs := e.shape(x)
-	lead := len(gs) - len(xs)
+// dims is the shape of a value on the two samples; b is nil when sample b
+// is unavailable.
+type dims struct{ a, b []int64 }
+
+// dims returns the sample shapes of a forward value.
+func (e *emitter) dims(v string) dims {
+	d := dims{a: e.shape(v)}
+	if b, ok := e.other[v]; ok && len(b) == len(d.a) {
+		d.b = b
+	}
+	return d
+}
+
+// mapDims applies f to both samples of the given shapes; the result has no
+// b when one of them has none.
+func mapDims(f func(s ...[]int64) []int64, ds ...dims) dims {
+	as, bs := make([][]int64, len(ds)), make([][]int64, len(ds))
+	out := dims{}
+	for i, d := range ds {
+		as[i], bs[i] = d.a, d.b
+	}
+	out.a = f(as...)
+	if !slices.ContainsFunc(bs, func(b []int64) bool { return b == nil }) {
+		out.b = f(bs...)
+	}
+	return out
+}
+
+// sumTo reduces g, a gradient (with sample shapes gs) of a value x was
+// broadcast to, to x's shape: it sums over the leading axes x lacks and
+// the axes where x has size 1 and g not. On each axis where x has size 1
+// the samples decide: g larger than 1 on a sample means broadcast (x's 1
+// being fixed); x and g both 1 on sample a but g larger on sample b too;
+// both 1 on both samples means a dim fixed at 1, not reduced. Axes the
+// samples cannot settle are reduced over axes computed at run time.
+func (e *emitter) sumTo(g string, gs dims, x string) string {
+	xs := e.dims(x)
+	lead := len(gs.a) - len(xs.a)
 	if lead < 0 {
-		fail("gradient of shape %v cannot be reduced to %q of shape %v", gs, x, xs)
+		fail("gradient of shape %v cannot be reduced to %q of shape %v", gs.a, x, xs.a)
 	}
 	var axes []int64
 	for i := range lead {
 		axes = append(axes, int64(i))
 	}
 	ambiguous := false
-	for i, d := range xs {
-		gd := gs[lead+i]
+	for i, d := range xs.a {
+		j := lead + i
+		gd := gs.a[j]
 		switch {
-		case d == gd && d != 1:
-		case d == 1 && gd != 1:
-			axes = append(axes, int64(lead+i))
-		case d == 1 && gd == 1:
-			ambiguous = true
-		default:
-			fail("gradient of shape %v cannot be reduced to %q of shape %v", gs, x, xs)
+		case d != 1 && d == gd:
+		case d != 1:
+			fail("gradient of shape %v cannot be reduced to %q of shape %v", gs.a, x, xs.a)
+		case xs.b == nil || gs.b == nil:
+			if gd != 1 {
+				axes = append(axes, int64(j))
+			} else {
+				ambiguous = true
+			}
+		case xs.b[i] != 1: // x's dim is dynamic and was 1 on sample a
+			ambiguous = ambiguous || gd != 1
+		case gd != 1 || gs.b[j] != 1:
+			axes = append(axes, int64(j))
 		}
 	}
 	switch {
 	case ambiguous:
-		println("AMBIG", x, fmt.Sprint(xs), fmt.Sprint(gs))
-		return e.sumToDynamic(g, len(gs), x)
+		return e.sumToDynamic(g, len(gs.a), x)
 	case len(axes) == 0:
 		return g
 	case len(axes) == lead:
@@ -310,6 +343,24 @@ func (e *emitter) sumTo(g string, gs []int64, x string) string {
 		return e.b.ReduceSum(g, axes, true)
 	}
 	return e.like(e.b.ReduceSum(g, axes, true), x)
+}
+
+// count returns the number of elements of x over the given axes, as a
+// scalar of x's type: a constant when those dims are the same on both
+// samples, else computed from Size(x) / Size(reduced), where reduced is x
+// reduced over the axes.
+func (e *emitter) count(x string, axes []int64, reduced string) string {
+	xs := e.dims(x)
+	if xs.b != nil && !slices.ContainsFunc(axes, func(a int64) bool { return xs.a[a] != xs.b[a] }) {
+		n := 1.0
+		for _, a := range axes {
+			n *= float64(xs.a[a])
+		}
+		return e.scalar(n, x)
+	}
+	dt := e.dtype(x)
+	size := func(v string) string { return e.b.Cast(e.b.Op("Size", []string{v}), dt) }
+	return e.b.Div(size(x), size(reduced))
 }
 
 // sumToDynamic reduces g (of rank rg) over the axes where x, right-aligned
@@ -333,6 +384,9 @@ func (e *emitter) sumToDynamic(g string, rg int, x string) string {
 // a float32 kernel.
 func (e *emitter) mm(x string, tx bool, y string, ty bool, dt onnx.DataType) string {
 	if dt == onnx.Float && (tx || ty) {
+		if e.m.Opset("com.microsoft") == 0 {
+			e.m.SetOpset("com.microsoft", 1)
+		}
 		return e.b.OpDomain("com.microsoft", "FusedMatMul", []string{x, y}, 1,
 			onnx.AttrInt("transA", boolInt(tx)), onnx.AttrInt("transB", boolInt(ty)))[0]
 	}

@@ -27,133 +27,129 @@ func Rules() []string {
 // rules is the gradient table: one entry per ONNX operator type (default
 // domain). In the comments, g is the gradient of output 0, y output 0, and
 // sumTo reduces a broadcast gradient to an input's shape.
-var rules map[string]rule
+var rules = map[string]rule{
+	// Elementwise arithmetic (broadcasting).
+	"Add": func(e *emitter, n *node) []string { // da = g, db = g
+		return []string{e.unb(n, n.g(), 0), e.unb(n, n.g(), 1)}
+	},
+	"Sub": func(e *emitter, n *node) []string { // da = g, db = -g
+		return []string{e.unb(n, n.g(), 0), e.unb(n, e.b.Neg(n.g()), 1)}
+	},
+	"Mul": func(e *emitter, n *node) []string { // da = g·b, db = g·a
+		return []string{e.unb(n, e.b.Mul(n.g(), n.x(1)), 0), e.unb(n, e.b.Mul(n.g(), n.x(0)), 1)}
+	},
+	"Div": func(e *emitter, n *node) []string { // da = g/b, db = -(g/b)·y
+		t := e.b.Div(n.g(), n.x(1))
+		return []string{e.unb(n, t, 0), e.unb(n, e.b.Neg(e.b.Mul(t, n.y(0))), 1)}
+	},
+	"Sum": func(e *emitter, n *node) []string { // dx_i = g
+		out := make([]string, len(n.Input))
+		for i := range out {
+			out[i] = e.unb(n, n.g(), i)
+		}
+		return out
+	},
+	"Pow": powGrad,
+	"Max": minMaxGrad,
+	"Min": minMaxGrad,
 
-func init() {
-	rules = map[string]rule{
-		// Elementwise arithmetic (broadcasting).
-		"Add": func(e *emitter, n *node) []string { // dx = g, dy = g
-			return []string{e.unb(n, n.g(), 0), e.unb(n, n.g(), 1)}
-		},
-		"Sub": func(e *emitter, n *node) []string { // dx = g, dy = -g
-			return []string{e.unb(n, n.g(), 0), e.unb(n, e.b.Neg(n.g()), 1)}
-		},
-		"Mul": func(e *emitter, n *node) []string { // dx = g*y', dy = g*x
-			return []string{e.unb(n, e.b.Mul(n.g(), n.x(1)), 0), e.unb(n, e.b.Mul(n.g(), n.x(0)), 1)}
-		},
-		"Div": func(e *emitter, n *node) []string { // dx = g/b, db = -(g/b)*y
-			t := e.b.Div(n.g(), n.x(1))
-			return []string{e.unb(n, t, 0), e.unb(n, e.b.Neg(e.b.Mul(t, n.y(0))), 1)}
-		},
-		"Sum": func(e *emitter, n *node) []string { // dx_i = g
-			out := make([]string, len(n.Input))
-			for i := range out {
-				out[i] = e.unb(n, n.g(), i)
-			}
-			return out
-		},
-		"Pow": powGrad,
-		"Max": minMaxGrad,
-		"Min": minMaxGrad,
+	// Elementwise unary.
+	"Neg":      func(e *emitter, n *node) []string { return []string{e.b.Neg(n.g())} },
+	"Identity": func(e *emitter, n *node) []string { return []string{n.g()} },
+	"Dropout":  dropoutGrad,
+	"Exp":      func(e *emitter, n *node) []string { return []string{e.b.Mul(n.g(), n.y(0))} },
+	"Log":      func(e *emitter, n *node) []string { return []string{e.b.Div(n.g(), n.x(0))} },
+	"Sqrt": func(e *emitter, n *node) []string {
+		return []string{e.b.Div(e.b.Mul(n.g(), e.scalar(0.5, n.y(0))), n.y(0))}
+	},
+	"Reciprocal": func(e *emitter, n *node) []string { return []string{e.b.Neg(e.b.Mul(n.g(), e.b.Mul(n.y(0), n.y(0))))} },
+	"Sin":        func(e *emitter, n *node) []string { return []string{e.b.Mul(n.g(), e.b.Op("Cos", []string{n.x(0)}))} },
+	"Cos": func(e *emitter, n *node) []string {
+		return []string{e.b.Neg(e.b.Mul(n.g(), e.b.Op("Sin", []string{n.x(0)})))}
+	},
+	"Abs": func(e *emitter, n *node) []string { return []string{e.b.Mul(n.g(), e.b.Op("Sign", []string{n.x(0)}))} },
+	"Tanh": func(e *emitter, n *node) []string { // g * (1 - y²)
+		y := n.y(0)
+		return []string{e.b.Mul(n.g(), e.b.Sub(e.scalar(1, y), e.b.Mul(y, y)))}
+	},
+	"Sigmoid": func(e *emitter, n *node) []string { // g * y * (1 - y)
+		y := n.y(0)
+		return []string{e.b.Mul(n.g(), e.b.Mul(y, e.b.Sub(e.scalar(1, y), y)))}
+	},
+	"Softplus": func(e *emitter, n *node) []string { // g * σ(x)
+		return []string{e.b.Mul(n.g(), e.b.Sigmoid(n.x(0)))}
+	},
+	"Erf": func(e *emitter, n *node) []string { // g * 2/√π * exp(-x²)
+		x := n.x(0)
+		return []string{e.b.Mul(n.g(), e.b.Mul(e.scalar(2/math.Sqrt(math.Pi), x), e.b.Exp(e.b.Neg(e.b.Mul(x, x)))))}
+	},
+	"Relu": func(e *emitter, n *node) []string { // g where y > 0
+		y := n.y(0)
+		return []string{e.b.Where(e.b.Greater(y, e.scalar(0, y)), n.g(), e.scalar(0, y))}
+	},
+	"Cast": func(e *emitter, n *node) []string { // back to the input's type
+		if !e.dtype(n.x(0)).IsFloat() {
+			return nil
+		}
+		return []string{e.b.Cast(n.g(), e.dtype(n.x(0)))}
+	},
+	"Clip":  clipGrad,
+	"Where": whereGrad,
 
-		// Elementwise unary.
-		"Neg":      func(e *emitter, n *node) []string { return []string{e.b.Neg(n.g())} },
-		"Identity": func(e *emitter, n *node) []string { return []string{n.g()} },
-		"Dropout":  func(e *emitter, n *node) []string { return []string{n.g()} }, // inference: y = x
-		"Exp":      func(e *emitter, n *node) []string { return []string{e.b.Mul(n.g(), n.y(0))} },
-		"Log":      func(e *emitter, n *node) []string { return []string{e.b.Div(n.g(), n.x(0))} },
-		"Sqrt": func(e *emitter, n *node) []string {
-			return []string{e.b.Div(e.b.Mul(n.g(), e.scalar(0.5, n.y(0))), n.y(0))}
-		},
-		"Reciprocal": func(e *emitter, n *node) []string { return []string{e.b.Neg(e.b.Mul(n.g(), e.b.Mul(n.y(0), n.y(0))))} },
-		"Sin":        func(e *emitter, n *node) []string { return []string{e.b.Mul(n.g(), e.b.Op("Cos", []string{n.x(0)}))} },
-		"Cos": func(e *emitter, n *node) []string {
-			return []string{e.b.Neg(e.b.Mul(n.g(), e.b.Op("Sin", []string{n.x(0)})))}
-		},
-		"Abs": func(e *emitter, n *node) []string { return []string{e.b.Mul(n.g(), e.b.Op("Sign", []string{n.x(0)}))} },
-		"Tanh": func(e *emitter, n *node) []string { // g * (1 - y²)
-			y := n.y(0)
-			return []string{e.b.Mul(n.g(), e.b.Sub(e.scalar(1, y), e.b.Mul(y, y)))}
-		},
-		"Sigmoid": func(e *emitter, n *node) []string { // g * y * (1 - y)
-			y := n.y(0)
-			return []string{e.b.Mul(n.g(), e.b.Mul(y, e.b.Sub(e.scalar(1, y), y)))}
-		},
-		"Softplus": func(e *emitter, n *node) []string { // g * σ(x)
-			return []string{e.b.Mul(n.g(), e.b.Sigmoid(n.x(0)))}
-		},
-		"Erf": func(e *emitter, n *node) []string { // g * 2/√π * exp(-x²)
-			x := n.x(0)
-			return []string{e.b.Mul(n.g(), e.b.Mul(e.scalar(2/math.Sqrt(math.Pi), x), e.b.Exp(e.b.Neg(e.b.Mul(x, x)))))}
-		},
-		"Relu": func(e *emitter, n *node) []string { // g where y > 0
-			y := n.y(0)
-			return []string{e.b.Where(e.b.Greater(y, e.scalar(0, y)), n.g(), e.scalar(0, y))}
-		},
-		"Cast": func(e *emitter, n *node) []string { // back to the input's type
-			if !e.dtype(n.x(0)).IsFloat() {
-				return nil
-			}
-			return []string{e.b.Cast(n.g(), e.dtype(n.x(0)))}
-		},
-		"Clip":  clipGrad,
-		"Where": whereGrad,
+	// Normalisation and activations over an axis.
+	"Softmax": func(e *emitter, n *node) []string { // y*g - y*sum(y*g)
+		y, t := n.y(0), e.b.Mul(n.g(), n.y(0))
+		return []string{e.b.Sub(t, e.b.Mul(y, e.b.ReduceSum(t, []int64{n.attrInt("axis", -1)}, true)))}
+	},
+	"LogSoftmax": func(e *emitter, n *node) []string { // g - exp(y)*sum(g)
+		s := e.b.ReduceSum(n.g(), []int64{n.attrInt("axis", -1)}, true)
+		return []string{e.b.Sub(n.g(), e.b.Mul(e.b.Exp(n.y(0)), s))}
+	},
+	"LayerNormalization": layerNormGrad,
+	"CumSum": func(e *emitter, n *node) []string { // cumsum of g the other way
+		return []string{e.b.Op("CumSum", []string{n.g(), n.x(1)},
+			onnx.AttrInt("exclusive", n.attrInt("exclusive", 0)), onnx.AttrInt("reverse", 1-n.attrInt("reverse", 0)))}
+	},
+	"Trilu": func(e *emitter, n *node) []string { // the same triangle of g
+		in := []string{n.g()}
+		if k := n.x(1); k != "" {
+			in = append(in, k)
+		}
+		return []string{e.b.Op("Trilu", in, onnx.AttrInt("upper", n.attrInt("upper", 1)))}
+	},
 
-		// Normalisation and activations over an axis.
-		"Softmax": func(e *emitter, n *node) []string { // y*g - y*sum(y*g)
-			y, t := n.y(0), e.b.Mul(n.g(), n.y(0))
-			return []string{e.b.Sub(t, e.b.Mul(y, e.b.ReduceSum(t, []int64{n.attrInt("axis", -1)}, true)))}
-		},
-		"LogSoftmax": func(e *emitter, n *node) []string { // g - exp(y)*sum(g)
-			s := e.b.ReduceSum(n.g(), []int64{n.attrInt("axis", -1)}, true)
-			return []string{e.b.Sub(n.g(), e.b.Mul(e.b.Exp(n.y(0)), s))}
-		},
-		"LayerNormalization": layerNormGrad,
-		"CumSum": func(e *emitter, n *node) []string { // cumsum of g the other way
-			return []string{e.b.Op("CumSum", []string{n.g(), n.x(1)},
-				onnx.AttrInt("exclusive", n.attrInt("exclusive", 0)), onnx.AttrInt("reverse", 1-n.attrInt("reverse", 0)))}
-		},
-		"Trilu": func(e *emitter, n *node) []string { // the same triangle of g
-			in := []string{n.g()}
-			if k := n.x(1); k != "" {
-				in = append(in, k)
-			}
-			return []string{e.b.Op("Trilu", in, onnx.AttrInt("upper", n.attrInt("upper", 1)))}
-		},
+	// Linear algebra.
+	"MatMul": matMulGrad,
+	"Gemm":   gemmGrad,
 
-		// Linear algebra.
-		"MatMul": matMulGrad,
-		"Gemm":   gemmGrad,
+	// Reductions.
+	"ReduceSum":  reduceGrad,
+	"ReduceMean": reduceGrad,
+	"ReduceMax":  reduceGrad,
+	"ReduceMin":  reduceGrad,
 
-		// Reductions.
-		"ReduceSum":  reduceGrad,
-		"ReduceMean": reduceGrad,
-		"ReduceMax":  reduceGrad,
-		"ReduceMin":  reduceGrad,
+	// Shape and layout: the gradient is g moved back.
+	"Reshape":   func(e *emitter, n *node) []string { return []string{e.like(n.g(), n.x(0))} },
+	"Flatten":   func(e *emitter, n *node) []string { return []string{e.like(n.g(), n.x(0))} },
+	"Squeeze":   func(e *emitter, n *node) []string { return []string{e.like(n.g(), n.x(0))} },
+	"Unsqueeze": func(e *emitter, n *node) []string { return []string{e.like(n.g(), n.x(0))} },
+	"Transpose": func(e *emitter, n *node) []string {
+		perm, ok := n.attrInts("perm")
+		if !ok {
+			perm = arange(e.rank(n.x(0)))
+			slices.Reverse(perm)
+		}
+		return []string{e.b.Transpose(n.g(), inversePerm(perm))}
+	},
+	"Expand": func(e *emitter, n *node) []string { return []string{e.unb(n, n.g(), 0)} },
+	"Tile":   tileGrad,
+	"Concat": concatGrad,
+	"Split":  splitGrad,
+	"Slice":  sliceGrad,
 
-		// Shape and layout: the gradient is g moved back.
-		"Reshape":   func(e *emitter, n *node) []string { return []string{e.like(n.g(), n.x(0))} },
-		"Flatten":   func(e *emitter, n *node) []string { return []string{e.like(n.g(), n.x(0))} },
-		"Squeeze":   func(e *emitter, n *node) []string { return []string{e.like(n.g(), n.x(0))} },
-		"Unsqueeze": func(e *emitter, n *node) []string { return []string{e.like(n.g(), n.x(0))} },
-		"Transpose": func(e *emitter, n *node) []string {
-			perm, ok := n.attrInts("perm")
-			if !ok {
-				perm = arange(e.rank(n.x(0)))
-				slices.Reverse(perm)
-			}
-			return []string{e.b.Transpose(n.g(), inversePerm(perm))}
-		},
-		"Expand": func(e *emitter, n *node) []string { return []string{e.unb(n, n.g(), 0)} },
-		"Tile":   tileGrad,
-		"Concat": concatGrad,
-		"Split":  splitGrad,
-		"Slice":  sliceGrad,
-
-		// Indexing: scatter-add g back.
-		"Gather":         gatherGrad,
-		"GatherElements": gatherElementsGrad,
-	}
+	// Indexing: scatter-add g back.
+	"Gather":         gatherGrad,
+	"GatherElements": gatherElementsGrad,
 }
 
 // unb reduces g, of the shape of n's first output, to the shape of input i.
@@ -161,7 +157,7 @@ func (e *emitter) unb(n *node, g string, i int) string {
 	if n.x(i) == "" {
 		return ""
 	}
-	return e.sumTo(g, e.shape(n.y(0)), n.x(i))
+	return e.sumTo(g, e.dims(n.y(0)), n.x(i))
 }
 
 // powGrad: y = x^p. dx = g * p * x^(p-1); dp = g * y * log(x).
@@ -255,67 +251,55 @@ func whereGrad(e *emitter, n *node) []string {
 // A as [batch·M, K] and G as [batch·M, N].
 func matMulGrad(e *emitter, n *node) []string {
 	a, b, g := n.x(0), n.x(1), n.g()
-	as, bs, ys := e.shape(a), e.shape(b), e.shape(n.y(0))
+	ra, rb := e.rank(a), e.rank(b)
 	dt := e.dtype(n.y(0))
-	ra, rb := len(as), len(bs)
 	if ra == 1 && rb == 1 { // dot product: g is a scalar
 		return []string{e.b.Mul(g, b), e.b.Mul(g, a)}
 	}
-	// View 1-D operands as matrices: [K] -> [1, K] for A, [K, 1] for B.
-	a2, b2, g2, gs := a, b, g, slices.Clone(ys)
-	as2, bs2 := as, bs
+	ys, as, bs := e.dims(n.y(0)), e.dims(a), e.dims(b)
+	// View 1-D operands as matrices, [K] as [1, K] for A and [K, 1] for B,
+	// and g accordingly.
+	a2, b2, g2 := a, b, g
 	if ra == 1 {
-		a2, as2 = e.b.Unsqueeze(a, []int64{0}), []int64{1, as[0]}
-		g2 = e.b.Unsqueeze(g, []int64{int64(len(ys) - 1)})
-		gs = slices.Insert(gs, len(gs)-1, 1)
+		a2, g2 = e.b.Unsqueeze(a, []int64{0}), e.b.Unsqueeze(g, []int64{int64(len(ys.a) - 1)})
+		ys = mapDims(func(s ...[]int64) []int64 { return slices.Insert(slices.Clone(s[0]), len(s[0])-1, 1) }, ys)
+		as = mapDims(func(s ...[]int64) []int64 { return []int64{1, s[0][0]} }, as)
 	}
 	if rb == 1 {
-		b2, bs2 = e.b.Unsqueeze(b, []int64{1}), []int64{bs[0], 1}
-		g2 = e.b.Unsqueeze(g2, []int64{int64(len(gs))})
-		gs = append(gs, 1)
+		b2, g2 = e.b.Unsqueeze(b, []int64{1}), e.b.Unsqueeze(g2, []int64{int64(len(ys.a))})
+		ys = mapDims(func(s ...[]int64) []int64 { return append(slices.Clone(s[0]), 1) }, ys)
+		bs = mapDims(func(s ...[]int64) []int64 { return []int64{s[0][0], 1} }, bs)
 	}
-	rg := len(gs)
-	batch := gs[:rg-2]
-	m, k, nn := as2[len(as2)-2], as2[len(as2)-1], bs2[len(bs2)-1]
-
-	// dA = G @ Bᵀ with shape batch + [M, K].
+	rg := len(ys.a)
+	// batch + the last two dims of the operand.
+	withBatch := func(s ...[]int64) []int64 {
+		return append(slices.Clone(s[0][:len(s[0])-2]), s[1][len(s[1])-2:]...)
+	}
 	dA := e.mm(g2, false, b2, true, dt)
-	dAShape := append(slices.Clone(batch), m, k)
+	dAShape := mapDims(withBatch, ys, as)
 	var dB string
-	if len(bs2) == 2 && len(as2) > 2 {
-		af := e.b.Op("Flatten", []string{a2}, onnx.AttrInt("axis", int64(len(as2)-1)))
+	dBShape := mapDims(withBatch, ys, bs)
+	if len(bs.a) == 2 && len(as.a) > 2 { // one GEMM over the flattened batch
+		af := e.b.Op("Flatten", []string{a2}, onnx.AttrInt("axis", int64(len(as.a)-1)))
 		gf := e.b.Op("Flatten", []string{g2}, onnx.AttrInt("axis", int64(rg-1)))
-		dB = e.mm(af, true, gf, false, dt)
+		dB, dBShape = e.mm(af, true, gf, false, dt), bs
 	} else {
 		dB = e.mm(a2, true, g2, false, dt)
 	}
-	dBShape := append(slices.Clone(batch), k, nn)
-	if len(bs2) == 2 && len(as2) > 2 {
-		dBShape = []int64{k, nn}
-	}
-
+	// A 1-D operand's matrix view sums over all batch axes.
 	if ra == 1 {
-		dA = e.b.Reshape(e.reduceShape(dA, dAShape, as2), e.b.ConstInt64s(as))
-	} else {
-		dA = e.sumTo(dA, dAShape, a)
+		if rg > 2 {
+			dA = e.b.ReduceSum(dA, arange(rg-2), false)
+		}
+		return []string{e.like(dA, a), e.sumTo(dB, dBShape, b)}
 	}
 	if rb == 1 {
-		dB = e.b.Reshape(e.reduceShape(dB, dBShape, bs2), e.b.ConstInt64s(bs))
-	} else {
-		dB = e.sumTo(dB, dBShape, b)
+		if len(dBShape.a) > 2 {
+			dB = e.b.ReduceSum(dB, arange(len(dBShape.a)-2), false)
+		}
+		return []string{e.sumTo(dA, dAShape, a), e.like(dB, b)}
 	}
-	return []string{dA, dB}
-}
-
-// reduceShape sums g (sample shape gs) over its leading axes down to the
-// rank of target and returns it; the remaining dims must already match
-// (used for the matrix view of a 1-D MatMul operand).
-func (e *emitter) reduceShape(g string, gs, target []int64) string {
-	lead := len(gs) - len(target)
-	if lead == 0 {
-		return g
-	}
-	return e.b.ReduceSum(g, arange(lead), false)
+	return []string{e.sumTo(dA, dAShape, a), e.sumTo(dB, dBShape, b)}
 }
 
 // gemmGrad: Y = α·op(A)·op(B) + β·C. With tA, tB the transposition flags:
@@ -391,9 +375,7 @@ func reduceGrad(e *emitter, n *node) []string {
 	case "ReduceSum":
 		return []string{e.b.Expand(g, e.shapeOf(x))}
 	case "ReduceMean":
-		dt := e.dtype(x)
-		count := e.b.Div(e.b.Cast(e.b.Op("Size", []string{x}), dt), e.b.Cast(e.b.Op("Size", []string{y}), dt))
-		return []string{e.b.Expand(e.b.Div(g, count), e.shapeOf(x))}
+		return []string{e.b.Expand(e.b.Div(g, e.count(x, axes, y)), e.shapeOf(x))}
 	}
 	mask := e.b.Cast(e.b.Equal(x, y), e.dtype(x))
 	return []string{e.b.Mul(mask, e.b.Div(g, e.b.ReduceSum(mask, axes, true)))}
@@ -403,6 +385,7 @@ func reduceGrad(e *emitter, n *node) []string {
 // with optional outputs Mean = μ and InvStdDev = σ⁻¹. With x̂ = (X - μ)σ⁻¹ and
 // gs = gY·scale: dX = σ⁻¹·(gs - mean(gs) - x̂·mean(gs·x̂)) + gMean/N
 // - gInv·σ⁻³·(X - μ)/N; dScale = sumTo(gY·x̂); dBias = sumTo(gY).
+// In float32 the forward node is made to output μ and σ⁻¹ for reuse.
 func layerNormGrad(e *emitter, n *node) []string {
 	b := e.b
 	x, scale := n.x(0), n.x(1)
@@ -410,14 +393,20 @@ func layerNormGrad(e *emitter, n *node) []string {
 	ax := axis(n.attrInt("axis", -1), r)
 	axes := arange(r)[ax:]
 	mean := func(v string) string { return b.ReduceMean(v, axes, true) }
-	mu := mean(x)
+	var mu, inv string
+	if e.dtype(x) == onnx.Float && n.attrInt("stash_type", 1) == 1 {
+		mu, inv = e.forwardOutput(n, 1, "mean"), e.forwardOutput(n, 2, "inv_std_dev")
+	} else {
+		mu = mean(x)
+		eps := e.scalar(n.attrFloat("epsilon", 1e-5), x)
+		inv = b.Op("Reciprocal", []string{b.Sqrt(b.Add(mean(b.Mul(b.Sub(x, mu), b.Sub(x, mu))), eps))})
+	}
 	xc := b.Sub(x, mu)
-	inv := b.Op("Reciprocal", []string{b.Sqrt(b.Add(mean(b.Mul(xc, xc)), e.scalar(n.attrFloat("epsilon", 1e-5), x)))})
 	xhat := b.Mul(xc, inv)
 	out := []string{"", "", ""}
 	var dx []string
 	if gy := n.gy[0]; gy != "" {
-		ys := e.shape(n.y(0))
+		ys := e.dims(n.y(0))
 		gs := b.Mul(gy, scale)
 		dx = append(dx, b.Mul(inv, b.Sub(b.Sub(gs, mean(gs)), b.Mul(xhat, mean(b.Mul(gs, xhat))))))
 		out[1] = e.sumTo(b.Mul(gy, xhat), ys, scale)
@@ -425,21 +414,40 @@ func layerNormGrad(e *emitter, n *node) []string {
 			out[2] = e.sumTo(gy, ys, bias)
 		}
 	}
-	if len(n.gy) > 1 && (n.gy[1] != "" || len(n.gy) > 2 && n.gy[2] != "") {
+	gm, gi := "", ""
+	if len(n.gy) > 1 {
+		gm = n.gy[1]
+	}
+	if len(n.gy) > 2 {
+		gi = n.gy[2]
+	}
+	if gm != "" || gi != "" {
 		dt := e.dtype(x)
-		count := b.Div(b.Cast(b.Op("Size", []string{x}), dt), b.Cast(b.Op("Size", []string{mu}), dt))
-		if gm := n.gy[1]; gm != "" {
+		count := e.count(x, axes, mu)
+		if gm != "" {
 			dx = append(dx, b.Expand(b.Div(b.Cast(gm, dt), count), e.shapeOf(x)))
 		}
-		if len(n.gy) > 2 && n.gy[2] != "" {
+		if gi != "" {
 			inv3 := b.Mul(inv, b.Mul(inv, inv))
-			dx = append(dx, b.Neg(b.Div(b.Mul(b.Mul(b.Cast(n.gy[2], dt), inv3), xc), count)))
+			dx = append(dx, b.Neg(b.Div(b.Mul(b.Mul(b.Cast(gi, dt), inv3), xc), count)))
 		}
 	}
 	if len(dx) > 0 {
 		out[0] = e.sum(dx)
 	}
 	return out
+}
+
+// forwardOutput returns the name of output i of the forward node n,
+// giving the node that output (named after base) if it has none yet.
+func (e *emitter) forwardOutput(n *node, i int, base string) string {
+	for len(n.Output) <= i {
+		n.Output = append(n.Output, "")
+	}
+	if n.Output[i] == "" {
+		n.Output[i] = e.b.Name(base)
+	}
+	return n.Output[i]
 }
 
 // tileGrad: Y = tile(X, repeats). View g as [r0, d0, r1, d1, ...] and sum
@@ -584,4 +592,19 @@ func gatherElementsGrad(e *emitter, n *node) []string {
 	a := axis(n.attrInt("axis", 0), e.rank(x))
 	return []string{e.b.Op("ScatterElements", []string{e.zerosLike(x), e.int64Value(n.x(1)), n.g()},
 		onnx.AttrInt("axis", a), onnx.AttrString("reduction", "add")), ""}
+}
+
+// dropoutGrad: in inference mode (no training_mode input, or a constant
+// false one) Dropout is the identity.
+func dropoutGrad(e *emitter, n *node) []string {
+	if mode := n.x(2); mode != "" {
+		t, ok := e.consts[mode]
+		if !ok {
+			fail("Dropout's training_mode must be a constant false")
+		}
+		if slices.Contains(t.GetRawData(), 1) || slices.Contains(t.GetInt32Data(), 1) {
+			fail("Dropout in training mode has no gradient rule; export the model in eval mode")
+		}
+	}
+	return []string{n.g()}
 }

@@ -3,48 +3,29 @@ package autodiff
 import (
 	"fmt"
 	"maps"
-	"slices"
 
 	"ortalign/onnx"
 	"ortalign/onnx/onnxpb"
 	"ortalign/onnx/ort"
 )
 
-// sampleShapes runs the forward model once on a sample and returns the
-// shape of every value the active nodes read or write, plus the loss.
-func sampleShapes(m *onnx.Model, p plan, types map[string]onnx.DataType, cfg Config) (map[string][]int64, error) {
-	g := m.Graph()
-	shapes := map[string][]int64{}
-	for _, t := range g.GetInitializer() {
-		shapes[t.GetName()] = append([]int64{}, t.GetDims()...)
-	}
-	feeds := cfg.SampleFeeds
-	if feeds == nil {
-		var err error
-		if feeds, err = zeroFeeds(g); err != nil {
-			return nil, err
-		}
-	}
-	for _, in := range g.GetInput() {
-		if _, isInit := shapes[in.GetName()]; isInit {
-			continue
-		}
-		t, ok := feeds[in.GetName()]
-		if !ok {
-			return nil, fmt.Errorf("SampleFeeds has no value for graph input %q", in.GetName())
-		}
-		shapes[in.GetName()] = append([]int64{}, t.Shape...)
-	}
+// sampled holds the shapes of values on two runs of the forward graph: a
+// on Config.SampleFeeds (or a made-up sample), b on a made-up sample in
+// which every dynamic dim has another size. b is nil when that run failed;
+// it tells dims fixed at 1 from dynamic dims that were 1 in sample a.
+type sampled struct{ a, b map[string][]int64 }
 
+// sampleShapes runs the forward model on the samples and returns the shape
+// of every value the active nodes read or write, plus the loss.
+func sampleShapes(m *onnx.Model, p plan, cfg Config) (sampled, error) {
+	g := m.Graph()
 	var want []string
+	seen := map[string]bool{}
 	add := func(v string) {
-		if v == "" || slices.Contains(want, v) {
-			return
+		if v != "" && !seen[v] && onnx.Initializer(g, v) == nil {
+			seen[v] = true
+			want = append(want, v)
 		}
-		if _, known := shapes[v]; known {
-			return
-		}
-		want = append(want, v)
 	}
 	add(cfg.Loss)
 	for _, n := range p.active {
@@ -55,7 +36,50 @@ func sampleShapes(m *onnx.Model, p plan, types map[string]onnx.DataType, cfg Con
 			add(v)
 		}
 	}
-	if len(want) == 0 {
+	threads := max(cfg.Threads, 1)
+	feeds := cfg.SampleFeeds
+	if feeds == nil {
+		var err error
+		if feeds, err = zeroFeeds(g, nil); err != nil {
+			return sampled{}, err
+		}
+	}
+	a, err := probeShapes(m, want, feeds, threads)
+	if err != nil {
+		if cfg.SampleFeeds == nil {
+			err = fmt.Errorf("%w (the made-up zero sample may not suit this model: pass Config.SampleFeeds)", err)
+		}
+		return sampled{}, err
+	}
+	s := sampled{a: a}
+	if other, err := zeroFeeds(g, feeds); err == nil {
+		s.b, _ = probeShapes(m, want, other, threads) // without it, ambiguous dims are handled at run time
+	}
+	return s, nil
+}
+
+// probeShapes runs the forward model on feeds and returns the shapes of
+// the wanted values, of the graph inputs, and of the initializers.
+func probeShapes(m *onnx.Model, want []string, feeds map[string]*ort.Tensor, threads int) (map[string][]int64, error) {
+	g := m.Graph()
+	shapes := map[string][]int64{}
+	for _, t := range g.GetInitializer() {
+		shapes[t.GetName()] = append([]int64{}, t.GetDims()...)
+	}
+	for _, name := range feedable(g) {
+		t, ok := feeds[name]
+		if !ok {
+			return nil, fmt.Errorf("SampleFeeds has no value for graph input %q", name)
+		}
+		shapes[name] = append([]int64{}, t.Shape...)
+	}
+	var fetch []string
+	for _, v := range want {
+		if _, known := shapes[v]; !known {
+			fetch = append(fetch, v)
+		}
+	}
+	if len(fetch) == 0 {
 		return shapes, nil
 	}
 
@@ -65,8 +89,8 @@ func sampleShapes(m *onnx.Model, p plan, types map[string]onnx.DataType, cfg Con
 	pg := probe.Graph()
 	pg.Output = nil
 	pb := onnx.NewBuilder(pg, probe.Opset(""), "shape")
-	outs := make([]string, len(want))
-	for i, v := range want {
+	outs := make([]string, len(fetch))
+	for i, v := range fetch {
 		outs[i] = pb.Shape(v)
 		pg.Output = append(pg.Output, onnx.TensorValueInfo(outs[i], onnx.Int64, onnx.Dims(-1)))
 	}
@@ -86,10 +110,6 @@ func sampleShapes(m *onnx.Model, p plan, types map[string]onnx.DataType, cfg Con
 	if err != nil {
 		return nil, err
 	}
-	threads := cfg.Threads
-	if threads <= 0 {
-		threads = 1
-	}
 	sess, err := ort.NewSession(b, outs, ort.Options{Threads: threads})
 	if err != nil {
 		return nil, fmt.Errorf("forward graph with intermediate outputs: %w", err)
@@ -103,35 +123,31 @@ func sampleShapes(m *onnx.Model, p plan, types map[string]onnx.DataType, cfg Con
 	}
 	out, err := sess.Run(in, nil)
 	if err != nil {
-		hint := ""
-		if cfg.SampleFeeds == nil {
-			hint = " (the made-up zero sample may not suit this model: pass Config.SampleFeeds)"
-		}
-		return nil, fmt.Errorf("sample forward run: %w%s", err, hint)
+		return nil, fmt.Errorf("sample forward run: %w", err)
 	}
-	for i, v := range want {
+	for i, v := range fetch {
 		shapes[v] = append([]int64{}, out[outs[i]].I64...)
 	}
 	return shapes, nil
 }
 
 // zeroFeeds makes a zero-filled sample for each graph input that is not an
-// initializer, giving each symbolic dim its own small size (2, 3, 4, ...)
-// and unknown dims size 2.
-func zeroFeeds(g *onnxpb.GraphProto) (map[string]*ort.Tensor, error) {
-	inits := map[string]bool{}
-	for _, t := range g.GetInitializer() {
-		inits[t.GetName()] = true
-	}
+// initializer: each symbolic dim gets its own small size (2, 3, 4, ...)
+// and unknown dims size 2. With base, a dim whose size would equal base's
+// gets twice base's size instead, so that every dim that is not fixed
+// differs between the two samples.
+func zeroFeeds(g *onnxpb.GraphProto, base map[string]*ort.Tensor) (map[string]*ort.Tensor, error) {
 	sizes := map[string]int64{}
 	feeds := map[string]*ort.Tensor{}
-	for _, in := range g.GetInput() {
-		if inits[in.GetName()] {
-			continue
-		}
+	for _, name := range feedable(g) {
+		in := onnx.Input(g, name)
 		et, dims, ok := onnx.TensorType(in)
 		if !ok || dims == nil {
-			return nil, fmt.Errorf("graph input %q has no tensor type with a known rank: pass Config.SampleFeeds", in.GetName())
+			return nil, fmt.Errorf("graph input %q has no tensor type with a known rank: pass Config.SampleFeeds", name)
+		}
+		bt := base[name]
+		if base != nil && (bt == nil || len(bt.Shape) != len(dims)) {
+			return nil, fmt.Errorf("sample of graph input %q has no shape of rank %d", name, len(dims))
 		}
 		shape := make([]int64, len(dims))
 		n := int64(1)
@@ -147,6 +163,9 @@ func zeroFeeds(g *onnxpb.GraphProto) (map[string]*ort.Tensor, error) {
 			default:
 				shape[i] = 2
 			}
+			if bt != nil && !d.IsKnown() && shape[i] == bt.Shape[i] {
+				shape[i] = 2 * bt.Shape[i]
+			}
 			n *= shape[i]
 		}
 		t := &ort.Tensor{Shape: shape}
@@ -158,9 +177,9 @@ func zeroFeeds(g *onnxpb.GraphProto) (map[string]*ort.Tensor, error) {
 		case onnx.Int64:
 			t.I64 = make([]int64, n)
 		default:
-			return nil, fmt.Errorf("graph input %q has type %s, which the made-up sample cannot fill: pass Config.SampleFeeds", in.GetName(), et)
+			return nil, fmt.Errorf("graph input %q has type %s, which the made-up sample cannot fill: pass Config.SampleFeeds", name, et)
 		}
-		feeds[in.GetName()] = t
+		feeds[name] = t
 	}
 	return feeds, nil
 }
