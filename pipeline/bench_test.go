@@ -94,7 +94,7 @@ func BenchmarkDPOStep(b *testing.B) {
 	for _, threads := range []int{1, 2} {
 		b.Run(fmt.Sprintf("threads=%d", threads), func(b *testing.B) {
 			cfg := TrainConfig{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}, Optim: OptimConfig{Name: OptimAdamW, WeightDecay: 0.01},
-				LR: 1e-5, BatchSize: pairsN, Threads: threads}
+				LR: 1e-5, BatchSize: pairsN, Threads: threads, Profile: os.Getenv("ORTALIGN_PROFILE")}
 			tr, err := NewTrainer(benchModel, m, cfg, pairs[:2])
 			if err != nil {
 				b.Fatal(err)

@@ -67,15 +67,24 @@ func AppendLogProbHead(m *onnx.Model) (string, error) {
 }
 
 // sequenceLogps emits sum_t mask[t] * log softmax(logits[t-1])[ids[t]] over t >= 1, and
-// returns the name of the [batch] result. Loss heads build on the same value.
+// returns the name of the [batch] result. Loss heads build on the same value. The shift
+// by one is applied to the small ids and mask (next-token targets, with a masked dummy at
+// the last position) rather than to the [batch, seq, vocab] logits, which would cost a
+// copy forward and a pad in the backward pass.
 func sequenceLogps(b *onnx.Builder, logits, ids, mask string) string {
-	const end = math.MaxInt64
-	prev := b.Slice(logits, []int64{0}, []int64{-1}, []int64{1}, nil) // predictions for t = 1..S-1
-	next := b.Slice(ids, []int64{1}, []int64{end}, []int64{1}, nil)
-	lp := b.LogSoftmax(prev, -1)
+	next := shiftLeft(b, ids)
+	nextMask := shiftLeft(b, mask)
+	lp := b.LogSoftmax(logits, -1)
 	tok := b.Squeeze(b.GatherElements(lp, b.Unsqueeze(next, []int64{2}), 2), []int64{2})
-	m := b.Slice(mask, []int64{1}, []int64{end}, []int64{1}, nil)
-	return b.ReduceSum(b.Mul(tok, m), []int64{1}, false)
+	return b.ReduceSum(b.Mul(tok, nextMask), []int64{1}, false)
+}
+
+// shiftLeft returns x[:, 1:] followed by a column of zeros: [batch, seq] -> [batch, seq].
+func shiftLeft(b *onnx.Builder, x string) string {
+	const end = math.MaxInt64
+	first := b.Slice(x, []int64{0}, []int64{1}, []int64{1}, nil)
+	zeroCol := b.Sub(first, first)
+	return b.Concat(1, b.Slice(x, []int64{1}, []int64{end}, []int64{1}, nil), zeroCol)
 }
 
 func addIdentity(g *onnxpb.GraphProto, from, to string) {

@@ -30,6 +30,7 @@ type TrainConfig struct {
 	Threads     int
 	PadID       int64
 	Freeze      *regexp.Regexp // initializers whose names match stay frozen
+	Profile     string         // ORT profile file prefix for the training session ("" = off)
 }
 
 // Trainer owns the training graph's session and the trainable parameters' buffers.
@@ -112,10 +113,22 @@ func BuildTrainingGraph(m *onnx.Model, loss LossConfig, freeze *regexp.Regexp, s
 			{Chosen: Sequence{IDs: make([]int64, 3), CompletionStart: 1}, Rejected: Sequence{IDs: make([]int64, 6), CompletionStart: 3}},
 		}
 	}
+	inputs := modelInputs(m)
 	zeros := make([]float64, len(sample))
-	feeds := batchFeeds(modelInputs(m), sample, zeros, zeros, 0)
+	feeds := batchFeeds(inputs, sample, zeros, zeros, 0)
+	// A second sample whose batch, pairs and sequence sizes all differ from the first.
+	width := 0
+	for _, p := range sample {
+		width = max(width, len(p.Chosen.IDs), len(p.Rejected.IDs))
+	}
+	second := make([]EncodedPair, len(sample)+1)
+	for i := range second {
+		second[i] = EncodedPair{Chosen: Sequence{IDs: make([]int64, width+1), CompletionStart: 1}, Rejected: Sequence{IDs: make([]int64, 2), CompletionStart: 1}}
+	}
+	zeros2 := make([]float64, len(second))
 	res, err := autodiff.Build(fwd, autodiff.Config{
-		Loss: LossOutput, Trainable: names, KeepOutputs: []string{SequenceLogpsOutput}, SampleFeeds: feeds,
+		Loss: LossOutput, Trainable: names, KeepOutputs: []string{SequenceLogpsOutput},
+		SampleFeeds: feeds, SecondSampleFeeds: batchFeeds(inputs, second, zeros2, zeros2, 0),
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("build training graph: %w", err)
@@ -158,7 +171,7 @@ func NewTrainer(path string, m *onnx.Model, cfg TrainConfig, sample []EncodedPai
 	for _, name := range t.names {
 		outputs = append(outputs, res.Grads[name])
 	}
-	if t.sess, err = ort.NewSession(bytes, outputs, ort.Options{Threads: cfg.Threads}); err != nil {
+	if t.sess, err = ort.NewSession(bytes, outputs, ort.Options{Threads: cfg.Threads, ProfilePrefix: cfg.Profile}); err != nil {
 		return nil, fmt.Errorf("%s: training graph: %w", path, err)
 	}
 	sizes := make([]int, len(t.params))

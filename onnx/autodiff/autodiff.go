@@ -32,6 +32,11 @@ type Config struct {
 	// Build also runs a second, made-up sample in which every dynamic dim
 	// has another size, to tell dims fixed at 1 from dynamic ones.
 	SampleFeeds map[string]*ort.Tensor
+	// SecondSampleFeeds is an optional second sample whose dynamic dims all
+	// differ from SampleFeeds'; it tells dims fixed at 1 from dynamic dims
+	// sampled at 1. Without it Build makes one of zeros, which suits graphs
+	// whose dynamic dims are independent (not, say, batch = 2 × pairs).
+	SecondSampleFeeds map[string]*ort.Tensor
 	// Threads is ONNX Runtime's intra-op thread count for the sample run;
 	// 0 means 1.
 	Threads int

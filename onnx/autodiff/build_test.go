@@ -154,3 +154,25 @@ func TestManifestJSON(t *testing.T) {
 		t.Errorf("round trip shape %v", s)
 	}
 }
+
+// The log-prob pattern GatherElements(LogSoftmax(x)) takes the fused sparse gradient:
+// one scatter onto −softmax·Σg, no dense zeros and no vocabulary-wide subtraction.
+// (The finite-difference cases "fused-log-softmax*" check its values.)
+func TestLogSoftmaxGatherIsFused(t *testing.T) {
+	m, c := newCase("fused")
+	x := c.param(2, 3, 7)
+	idx := c.b.Const(onnx.Int64Tensor("", []int64{2, 3, 1}, []int64{0, 6, 2, 1, 1, 3}))
+	loss := c.b.ReduceSum(c.b.GatherElements(c.b.LogSoftmax(x, -1), idx, 2), nil, false)
+	setLoss(m, loss)
+	res, err := Build(m, Config{Loss: loss, Trainable: []string{x}, SampleFeeds: c.feeds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops := map[string]int{}
+	for _, n := range res.Model.Graph().GetNode() {
+		ops[n.GetOpType()]++
+	}
+	if ops["ScatterElements"] != 1 || ops["ConstantOfShape"] != 0 || ops["Sub"] != 0 {
+		t.Fatalf("want the fused gradient (one ScatterElements, no ConstantOfShape or Sub), got %v", ops)
+	}
+}

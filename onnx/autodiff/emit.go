@@ -88,6 +88,19 @@ func (e *emitter) backward(p plan, cfg Config) (map[string]string, error) {
 	for _, name := range cfg.Trainable {
 		e.static[name] = true
 	}
+	producers := map[string]*onnxpb.NodeProto{}
+	uses := map[string]int{}
+	for _, n := range p.active {
+		for _, o := range n.GetOutput() {
+			producers[o] = n
+		}
+		for _, in := range n.GetInput() {
+			uses[in]++
+		}
+	}
+	for _, o := range e.m.Graph().GetOutput() {
+		uses[o.GetName()]++
+	}
 	contrib := map[string][]string{}
 	lossShape := e.shapes[cfg.Loss]
 	contrib[cfg.Loss] = []string{e.b.Const(e.tensor(e.types[cfg.Loss], lossShape, 1))}
@@ -101,6 +114,10 @@ func (e *emitter) backward(p plan, cfg Config) (map[string]string, error) {
 			}
 		}
 		if !flows {
+			continue
+		}
+		if src, dx, ok := e.fusedLogSoftmaxGather(n, producers, uses); ok {
+			contrib[src] = append(contrib[src], dx)
 			continue
 		}
 		gx, err := e.apply(n)
@@ -453,4 +470,39 @@ func int32s(t *onnxpb.TensorProto) ([]int64, error) {
 		out[i] = int64(v)
 	}
 	return out, nil
+}
+
+// fusedLogSoftmaxGather handles GatherElements(LogSoftmax(x), idx) along the softmax
+// axis — the pattern of every log-prob head — when nothing else reads the LogSoftmax
+// output. The gradient reaching LogSoftmax is sparse (g scattered at idx), so
+//
+//	dx = scatter_add(−softmax(x) · Σ_axis g, idx, g)
+//
+// is emitted straight into x, skipping the dense zeros-plus-scatter, the reduction over
+// the vocabulary and the subtraction that the two separate rules would write. It returns
+// x, dx and true when it applies.
+func (e *emitter) fusedLogSoftmaxGather(n *node, producers map[string]*onnxpb.NodeProto, uses map[string]int) (string, string, bool) {
+	if opKey(n.NodeProto) != "GatherElements" || n.g() == "" {
+		return "", "", false
+	}
+	lp := n.x(0)
+	sm := producers[lp]
+	if sm == nil || opKey(sm) != "LogSoftmax" || uses[lp] != 1 {
+		return "", "", false
+	}
+	r := e.rank(lp)
+	smAxis := int64(-1)
+	if a := onnx.FindAttr(sm, "axis"); a != nil {
+		smAxis = a.GetI()
+	}
+	gatherAxis := axis(n.attrInt("axis", 0), r)
+	if axis(smAxis, r) != gatherAxis {
+		return "", "", false
+	}
+	b := e.b
+	total := b.ReduceSum(n.g(), []int64{gatherAxis}, true)
+	dense := b.Mul(b.Exp(lp), b.Neg(total))
+	dx := b.Op("ScatterElements", []string{dense, e.int64Value(n.x(1)), n.g()},
+		onnx.AttrInt("axis", gatherAxis), onnx.AttrString("reduction", "add"))
+	return sm.GetInput()[0], dx, true
 }

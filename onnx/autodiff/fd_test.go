@@ -319,6 +319,25 @@ var fdCases = []fdCase{
 		idx := c.b.Const(onnx.Int64Tensor("", []int64{3, 2}, []int64{0, 0, 3, 1, 2, -1}))
 		return []string{c.b.GatherElements(c.param(3, 4), idx, 1)}
 	}},
+	// GatherElements of a LogSoftmax along its axis takes the fused sparse rule.
+	{op: "GatherElements", name: "fused-log-softmax", build: func(c *tc) []string {
+		idx := c.b.Const(onnx.Int64Tensor("", []int64{2, 3, 1}, []int64{0, 4, 2, 1, 1, 3}))
+		return []string{c.b.GatherElements(c.b.LogSoftmax(c.param(2, 3, 5), -1), idx, 2)}
+	}},
+	{op: "GatherElements", name: "fused-log-softmax-repeated", build: func(c *tc) []string {
+		idx := c.b.Const(onnx.Int64Tensor("", []int64{2, 2}, []int64{1, 1, 0, 3}))
+		return []string{c.b.GatherElements(c.b.LogSoftmax(c.param(2, 4), 1), idx, 1)}
+	}},
+	// Not fused: another axis, and a LogSoftmax output read twice.
+	{op: "GatherElements", name: "log-softmax-other-axis", build: func(c *tc) []string {
+		idx := c.b.Const(onnx.Int64Tensor("", []int64{1, 3}, []int64{0, 2, 1}))
+		return []string{c.b.GatherElements(c.b.LogSoftmax(c.param(3, 3), 1), idx, 0)}
+	}},
+	{op: "GatherElements", name: "log-softmax-shared", build: func(c *tc) []string {
+		lp := c.b.LogSoftmax(c.param(2, 4), -1)
+		idx := c.b.Const(onnx.Int64Tensor("", []int64{2, 1}, []int64{3, 0}))
+		return []string{c.b.GatherElements(lp, idx, 1), lp}
+	}},
 }
 
 // caseModel builds the forward model of a case: the case's outputs

@@ -52,7 +52,13 @@ func sampleShapes(m *onnx.Model, p plan, cfg Config) (sampled, error) {
 		return sampled{}, err
 	}
 	s := sampled{a: a}
-	if other, err := zeroFeeds(g, feeds); err == nil {
+	other := cfg.SecondSampleFeeds
+	if other == nil {
+		if other, err = zeroFeeds(g, feeds); err != nil {
+			other = nil
+		}
+	}
+	if other != nil {
 		s.b, _ = probeShapes(m, want, other, threads) // without it, ambiguous dims are handled at run time
 	}
 	return s, nil

@@ -116,7 +116,8 @@ func Init(explicit string) error {
 		return err
 	}
 	ortgo.SetSharedLibraryPath(lib)
-	if err := ortgo.InitializeEnvironment(ortgo.WithLogLevelError()); err != nil {
+	// Failures come back as errors with ORT's message; its own log would only repeat them.
+	if err := ortgo.InitializeEnvironment(ortgo.WithLogLevelFatal()); err != nil {
 		return fmt.Errorf("load ONNX Runtime %s: %w (expected onnxruntime 1.24.x for linux-x64; run `make setup`)", lib, err)
 	}
 	initLib, initDone = lib, true
@@ -132,6 +133,9 @@ type Options struct {
 	Threads int
 	// DisableOptimizations turns graph optimizations off (useful to compare numerics).
 	DisableOptimizations bool
+	// ProfilePrefix, when set, makes ORT write a per-operator JSON profile to
+	// ProfilePrefix_<date>.json when the session is destroyed.
+	ProfilePrefix string
 }
 
 // Session is an ONNX Runtime inference session with fixed input and output names.
@@ -184,6 +188,11 @@ func newSession(model []byte, path string, outputs []string, o Options) (*Sessio
 	if o.DisableOptimizations {
 		if err := opts.SetGraphOptimizationLevel(ortgo.GraphOptimizationLevelDisableAll); err != nil {
 			return nil, err
+		}
+	}
+	if o.ProfilePrefix != "" {
+		if err := opts.EnableProfiling(o.ProfilePrefix); err != nil {
+			return nil, fmt.Errorf("enable profiling: %w", err)
 		}
 	}
 	var ins, outs []ortgo.InputOutputInfo
