@@ -189,11 +189,8 @@ func NewLogProbModel(path string, m *onnx.Model, o ModelOptions) (*LogProbModel,
 	if _, err := AppendLogProbHead(m); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	bytes, err := m.Marshal()
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	lm.sess, err = ort.NewSession(bytes, []string{SequenceLogpsOutput, VocabSizeOutput}, ort.Options{Threads: o.Threads})
+	var err error
+	lm.sess, err = newModelSession(m, []string{SequenceLogpsOutput, VocabSizeOutput}, ort.Options{Threads: o.Threads})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}

@@ -137,3 +137,36 @@ func TestLengthBatches(t *testing.T) {
 		}
 	}
 }
+
+// TestLargeModelPathGivesSameLogps forces the path used for models over 2 GB (a
+// temporary model.onnx + external data) and checks it scores exactly like the in-memory one.
+func TestLargeModelPathGivesSameLogps(t *testing.T) {
+	o := loadOracle(t)
+	b := o.Batches[0]
+	rows := make([]Sequence, len(b.InputIDs))
+	for i := range rows {
+		rows[i] = Sequence{IDs: b.InputIDs[i][:b.PromptLen[i]+b.CompletionLen[i]], CompletionStart: b.PromptLen[i]}
+	}
+	path := "../testdata/models/" + b.Model + "_opset17.onnx"
+	score := func() []float64 {
+		lm, err := LoadLogProbModel(path, ModelOptions{Threads: 1, PadID: o.PadID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lm.Close()
+		lp, err := lm.SequenceLogps(rows)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return lp
+	}
+	inline := score()
+	defer func(old int) { inlineLimit = old }(inlineLimit)
+	inlineLimit = 1000
+	staged := score()
+	for i := range inline {
+		if inline[i] != staged[i] {
+			t.Fatalf("row %d: staged model %v, in-memory %v", i, staged[i], inline[i])
+		}
+	}
+}

@@ -163,15 +163,11 @@ func NewTrainer(path string, m *onnx.Model, cfg TrainConfig, sample []EncodedPai
 		t.params = append(t.params, data)
 		t.grads = append(t.grads, make([]float32, len(data)))
 	}
-	bytes, err := res.Model.Marshal()
-	if err != nil {
-		return nil, fmt.Errorf("%s: training graph: %w", path, err)
-	}
 	outputs := []string{LossOutput, SequenceLogpsOutput}
 	for _, name := range t.names {
 		outputs = append(outputs, res.Grads[name])
 	}
-	if t.sess, err = ort.NewSession(bytes, outputs, ort.Options{Threads: cfg.Threads, ProfilePrefix: cfg.Profile}); err != nil {
+	if t.sess, err = newModelSession(res.Model, outputs, ort.Options{Threads: cfg.Threads, ProfilePrefix: cfg.Profile}); err != nil {
 		return nil, fmt.Errorf("%s: training graph: %w", path, err)
 	}
 	sizes := make([]int, len(t.params))

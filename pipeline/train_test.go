@@ -348,3 +348,52 @@ func TestExportedModelGivesTrainerLogps(t *testing.T) {
 		t.Fatal("training did not change the policy")
 	}
 }
+
+// TestExportKeepsExternalDataLayout: a model whose weights live in external data (as
+// optimum exports do) is exported with the same layout and file name.
+func TestExportKeepsExternalDataLayout(t *testing.T) {
+	var o dpoOracle
+	readOracle(t, "../testdata/expected/dpo_grads_llama.json.gz", &o)
+	pairs, refC, refR := oracleBatch(&o)
+	src, err := onnx.Load("../testdata/models/llama_opset17.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := filepath.Join(t.TempDir(), "model.onnx")
+	if err := src.Save(in, onnx.SaveOptions{ExternalData: onnx.ExternalAlways, ExternalDataName: "weights.bin"}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := onnx.Load(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := TrainConfig{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}, Optim: OptimConfig{Name: OptimSGD}, LR: 1,
+		BatchSize: 4, MaxSteps: 1, Threads: 1, PadID: o.PadID}
+	tr, err := NewTrainer(in, m, cfg, pairs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Train(context.Background(), pairs, refC, refR, RunConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	outDir := t.TempDir()
+	if err := tr.Export(filepath.Join(outDir, "model.onnx")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(outDir, "weights.bin")); err != nil {
+		t.Fatalf("external data file not kept: %v", err)
+	}
+	got, err := onnx.Load(filepath.Join(outDir, "model.onnx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := tr.Trainable()[0]
+	if _, external := got.ExternalLocation(onnx.Initializer(got.Graph(), name)); !external {
+		t.Fatalf("%s is inline in the export; the input kept it in external data", name)
+	}
+	vals, _ := onnx.TensorFloats(onnx.Initializer(got.Graph(), name))
+	if vals[0] != tr.Params()[0][0] {
+		t.Fatalf("exported %s[0] = %v, trainer %v", name, vals[0], tr.Params()[0][0])
+	}
+}
