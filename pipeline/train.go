@@ -31,6 +31,8 @@ type TrainConfig struct {
 	PadID       int64
 	Freeze      *regexp.Regexp // initializers whose names match stay frozen
 	Profile     string         // ORT profile file prefix for the training session ("" = off)
+	// TieTransposedCopies: see GraphConfig.
+	TieTransposedCopies bool
 }
 
 // Trainer owns the training graph's session and the trainable parameters' buffers.
@@ -43,6 +45,7 @@ type Trainer struct {
 	params [][]float32
 	grads  [][]float32
 	gradOf map[string]string // parameter -> gradient output
+	ties   []Tie
 	sess   *ort.Session
 	inputs map[string]bool
 	opt    *Optimizer
@@ -91,21 +94,49 @@ func TrainableNames(m *onnx.Model, freeze *regexp.Regexp) ([]string, error) {
 	return names, nil
 }
 
+// GraphConfig says how BuildTrainingGraph turns a causal LM into a training graph.
+type GraphConfig struct {
+	Loss   LossConfig
+	Freeze *regexp.Regexp // initializers whose names match stay frozen
+	// TieTransposedCopies trains an initializer that is an exact transposed copy of
+	// another (GPT-2's lm_head as torch.onnx.export writes it) as the same weight, as the
+	// PyTorch model did; without it the copy trains on its own (an untied model).
+	TieTransposedCopies bool
+}
+
+// TrainingGraph is a generated training graph and what it trains.
+type TrainingGraph struct {
+	*autodiff.Result
+	Trainable []string // initializers that became inputs, with grad.<name> outputs
+	Ties      []Tie    // copies folded into their source (with TieTransposedCopies)
+}
+
 // BuildTrainingGraph appends the loss head to a copy of the causal LM m and differentiates
 // it: the result computes the loss, sequence_logps and grad.<name> for every trainable
 // initializer (TrainableNames), which become inputs. sample is a small batch used to learn
 // intermediate shapes; nil means two made-up pairs of token 0.
-func BuildTrainingGraph(m *onnx.Model, loss LossConfig, freeze *regexp.Regexp, sample []EncodedPair) (*autodiff.Result, []string, error) {
-	names, err := TrainableNames(m, freeze)
+func BuildTrainingGraph(m *onnx.Model, c GraphConfig, sample []EncodedPair) (*TrainingGraph, error) {
+	fwd := m.Clone()
+	var ties []Tie
+	if c.TieTransposedCopies {
+		var err error
+		if ties, err = FindTransposedCopies(fwd); err != nil {
+			return nil, err
+		}
+		if err := tieCopies(fwd, ties); err != nil {
+			return nil, fmt.Errorf("tie weights: %w", err)
+		}
+	}
+	names, err := TrainableNames(fwd, c.Freeze)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if len(names) == 0 {
-		return nil, nil, fmt.Errorf("no trainable float initializers")
+		return nil, fmt.Errorf("no trainable float initializers")
 	}
-	fwd := m.Clone()
-	if err := AppendPreferenceLoss(fwd, loss); err != nil {
-		return nil, nil, err
+	inputs := modelInputs(fwd)
+	if err := AppendPreferenceLoss(fwd, c.Loss); err != nil {
+		return nil, err
 	}
 	if len(sample) == 0 {
 		sample = []EncodedPair{
@@ -113,7 +144,6 @@ func BuildTrainingGraph(m *onnx.Model, loss LossConfig, freeze *regexp.Regexp, s
 			{Chosen: Sequence{IDs: make([]int64, 3), CompletionStart: 1}, Rejected: Sequence{IDs: make([]int64, 6), CompletionStart: 3}},
 		}
 	}
-	inputs := modelInputs(m)
 	zeros := make([]float64, len(sample))
 	feeds := batchFeeds(inputs, sample, zeros, zeros, 0)
 	// A second sample whose batch, pairs and sequence sizes all differ from the first.
@@ -131,9 +161,9 @@ func BuildTrainingGraph(m *onnx.Model, loss LossConfig, freeze *regexp.Regexp, s
 		SampleFeeds: feeds, SecondSampleFeeds: batchFeeds(inputs, second, zeros2, zeros2, 0),
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("build training graph: %w", err)
+		return nil, fmt.Errorf("build training graph: %w", err)
 	}
-	return res, names, nil
+	return &TrainingGraph{Result: res, Trainable: names, Ties: ties}, nil
 }
 
 // NewTrainer builds the training graph of the model at path (already loaded as m) —
@@ -144,10 +174,12 @@ func NewTrainer(path string, m *onnx.Model, cfg TrainConfig, sample []EncodedPai
 		return nil, err
 	}
 	t := &Trainer{cfg: cfg, path: path, base: m, inputs: modelInputs(m)}
-	res, names, err := BuildTrainingGraph(m, cfg.Loss, cfg.Freeze, sample)
+	res, err := BuildTrainingGraph(m, GraphConfig{Loss: cfg.Loss, Freeze: cfg.Freeze, TieTransposedCopies: cfg.TieTransposedCopies}, sample)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	t.ties = res.Ties
+	names := res.Trainable
 	t.gradOf = res.Grads
 	for _, name := range names {
 		init := onnx.Initializer(m.Graph(), name)
@@ -188,6 +220,9 @@ func (t *Trainer) Close() {
 		t.sess = nil
 	}
 }
+
+// Ties returns the transposed copies trained as their source (see GraphConfig).
+func (t *Trainer) Ties() []Tie { return t.ties }
 
 // Trainable returns the names of the trained initializers.
 func (t *Trainer) Trainable() []string { return t.names }
@@ -296,6 +331,17 @@ func (t *Trainer) Model() (*onnx.Model, error) {
 		init := onnx.Initializer(m.Graph(), name)
 		if err := onnx.SetTensorFloats(init, t.params[i]); err != nil {
 			return nil, fmt.Errorf("set %q: %w", name, err)
+		}
+	}
+	for _, tie := range t.ties {
+		src := onnx.Initializer(m.Graph(), tie.Source)
+		vals, err := onnx.TensorFloats(src)
+		if err != nil {
+			return nil, err
+		}
+		dims := src.GetDims()
+		if err := onnx.SetTensorFloats(onnx.Initializer(m.Graph(), tie.Copy), transposed(vals, int(dims[0]), int(dims[1]))); err != nil {
+			return nil, fmt.Errorf("set %q: %w", tie.Copy, err)
 		}
 	}
 	return m, nil

@@ -397,3 +397,66 @@ func TestExportKeepsExternalDataLayout(t *testing.T) {
 		t.Fatalf("exported %s[0] = %v, trainer %v", name, vals[0], tr.Params()[0][0])
 	}
 }
+
+// TestTiedCopyTrainsAsOneWeight: in the plain GPT-2 export the lm_head is a transposed
+// copy of the embedding; with TieTransposedCopies the trainer finds it, trains one weight
+// (PyTorch's tied gradient and AdamW curve) and exports the copy as its transpose.
+func TestTiedCopyTrainsAsOneWeight(t *testing.T) {
+	var o dpoOracle
+	readOracle(t, "../testdata/expected/dpo_grads_gpt2.json.gz", &o)
+	var a adamwOracle
+	readOracle(t, "../testdata/expected/dpo_adamw_gpt2.json", &a)
+	pairs, refC, refR := oracleBatch(&o)
+	m, err := onnx.Load("../testdata/models/gpt2_opset17.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	curve := a.Curves["tied"]["float32"].Steps
+	cfg := TrainConfig{Loss: LossConfig{Type: LossSigmoid, Beta: o.Beta}, Optim: OptimConfig{Name: OptimAdamW, WeightDecay: 0.01},
+		LR: 1e-3, Scheduler: "constant", BatchSize: len(pairs), MaxSteps: len(curve), Threads: 1, PadID: o.PadID,
+		TieTransposedCopies: true}
+	tr, err := NewTrainer("gpt2", m, cfg, pairs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ties := tr.Ties()
+	if len(ties) != 1 || ties[0].Source != "transformer.wte.weight" {
+		t.Fatalf("ties %+v, want the embedding's transposed copy", ties)
+	}
+	if _, err := tr.ComputeGradients(pairs, refC, refR); err != nil {
+		t.Fatal(err)
+	}
+	want := o.OnnxGrads["models/gpt2_tied_opset17.onnx"]["transformer.wte.weight"].Values
+	for i, name := range tr.Trainable() {
+		if name == ties[0].Copy {
+			t.Fatalf("the copy %q is still trained", name)
+		}
+		if name == ties[0].Source {
+			if e := relL2(tr.Grads()[i], want); e > 1e-3 {
+				t.Fatalf("tied embedding gradient relative L2 error %.2e", e)
+			}
+		}
+	}
+	var got []StepMetrics
+	if err := tr.Train(context.Background(), pairs, refC, refR, RunConfig{Metrics: jsonRecorder{&got}}); err != nil {
+		t.Fatal(err)
+	}
+	for k, w := range curve {
+		if e := math.Abs(got[k].Loss-w.Loss) / w.Loss; e > 1e-3 {
+			t.Errorf("step %d: loss %.6f, PyTorch tied %.6f", k+1, got[k].Loss, w.Loss)
+		}
+	}
+	exported, err := tr.Model()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := onnx.Initializer(exported.Graph(), ties[0].Source)
+	cp := onnx.Initializer(exported.Graph(), ties[0].Copy)
+	if cp == nil {
+		t.Fatal("the export lost the copy: the user's graph must keep its initializers")
+	}
+	if same, _ := isTranspose(src, cp); !same {
+		t.Fatal("exported copy is not the transpose of the trained embedding")
+	}
+}

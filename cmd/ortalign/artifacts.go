@@ -18,6 +18,7 @@ import (
 // artifactsOptions are the flags of `ortalign artifacts`.
 type artifactsOptions struct {
 	model, out, loss, freeze string
+	untie                    bool
 	beta, labelSmoothing     float64
 }
 
@@ -48,6 +49,7 @@ every gradient; apply your optimizer to the parameters and feed them back.`,
 	f.Float64Var(&o.beta, "beta", 0.1, "DPO beta")
 	f.Float64Var(&o.labelSmoothing, "label-smoothing", 0, "cDPO label smoothing (sigmoid loss)")
 	f.StringVar(&o.freeze, "freeze", "", "regexp of initializer names to keep frozen")
+	f.BoolVar(&o.untie, "untie", false, "train transposed copies of a weight (GPT-2's exported lm_head) separately instead of as the weight they copy")
 	_ = cmd.MarkFlagRequired("model")
 	_ = cmd.MarkFlagRequired("out")
 	return cmd
@@ -66,7 +68,7 @@ func runArtifacts(o *artifactsOptions, stdout io.Writer) error {
 		return err
 	}
 	loss := pipeline.LossConfig{Type: o.loss, Beta: o.beta, LabelSmoothing: o.labelSmoothing}
-	res, names, err := pipeline.BuildTrainingGraph(m, loss, freeze, nil)
+	res, err := pipeline.BuildTrainingGraph(m, pipeline.GraphConfig{Loss: loss, Freeze: freeze, TieTransposedCopies: !o.untie}, nil)
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.model, err)
 	}
@@ -90,7 +92,7 @@ func runArtifacts(o *artifactsOptions, stdout io.Writer) error {
 	if err := writeFileAtomic(manifestPath, append(b, '\n')); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "wrote %s (%d trainable tensors) and %s\n", graphPath, len(names), manifestPath)
+	fmt.Fprintf(stdout, "wrote %s (%d trainable tensors) and %s\n", graphPath, len(res.Trainable), manifestPath)
 	return nil
 }
 

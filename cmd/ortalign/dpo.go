@@ -30,6 +30,7 @@ type dpoOptions struct {
 	seed                                           int64
 	noShuffle                                      bool
 	freeze                                         string
+	untie                                          bool
 	checkpointEvery                                int
 }
 
@@ -77,6 +78,7 @@ checkpoint; Ctrl-C saves one before stopping.`,
 	f.Int64Var(&o.seed, "seed", 42, "shuffling seed")
 	f.BoolVar(&o.noShuffle, "no-shuffle", false, "keep the data order")
 	f.StringVar(&o.freeze, "freeze", "", "regexp of initializer names to keep frozen")
+	f.BoolVar(&o.untie, "untie", false, "train transposed copies of a weight (GPT-2's exported lm_head) separately instead of as the weight they copy")
 	f.IntVar(&o.checkpointEvery, "checkpoint-every", 50, "steps between checkpoints")
 	addDataFlags(f, &o.dataFlags)
 	for _, name := range []string{"model", "data", "out"} {
@@ -100,6 +102,8 @@ func (o *dpoOptions) trainConfig(pad int64) (pipeline.TrainConfig, error) {
 		Shuffle:     !o.noShuffle,
 		Threads:     o.threads,
 		PadID:       pad,
+
+		TieTransposedCopies: !o.untie,
 	}
 	if err := c.Loss.Validate(); err != nil {
 		return c, fmt.Errorf("--loss/--beta/--label-smoothing: %w", err)
@@ -193,6 +197,9 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer trainer.Close()
+	for _, tie := range trainer.Ties() {
+		fmt.Fprintf(stderr, "training %q as the transpose of %q, as the exporter copied it (--untie trains it separately)\n", tie.Copy, tie.Source)
+	}
 	checkpoint := filepath.Join(o.out, "checkpoint.bin")
 	metricsPath := filepath.Join(o.out, "metrics.jsonl")
 	flags := os.O_CREATE | os.O_WRONLY | os.O_TRUNC

@@ -1,0 +1,105 @@
+package pipeline
+
+import (
+	"fmt"
+
+	"ortalign/onnx"
+	"ortalign/onnx/onnxpb"
+)
+
+// Tie is a 2-D initializer that is an exact transposed copy of another: how
+// torch.onnx.export writes a weight the PyTorch model shares, such as GPT-2's lm_head
+// tied to the token embedding. Training the copy separately would train an untied model.
+type Tie struct {
+	Source string // the [a, b] initializer that trains
+	Copy   string // the [b, a] initializer equal to Source transposed
+}
+
+// FindTransposedCopies returns the ties of m: pairs of float32 initializers where one
+// equals the other transposed, value for value.
+func FindTransposedCopies(m *onnx.Model) ([]Tie, error) {
+	byShape := map[[2]int64][]*onnxpb.TensorProto{}
+	for _, t := range m.Graph().GetInitializer() {
+		if onnx.DataType(t.GetDataType()) == onnx.Float && len(t.GetDims()) == 2 && t.GetDims()[0] != t.GetDims()[1] {
+			k := [2]int64{t.GetDims()[0], t.GetDims()[1]}
+			byShape[k] = append(byShape[k], t)
+		}
+	}
+	var ties []Tie
+	copied := map[string]bool{}
+	for _, t := range m.Graph().GetInitializer() {
+		dims := t.GetDims()
+		if onnx.DataType(t.GetDataType()) != onnx.Float || len(dims) != 2 || copied[t.GetName()] {
+			continue
+		}
+		for _, c := range byShape[[2]int64{dims[1], dims[0]}] {
+			if copied[c.GetName()] || c.GetName() == t.GetName() {
+				continue
+			}
+			same, err := isTranspose(t, c)
+			if err != nil {
+				return nil, err
+			}
+			if same {
+				ties = append(ties, Tie{Source: t.GetName(), Copy: c.GetName()})
+				copied[c.GetName()], copied[t.GetName()] = true, true
+				break
+			}
+		}
+	}
+	return ties, nil
+}
+
+func isTranspose(a, b *onnxpb.TensorProto) (bool, error) {
+	x, err := onnx.TensorFloats(a)
+	if err != nil {
+		return false, fmt.Errorf("initializer %q: %w", a.GetName(), err)
+	}
+	y, err := onnx.TensorFloats(b)
+	if err != nil {
+		return false, fmt.Errorf("initializer %q: %w", b.GetName(), err)
+	}
+	rows, cols := int(a.GetDims()[0]), int(a.GetDims()[1])
+	for i := 0; i < rows; i++ {
+		for j := 0; j < cols; j++ {
+			if x[i*cols+j] != y[j*rows+i] {
+				return false, nil
+			}
+		}
+	}
+	return true, nil
+}
+
+// tieCopies rewrites m so that every use of a tie's copy reads Transpose(source)
+// instead, and removes the copy: the graph then trains one shared weight.
+func tieCopies(m *onnx.Model, ties []Tie) error {
+	g := m.Graph()
+	b := onnx.NewBuilder(g, m.Opset(""), "ortalign_tie")
+	for _, t := range ties {
+		tr := b.Transpose(t.Source, []int64{1, 0})
+		for _, n := range g.GetNode() {
+			if n.GetOpType() == "Transpose" && len(n.GetOutput()) == 1 && n.GetOutput()[0] == tr {
+				continue
+			}
+			for i, in := range n.Input {
+				if in == t.Copy {
+					n.Input[i] = tr
+				}
+			}
+		}
+		onnx.RemoveInitializer(g, t.Copy)
+	}
+	// The Transpose nodes were appended; put them before their users.
+	return onnx.TopologicalSort(g)
+}
+
+// transposed returns the [cols, rows] transpose of a row-major [rows, cols] matrix.
+func transposed(x []float32, rows, cols int) []float32 {
+	out := make([]float32, len(x))
+	for i := 0; i < rows; i++ {
+		for j := 0; j < cols; j++ {
+			out[j*rows+i] = x[i*cols+j]
+		}
+	}
+	return out
+}
