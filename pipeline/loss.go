@@ -21,6 +21,7 @@ const (
 	LossSigmoid = "sigmoid" // DPO: -logσ(β·h), with optional label smoothing (cDPO)
 	LossIPO     = "ipo"     // IPO: (h − 1/(2β))², on length-normalised log-probs (TRL's default)
 	LossHinge   = "hinge"   // SLiC: relu(1 − β·h)
+	LossRobust  = "robust"  // rDPO: ((1−ε)·(−logσ(βh)) + ε·logσ(−βh)) / (1−2ε)
 )
 
 // LossConfig selects a preference loss. h is the log-ratio difference
@@ -28,15 +29,18 @@ const (
 type LossConfig struct {
 	Type           string  `json:"type"`
 	Beta           float64 `json:"beta"`
-	LabelSmoothing float64 `json:"label_smoothing"` // sigmoid only: cDPO's ε
+	LabelSmoothing float64 `json:"label_smoothing"` // sigmoid (cDPO) and robust: the label noise ε
+	// IPOSumLogps uses summed log-probs in the IPO loss, as the IPO paper writes it,
+	// instead of TRL's average over completion tokens.
+	IPOSumLogps bool `json:"ipo_sum_logps,omitempty"`
 }
 
 // Validate reports an unknown type or out-of-range parameters.
 func (c LossConfig) Validate() error {
 	switch c.Type {
-	case LossSigmoid, LossIPO, LossHinge:
+	case LossSigmoid, LossIPO, LossHinge, LossRobust:
 	default:
-		return fmt.Errorf("unknown loss %q (want %s, %s or %s)", c.Type, LossSigmoid, LossIPO, LossHinge)
+		return fmt.Errorf("unknown loss %q (want %s, %s, %s or %s)", c.Type, LossSigmoid, LossIPO, LossHinge, LossRobust)
 	}
 	if !(c.Beta > 0) {
 		return fmt.Errorf("beta must be positive, got %g", c.Beta)
@@ -44,8 +48,11 @@ func (c LossConfig) Validate() error {
 	if c.LabelSmoothing < 0 || c.LabelSmoothing >= 0.5 {
 		return fmt.Errorf("label smoothing must be in [0, 0.5), got %g", c.LabelSmoothing)
 	}
-	if c.LabelSmoothing != 0 && c.Type != LossSigmoid {
-		return fmt.Errorf("label smoothing applies to the sigmoid loss only")
+	if c.LabelSmoothing != 0 && c.Type != LossSigmoid && c.Type != LossRobust {
+		return fmt.Errorf("label smoothing applies to the sigmoid and robust losses only")
+	}
+	if c.IPOSumLogps && c.Type != LossIPO {
+		return fmt.Errorf("summed log-probs are an option of the ipo loss only")
 	}
 	return nil
 }
@@ -73,7 +80,7 @@ func AppendPreferenceLoss(m *onnx.Model, cfg LossConfig) error {
 	logps, refC, refR := SequenceLogpsOutput, RefChosenInput, RefRejectedInput
 	n := b.Shape(RefChosenInput) // [1] = number of pairs
 	zero, end, axis0 := b.ConstInt64s([]int64{0}), b.ConstInt64s([]int64{math.MaxInt64}), b.ConstInt64s([]int64{0})
-	if cfg.Type == LossIPO {
+	if cfg.Type == LossIPO && !cfg.IPOSumLogps {
 		// TRL's IPO averages log-probs over completion tokens, for policy and reference alike.
 		counts := b.ReduceSum(b.Slice(CompletionMaskInput, []int64{1}, []int64{math.MaxInt64}, []int64{1}, nil), []int64{1}, false)
 		logps = b.Div(logps, counts)
@@ -97,6 +104,13 @@ func lossPerPair(b *onnx.Builder, h string, cfg LossConfig) string {
 		return b.Mul(d, d)
 	case LossHinge:
 		return b.Relu(b.Sub(b.ConstFloat(1), b.Mul(beta, h)))
+	case LossRobust:
+		eps := cfg.LabelSmoothing
+		z := b.Mul(beta, h)
+		// −logσ(z) = softplus(−z) and logσ(−z) = −softplus(z).
+		loss := b.Sub(b.Mul(b.ConstFloat(float32(1-eps)), b.Op("Softplus", []string{b.Neg(z)})),
+			b.Mul(b.ConstFloat(float32(eps)), b.Op("Softplus", []string{z})))
+		return b.Div(loss, b.ConstFloat(float32(1-2*eps)))
 	}
 	// sigmoid: -(1-ε)·logσ(βh) - ε·logσ(-βh), with -logσ(z) = softplus(-z).
 	z := b.Mul(beta, h)

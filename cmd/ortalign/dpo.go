@@ -22,6 +22,7 @@ type dpoOptions struct {
 	model, ref, dataPath, evalData, tokenizer, out string
 	loss                                           string
 	beta, labelSmoothing                           float64
+	ipoSum                                         bool
 	optimizer                                      string
 	lr, weightDecay, maxGradNorm                   float64
 	scheduler                                      string
@@ -63,9 +64,10 @@ checkpoint; Ctrl-C saves one before stopping.`,
 	f.StringVar(&o.evalData, "eval-data", "", "held-out pairs: reward accuracy before and after training")
 	f.StringVar(&o.tokenizer, "tokenizer", "", "HuggingFace tokenizer.json (needed for text datasets)")
 	f.StringVar(&o.out, "out", "", "output directory")
-	f.StringVar(&o.loss, "loss", pipeline.LossSigmoid, "loss: sigmoid (DPO), ipo, hinge")
+	f.StringVar(&o.loss, "loss", pipeline.LossSigmoid, "loss: sigmoid (DPO), ipo, hinge, robust")
 	f.Float64Var(&o.beta, "beta", 0.1, "DPO beta")
-	f.Float64Var(&o.labelSmoothing, "label-smoothing", 0, "cDPO label smoothing (sigmoid loss)")
+	f.Float64Var(&o.labelSmoothing, "label-smoothing", 0, "label noise ε: cDPO (sigmoid loss) or rDPO (robust loss)")
+	f.BoolVar(&o.ipoSum, "ipo-sum-logps", false, "ipo loss on summed log-probs (the IPO paper) instead of TRL's per-token average")
 	f.StringVar(&o.optimizer, "optimizer", pipeline.OptimAdamW, "optimizer: sgd or adamw")
 	f.Float64Var(&o.lr, "lr", 5e-4, "learning rate")
 	f.Float64Var(&o.weightDecay, "weight-decay", 0, "weight decay (decoupled for adamw, L2 for sgd)")
@@ -89,7 +91,7 @@ checkpoint; Ctrl-C saves one before stopping.`,
 
 func (o *dpoOptions) trainConfig(pad int64) (pipeline.TrainConfig, error) {
 	c := pipeline.TrainConfig{
-		Loss:        pipeline.LossConfig{Type: o.loss, Beta: o.beta, LabelSmoothing: o.labelSmoothing},
+		Loss:        pipeline.LossConfig{Type: o.loss, Beta: o.beta, LabelSmoothing: o.labelSmoothing, IPOSumLogps: o.ipoSum},
 		Optim:       pipeline.OptimConfig{Name: o.optimizer, WeightDecay: o.weightDecay},
 		LR:          o.lr,
 		Scheduler:   o.scheduler,
