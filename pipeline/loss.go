@@ -18,7 +18,7 @@ const (
 
 // Loss types, with TRL v1.x names and formulas.
 const (
-	LossSigmoid = "sigmoid" // DPO: -logσ(β·h), with optional label smoothing (cDPO)
+	LossSigmoid = "sigmoid" // DPO: -logσ(β·h); with label smoothing ε, cDPO (see LossConfig)
 	LossIPO     = "ipo"     // IPO: (h − 1/(2β))², on length-normalised log-probs (TRL's default)
 	LossHinge   = "hinge"   // SLiC: relu(1 − β·h)
 	LossRobust  = "robust"  // rDPO: ((1−ε)·(−logσ(βh)) + ε·logσ(−βh)) / (1−2ε)
@@ -29,7 +29,10 @@ const (
 type LossConfig struct {
 	Type           string  `json:"type"`
 	Beta           float64 `json:"beta"`
-	LabelSmoothing float64 `json:"label_smoothing"` // sigmoid (cDPO) and robust: the label noise ε
+	// LabelSmoothing is the label noise ε of the robust loss (as in TRL v1.x) and, on the
+	// sigmoid loss, of cDPO: -(1-ε)·logσ(βh) - ε·logσ(-βh), the cDPO paper's and TRL < 1.0's
+	// formula (TRL v1.x ignores ε for sigmoid; with the default 0 the two agree).
+	LabelSmoothing float64 `json:"label_smoothing"`
 	// IPOSumLogps uses summed log-probs in the IPO loss, as the IPO paper writes it,
 	// instead of TRL's average over completion tokens.
 	IPOSumLogps bool `json:"ipo_sum_logps,omitempty"`
@@ -82,7 +85,8 @@ func AppendPreferenceLoss(m *onnx.Model, cfg LossConfig) error {
 	zero, end, axis0 := b.ConstInt64s([]int64{0}), b.ConstInt64s([]int64{math.MaxInt64}), b.ConstInt64s([]int64{0})
 	if cfg.Type == LossIPO && !cfg.IPOSumLogps {
 		// TRL's IPO averages log-probs over completion tokens, for policy and reference alike.
-		counts := b.ReduceSum(b.Slice(CompletionMaskInput, []int64{1}, []int64{math.MaxInt64}, []int64{1}, nil), []int64{1}, false)
+		// TRL counts the whole completion mask, at least 1.
+		counts := b.Max(b.ReduceSum(CompletionMaskInput, []int64{1}, false), b.ConstFloat(1))
 		logps = b.Div(logps, counts)
 		refC = b.Div(refC, b.Op("Slice", []string{counts, zero, n, axis0}))
 		refR = b.Div(refR, b.Op("Slice", []string{counts, n, end, axis0}))

@@ -19,3 +19,5 @@ $PY testdata/gen_models.py                  # models/*
 node testdata/check_onnx.mjs                # ORT vs PyTorch logits (writes nothing)
 $PY testdata/gen_expected_logps.py          # expected/logps.json
 node testdata/check_onnx.mjs                # again, now also ORT log-probs vs the oracle
+$PY testdata/gen_dpo_oracle.py              # expected/dpo_grads_*.json.gz, dpo_adamw_*.json
+$PY testdata/gen_loss_oracle.py             # expected/loss_oracle_llama.json.gz
