@@ -40,8 +40,8 @@ func EncodePairs(path string, layout data.Layout, examples []data.Example, tok *
 	if layout != data.Tokenized && tok == nil {
 		return nil, stats, fmt.Errorf("%s: the %s layout holds text; pass --tokenizer tokenizer.json", path, layout)
 	}
-	if layout == data.Conversational {
-		return nil, stats, fmt.Errorf("%s: conversational datasets need a chat template, which ortalign does not apply yet; pre-render the conversations to text (prompt/chosen/rejected strings) or pre-tokenize them", path)
+	if layout == data.Conversational && !tok.HasChatTemplate() {
+		return nil, stats, fmt.Errorf("conversational dataset %s needs a chat template: tokenizer_config.json next to %s has none; add one or pre-render the text", path, tok.Path())
 	}
 	if err := CheckTokenizerFits(tok, vocab); err != nil {
 		return nil, stats, err
@@ -56,6 +56,14 @@ func EncodePairs(path string, layout data.Layout, examples []data.Example, tok *
 			chosen, err = tokenize.EncodeIDsPair(ex.PromptIDs, ex.ChosenIDs, opts)
 			if err == nil {
 				rejected, err = tokenize.EncodeIDsPair(ex.PromptIDs, ex.RejectedIDs, opts)
+			}
+		case data.Conversational:
+			// TRL v1.x: the chat template renders the turns, ends the assistant turn and
+			// writes BOS where the model wants it (see tokenize.EncodeConversation).
+			prompt := chatMessages(ex.PromptMessages)
+			chosen, err = tok.EncodeConversation(prompt, chatMessages(ex.ChosenMessages), opts)
+			if err == nil {
+				rejected, err = tok.EncodeConversation(prompt, chatMessages(ex.RejectedMessages), opts)
 			}
 		default:
 			chosen, err = tok.EncodePromptCompletion(ex.Prompt, ex.Chosen, opts)
@@ -99,6 +107,15 @@ func EncodePairs(path string, layout data.Layout, examples []data.Example, tok *
 		pairs = append(pairs, p)
 	}
 	return pairs, stats, nil
+}
+
+// chatMessages converts dataset messages to the tokenizer's.
+func chatMessages(msgs []data.Message) []tokenize.Message {
+	out := make([]tokenize.Message, len(msgs))
+	for i, m := range msgs {
+		out[i] = tokenize.Message{Role: m.Role, Content: m.Content}
+	}
+	return out
 }
 
 // CheckTokenizerFits returns an error when the tokenizer can produce ids beyond the

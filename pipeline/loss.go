@@ -27,8 +27,8 @@ const (
 // LossConfig selects a preference loss. h is the log-ratio difference
 // (π_c − π_r) − (ref_c − ref_r) of each pair.
 type LossConfig struct {
-	Type           string  `json:"type"`
-	Beta           float64 `json:"beta"`
+	Type string  `json:"type"`
+	Beta float64 `json:"beta"`
 	// LabelSmoothing is the label noise ε of the robust loss (as in TRL v1.x) and, on the
 	// sigmoid loss, of cDPO: -(1-ε)·logσ(βh) - ε·logσ(-βh), the cDPO paper's and TRL < 1.0's
 	// formula (TRL v1.x ignores ε for sigmoid; with the default 0 the two agree).

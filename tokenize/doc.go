@@ -8,6 +8,13 @@
 // special_tokens_map.json beside the file, and encodes (prompt, completion) pairs the way
 // TRL v1.x does for preference training and scoring (see EncodePromptCompletion).
 //
+// Chat templates: Load also reads the model's chat template (chat_template.jinja, or the
+// chat_template entry of tokenizer_config.json) and ApplyChatTemplate renders conversations
+// with it as transformers' apply_chat_template does, through github.com/ardanlabs/jinja;
+// chat_test.go holds the renderings to Python's Jinja2 on real models' templates
+// (testdata/chat). EncodeConversation encodes conversational (prompt, completion) messages
+// the way TRL v1.x's DPOTrainer does.
+//
 // The pipeline of one Encode call follows HuggingFace's:
 //
 //  1. added tokens are matched leftmost-longest on the raw text (those flagged

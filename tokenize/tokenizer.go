@@ -25,11 +25,13 @@ type Tokenizer struct {
 	maxID    int
 
 	bos, eos, pad, unk string
+	chat               *chatTemplate // nil without a chat template (see chat.go)
 }
 
 // Load reads a tokenizer.json file. path may also name a directory holding tokenizer.json.
 // tokenizer_config.json and special_tokens_map.json beside the file, when present, give the
-// special tokens (see BOS, EOS, PAD).
+// special tokens (see BOS, EOS, PAD); chat_template.jinja or tokenizer_config.json's
+// chat_template gives the chat template (see ApplyChatTemplate).
 func Load(path string) (*Tokenizer, error) {
 	if st, err := os.Stat(path); err == nil && st.IsDir() {
 		path = filepath.Join(path, "tokenizer.json")
@@ -43,6 +45,9 @@ func Load(path string) (*Tokenizer, error) {
 		return nil, err
 	}
 	if err := t.readSpecialConfig(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
+	if err := t.readChatTemplate(filepath.Dir(path)); err != nil {
 		return nil, err
 	}
 	return t, nil
