@@ -126,3 +126,16 @@ func CheckTokenizerFits(tok *tokenize.Tokenizer, vocab int64) error {
 	}
 	return nil
 }
+
+// PairRows lays out a batch of pairs as the models see it: the chosen sequences, then
+// the rejected ones (row i and row len(pairs)+i are pair i).
+func PairRows(pairs []EncodedPair) []Sequence {
+	rows := make([]Sequence, 0, 2*len(pairs))
+	for _, p := range pairs {
+		rows = append(rows, p.Chosen)
+	}
+	for _, p := range pairs {
+		rows = append(rows, p.Rejected)
+	}
+	return rows
+}

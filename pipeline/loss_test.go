@@ -56,13 +56,7 @@ func TestLossFormulas(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer lm.Close()
-			rows := []Sequence{}
-			for _, p := range pairs {
-				rows = append(rows, p.Chosen)
-			}
-			for _, p := range pairs {
-				rows = append(rows, p.Rejected)
-			}
+			rows := PairRows(pairs)
 			lp, err := lm.SequenceLogps(rows)
 			if err != nil {
 				t.Fatal(err)

@@ -60,13 +60,11 @@ func ScorePairs(ctx context.Context, policy, ref *LogProbModel, pairs []EncodedP
 		if err := ctx.Err(); err != nil {
 			return nil, sum, err
 		}
-		rows := make([]Sequence, 0, 2*len(batch))
-		for _, i := range batch {
-			rows = append(rows, pairs[i].Chosen)
+		group := make([]EncodedPair, len(batch))
+		for k, i := range batch {
+			group[k] = pairs[i]
 		}
-		for _, i := range batch {
-			rows = append(rows, pairs[i].Rejected)
-		}
+		rows := PairRows(group)
 		lp, err := policy.SequenceLogps(rows)
 		if err != nil {
 			return nil, sum, err

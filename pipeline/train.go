@@ -245,14 +245,7 @@ func modelInputs(m *onnx.Model) map[string]bool {
 // batchFeeds builds the model and loss inputs for a batch of pairs; inputs says which of
 // attention_mask and position_ids the model takes.
 func batchFeeds(inputs map[string]bool, pairs []EncodedPair, refC, refR []float64, padID int64) map[string]*ort.Tensor {
-	rows := make([]Sequence, 0, 2*len(pairs))
-	for _, p := range pairs {
-		rows = append(rows, p.Chosen)
-	}
-	for _, p := range pairs {
-		rows = append(rows, p.Rejected)
-	}
-	b := BatchInputs(rows, padID)
+	b := BatchInputs(PairRows(pairs), padID)
 	feeds := map[string]*ort.Tensor{inputIDs: b.IDs, CompletionMaskInput: b.CompletionMask}
 	if inputs[attentionMask] {
 		feeds[attentionMask] = b.AttentionMask

@@ -324,13 +324,7 @@ func TestExportedModelGivesTrainerLogps(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lm.Close()
-	rows := make([]Sequence, 0, 2*len(pairs))
-	for _, p := range pairs {
-		rows = append(rows, p.Chosen)
-	}
-	for _, p := range pairs {
-		rows = append(rows, p.Rejected)
-	}
+	rows := PairRows(pairs)
 	lp, err := lm.SequenceLogps(rows)
 	if err != nil {
 		t.Fatal(err)
