@@ -2,9 +2,14 @@ package pipeline
 
 import (
 	"math"
+	"regexp"
+	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"ortalign/onnx"
+	"ortalign/onnx/onnxpb"
 )
 
 // TestLossFormulas checks each loss head's value against TRL's formula evaluated in Go
@@ -90,5 +95,37 @@ func TestLossConfigValidate(t *testing.T) {
 		if c.Validate() == nil {
 			t.Errorf("%+v: want an error", c)
 		}
+	}
+}
+
+// TestTrainableNamesSkipExportConstants: weights train; a rotary-style buffer that only
+// feeds Cos/Sin, a scalar, and frozen names do not.
+func TestTrainableNamesSkipExportConstants(t *testing.T) {
+	g := &onnxpb.GraphProto{Name: proto.String("t")}
+	onnx.AddInput(g, "x", onnx.Float, onnx.Dims(2, 3))
+	for _, init := range []*onnxpb.TensorProto{
+		onnx.FloatTensor("w", []int64{3, 4}, make([]float32, 12)),
+		onnx.FloatTensor("norm.weight", []int64{4}, make([]float32, 4)),
+		onnx.FloatTensor("rotary_emb.inv_freq", []int64{4}, make([]float32, 4)),
+		onnx.ScalarFloat("scale", 0.5),
+	} {
+		onnx.AddInitializer(g, init)
+	}
+	b := onnx.NewBuilder(g, 17, "")
+	h := b.Mul(b.MatMul("x", "w"), "scale")
+	rot := b.Op("Cos", []string{b.Mul(h, "rotary_emb.inv_freq")})
+	addIdentity(g, b.Mul(b.Add(h, rot), "norm.weight"), "logits")
+	onnx.AddOutput(g, "logits", onnx.Float, onnx.Dims(2, 4))
+	m := onnx.NewModel(&onnxpb.ModelProto{Graph: g})
+	got, err := TrainableNames(m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, ",") != "w,norm.weight" {
+		t.Fatalf("trainable %v, want [w norm.weight]", got)
+	}
+	got, _ = TrainableNames(m, regexp.MustCompile(`norm`))
+	if strings.Join(got, ",") != "w" {
+		t.Fatalf("with --freeze norm: %v, want [w]", got)
 	}
 }

@@ -66,20 +66,36 @@ type StepMetrics struct {
 	Step            int     `json:"step"`
 }
 
-// TrainableNames lists the float32 initializers of m that training updates: every
-// float tensor with more than one element that some node reads, minus those matching
-// freeze. Scalars are constants of the export (scales, epsilons), not parameters.
+// TrainableNames lists the float32 initializers of m that training updates: every float
+// tensor with more than one element from which the logits can be reached without passing
+// through a Cos or Sin, minus those matching freeze. The exclusions are the exporter's
+// constants, not the PyTorch model's parameters: scalars (scales, epsilons) and the rotary
+// embedding's buffers (inv_freq, cached cos/sin tables), which only feed Cos/Sin.
 func TrainableNames(m *onnx.Model, freeze *regexp.Regexp) ([]string, error) {
 	g := m.Graph()
-	used := map[string]bool{}
-	for _, n := range g.GetNode() {
-		for _, in := range onnx.NodeInputs(n) {
-			used[in] = true
+	// Walk back from the outputs, not through Cos/Sin, marking every value that feeds them.
+	producer := onnx.Producers(g)
+	feeds := map[string]bool{}
+	var stack []string
+	for _, o := range g.GetOutput() {
+		stack = append(stack, o.GetName())
+	}
+	for len(stack) > 0 {
+		v := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if feeds[v] {
+			continue
 		}
+		feeds[v] = true
+		n := producer[v]
+		if n == nil || n.GetOpType() == "Cos" || n.GetOpType() == "Sin" {
+			continue
+		}
+		stack = append(stack, onnx.NodeInputs(n)...)
 	}
 	var names []string
 	for _, t := range g.GetInitializer() {
-		if onnx.DataType(t.GetDataType()) != onnx.Float || !used[t.GetName()] {
+		if onnx.DataType(t.GetDataType()) != onnx.Float || !feeds[t.GetName()] {
 			continue
 		}
 		n, err := onnx.NumElements(t)
