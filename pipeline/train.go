@@ -435,6 +435,14 @@ func (t *Trainer) Train(ctx context.Context, pairs []EncodedPair, refC, refR []f
 		}
 		m, err := t.Step(batch, bc, br, t.cfg.LearningRate(step, total))
 		if err != nil {
+			// The failed step changed nothing (a non-finite loss stops before the update):
+			// keep the work done so far.
+			if rc.Checkpoint != "" && t.opt.Step > 0 {
+				if cerr := t.saveCheckpoint(rc.Checkpoint); cerr != nil {
+					return fmt.Errorf("step %d: %w (and saving the checkpoint failed: %v)", step+1, err, cerr)
+				}
+				return fmt.Errorf("step %d: %w (state after step %d saved to %s)", step+1, err, t.opt.Step, rc.Checkpoint)
+			}
 			return fmt.Errorf("step %d: %w", step+1, err)
 		}
 		m.Epoch = float64(step+1) / float64(perEpoch)

@@ -454,3 +454,39 @@ func TestTiedCopyTrainsAsOneWeight(t *testing.T) {
 		t.Fatal("exported copy is not the transpose of the trained embedding")
 	}
 }
+
+// TestNonFiniteLossStopsAndKeepsWork: a NaN loss is an error naming the step, raised
+// before the update, and the state of the steps before it is saved.
+func TestNonFiniteLossStopsAndKeepsWork(t *testing.T) {
+	var o dpoOracle
+	readOracle(t, "../testdata/expected/dpo_grads_llama.json.gz", &o)
+	pairs, refC, refR := oracleBatch(&o)
+	refC = append([]float64(nil), refC...)
+	refC[2] = math.NaN() // the second batch of two pairs
+	m, err := onnx.Load("../testdata/models/llama_opset17.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := TrainConfig{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}, Optim: OptimConfig{Name: OptimAdamW}, LR: 1e-3,
+		BatchSize: 2, MaxSteps: 4, Threads: 1, PadID: o.PadID}
+	tr, err := NewTrainer("llama", m, cfg, pairs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ckpt := filepath.Join(t.TempDir(), "checkpoint.bin")
+	err = tr.Train(context.Background(), pairs, refC, refR, RunConfig{Checkpoint: ckpt})
+	if err == nil || !strings.Contains(err.Error(), "step 2") || !strings.Contains(err.Error(), "non-finite") || !strings.Contains(err.Error(), "saved") {
+		t.Fatalf("want a non-finite loss error at step 2 that says the state was saved, got %v", err)
+	}
+	if _, err := os.Stat(ckpt); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range tr.Params() {
+		for _, v := range p {
+			if math.IsNaN(float64(v)) {
+				t.Fatal("a NaN reached the parameters")
+			}
+		}
+	}
+}
