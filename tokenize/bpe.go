@@ -182,17 +182,8 @@ func (m *bpeModel) initialSymbols(ids []int32, w string) []int32 {
 			continue
 		}
 		if m.byteFallback {
-			all := true
-			for k := 0; k < len(s); k++ {
-				if m.fallbackIDs[s[k]] < 0 {
-					all = false
-					break
-				}
-			}
-			if all {
-				for k := 0; k < len(s); k++ {
-					ids = append(ids, m.fallbackIDs[s[k]])
-				}
+			if out, ok := appendByteFallback(ids, &m.fallbackIDs, s); ok {
+				ids = out
 				continue
 			}
 		}
@@ -451,4 +442,18 @@ func (c *wordCache) put(k string, v []int32) {
 		s.m[strings.Clone(k)] = v
 	}
 	s.mu.Unlock()
+}
+
+// appendByteFallback appends the <0xNN> token of every byte of s (byte_fallback), or
+// reports false, appending nothing, when some byte has no such token.
+func appendByteFallback[T int | int32](ids []T, fallback *[256]int32, s string) ([]T, bool) {
+	for k := 0; k < len(s); k++ {
+		if fallback[s[k]] < 0 {
+			return ids, false
+		}
+	}
+	for k := 0; k < len(s); k++ {
+		ids = append(ids, T(fallback[s[k]]))
+	}
+	return ids, true
 }

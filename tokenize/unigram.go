@@ -176,17 +176,8 @@ func (m *unigramModel) appendIDs(dst []int, word string, raw bool) []int {
 			continue
 		}
 		if m.byteFallback {
-			all := true
-			for k := 0; k < len(p); k++ {
-				if m.fallbackIDs[p[k]] < 0 {
-					all = false
-					break
-				}
-			}
-			if all {
-				for k := 0; k < len(p); k++ {
-					ids = append(ids, m.fallbackIDs[p[k]])
-				}
+			if out, ok := appendByteFallback(ids, &m.fallbackIDs, p); ok {
+				ids = out
 				continue
 			}
 		}
