@@ -152,9 +152,12 @@ func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) er
 // then the scores (null where the row was skipped or dropped).
 func writeScores(path string, layout data.Layout, examples []data.Example, skipped []data.SkippedRow, pairs []pipeline.EncodedPair, scores []pipeline.PairScore, hasRef bool) error {
 	var cols []data.Column
-	if layout == data.Tokenized {
+	switch layout {
+	case data.Tokenized:
 		cols = []data.Column{{Name: "prompt_input_ids", Kind: data.Int64List}, {Name: "chosen_input_ids", Kind: data.Int64List}, {Name: "rejected_input_ids", Kind: data.Int64List}}
-	} else {
+	case data.Conversational:
+		cols = []data.Column{{Name: "prompt", Kind: data.Messages}, {Name: "chosen", Kind: data.Messages}, {Name: "rejected", Kind: data.Messages}}
+	default:
 		cols = []data.Column{{Name: "prompt", Kind: data.String}, {Name: "chosen", Kind: data.String}, {Name: "rejected", Kind: data.String}}
 	}
 	cols = append(cols,
@@ -198,6 +201,8 @@ func writeScores(path string, layout data.Layout, examples []data.Example, skipp
 			vals = append(vals, nil, nil, nil)
 		case layout == data.Tokenized:
 			vals = append(vals, r.ex.PromptIDs, r.ex.ChosenIDs, r.ex.RejectedIDs)
+		case layout == data.Conversational:
+			vals = append(vals, r.ex.PromptMessages, r.ex.ChosenMessages, r.ex.RejectedMessages)
 		default:
 			vals = append(vals, r.ex.Prompt, r.ex.Chosen, r.ex.Rejected)
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -220,4 +221,46 @@ func TestMissingORTLibrary(t *testing.T) {
 		t.Fatalf("want one line naming the library and how to get it, got %q", msg)
 	}
 	assertNoFile(t, out)
+}
+
+// TestScoreConversational scores UltraFeedback-style message lists through a chat
+// template and writes them back as message lists, so the output is again a valid input.
+func TestScoreConversational(t *testing.T) {
+	dir := t.TempDir()
+	tokJSON, err := os.ReadFile(tinyTok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "tokenizer.json"), tokJSON, 0o644)
+	cfg := `{"eos_token": "<|endoftext|>", "pad_token": "<|pad|>", "chat_template": "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|endoftext|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"}`
+	os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), []byte(cfg), 0o644)
+	out := filepath.Join(t.TempDir(), "scores.parquet")
+	o := scoreOpts("../../data/testdata/arrow_conversational.parquet", out)
+	o.tokenizer = filepath.Join(dir, "tokenizer.json")
+	o.maxLength = 0
+	var stdout bytes.Buffer
+	if err := runScore(context.Background(), o, &stdout, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	in, err := data.Open(o.dataPath, data.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	want, _, _ := in.ReadAll()
+	back, err := data.Open(out, data.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer back.Close()
+	got, _, err := back.ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.Layout != data.Conversational || len(got) != len(want) || len(got) == 0 {
+		t.Fatalf("read back %s layout, %d rows; want conversational, %d rows", back.Layout, len(got), len(want))
+	}
+	if fmt.Sprint(got[0].ChosenMessages) != fmt.Sprint(want[0].ChosenMessages) || got[0].RefChosenLogps != nil {
+		t.Fatalf("row 0 read back as %+v, want the input's messages %+v", got[0], want[0])
+	}
 }
