@@ -3,6 +3,7 @@ package onnx
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -483,4 +484,56 @@ func uniqueIn(used map[string]bool, prefix string) string {
 			return s
 		}
 	}
+}
+
+// Prune removes from g the nodes and initializers that no graph output needs, value infos
+// of removed values, and graph inputs nothing reads except those in keepInputs. Nodes
+// must be in topological order.
+func Prune(g *onnxpb.GraphProto, keepInputs []string) {
+	live := map[string]bool{}
+	for _, o := range g.GetOutput() {
+		live[o.GetName()] = true
+	}
+	nodes := g.GetNode()
+	keep := make([]bool, len(nodes))
+	for i := len(nodes) - 1; i >= 0; i-- {
+		for _, o := range nodes[i].GetOutput() {
+			if live[o] {
+				keep[i] = true
+			}
+		}
+		if keep[i] {
+			for _, in := range NodeInputs(nodes[i]) {
+				live[in] = true
+			}
+		}
+	}
+	var kept []*onnxpb.NodeProto
+	for i, n := range nodes {
+		if keep[i] {
+			kept = append(kept, n)
+		}
+	}
+	g.Node = kept
+	var inits []*onnxpb.TensorProto
+	for _, t := range g.GetInitializer() {
+		if live[t.GetName()] {
+			inits = append(inits, t)
+		}
+	}
+	g.Initializer = inits
+	var ins []*onnxpb.ValueInfoProto
+	for _, in := range g.GetInput() {
+		if live[in.GetName()] || slices.Contains(keepInputs, in.GetName()) {
+			ins = append(ins, in)
+		}
+	}
+	g.Input = ins
+	var vis []*onnxpb.ValueInfoProto
+	for _, vi := range g.GetValueInfo() {
+		if live[vi.GetName()] {
+			vis = append(vis, vi)
+		}
+	}
+	g.ValueInfo = vis
 }

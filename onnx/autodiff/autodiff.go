@@ -223,7 +223,7 @@ func Build(forward *onnx.Model, cfg Config) (*Result, error) {
 		params[i].Grad = out
 		res.Grads[name] = out
 	}
-	prune(g, cfg.Trainable)
+	onnx.Prune(g, cfg.Trainable)
 	res.Manifest = manifest(g, cfg, params)
 	return res, nil
 }
@@ -318,57 +318,6 @@ func analyze(g *onnxpb.GraphProto, types map[string]onnx.DataType, loss string, 
 	}
 	slices.Reverse(active)
 	return plan{requires: requires, active: active}
-}
-
-// prune removes the nodes and initializers that no output needs, and graph
-// inputs nothing reads, except the trainable parameters.
-func prune(g *onnxpb.GraphProto, keepInputs []string) {
-	live := map[string]bool{}
-	for _, o := range g.GetOutput() {
-		live[o.GetName()] = true
-	}
-	nodes := g.GetNode()
-	keep := make([]bool, len(nodes))
-	for i := len(nodes) - 1; i >= 0; i-- {
-		for _, o := range nodes[i].GetOutput() {
-			if live[o] {
-				keep[i] = true
-			}
-		}
-		if keep[i] {
-			for _, in := range onnx.NodeInputs(nodes[i]) {
-				live[in] = true
-			}
-		}
-	}
-	var kept []*onnxpb.NodeProto
-	for i, n := range nodes {
-		if keep[i] {
-			kept = append(kept, n)
-		}
-	}
-	g.Node = kept
-	var inits []*onnxpb.TensorProto
-	for _, t := range g.GetInitializer() {
-		if live[t.GetName()] {
-			inits = append(inits, t)
-		}
-	}
-	g.Initializer = inits
-	var ins []*onnxpb.ValueInfoProto
-	for _, in := range g.GetInput() {
-		if live[in.GetName()] || slices.Contains(keepInputs, in.GetName()) {
-			ins = append(ins, in)
-		}
-	}
-	g.Input = ins
-	var vis []*onnxpb.ValueInfoProto
-	for _, vi := range g.GetValueInfo() {
-		if live[vi.GetName()] {
-			vis = append(vis, vi)
-		}
-	}
-	g.ValueInfo = vis
 }
 
 func uniqueIn(used map[string]bool, name string) string {

@@ -319,6 +319,16 @@ var fdCases = []fdCase{
 		idx := c.b.Const(onnx.Int64Tensor("", []int64{3, 2}, []int64{0, 0, 3, 1, 2, -1}))
 		return []string{c.b.GatherElements(c.param(3, 4), idx, 1)}
 	}},
+	{op: "ScatterElements", name: "add-repeated", opset: 16, build: func(c *tc) []string {
+		idx := c.b.Const(onnx.Int64Tensor("", []int64{2, 3}, []int64{0, 2, 2, 1, 1, 0}))
+		return []string{c.b.Op("ScatterElements", []string{c.param(2, 4), idx, c.param(2, 3)},
+			onnx.AttrInt("axis", 1), onnx.AttrString("reduction", "add"))}
+	}},
+	{op: "ScatterElements", name: "add-axis0", opset: 16, build: func(c *tc) []string {
+		idx := c.b.Const(onnx.Int64Tensor("", []int64{4}, []int64{0, 2, 0, 1}))
+		return []string{c.b.Op("ScatterElements", []string{c.param(3), idx, c.param(4)},
+			onnx.AttrInt("axis", 0), onnx.AttrString("reduction", "add"))}
+	}},
 	// GatherElements of a LogSoftmax along its axis takes the fused sparse rule.
 	{op: "GatherElements", name: "fused-log-softmax", build: func(c *tc) []string {
 		idx := c.b.Const(onnx.Int64Tensor("", []int64{2, 3, 1}, []int64{0, 4, 2, 1, 1, 3}))

@@ -148,8 +148,9 @@ var rules = map[string]rule{
 	"Slice":  sliceGrad,
 
 	// Indexing: scatter-add g back.
-	"Gather":         gatherGrad,
-	"GatherElements": gatherElementsGrad,
+	"Gather":          gatherGrad,
+	"GatherElements":  gatherElementsGrad,
+	"ScatterElements": scatterElementsGrad,
 }
 
 // unb reduces g, of the shape of n's first output, to the shape of input i.
@@ -592,6 +593,18 @@ func gatherElementsGrad(e *emitter, n *node) []string {
 	a := axis(n.attrInt("axis", 0), e.rank(x))
 	return []string{e.b.Op("ScatterElements", []string{e.zerosLike(x), e.int64Value(n.x(1)), n.g()},
 		onnx.AttrInt("axis", a), onnx.AttrString("reduction", "add")), ""}
+}
+
+// scatterElementsGrad: y = scatter_add(data, idx, updates) along axis. Each element of
+// data reaches y unchanged (ddata = g) and each update is added at its index
+// (dupdates = gather(g, idx)). Only reduction "add" is differentiable this simply; the
+// replacing scatter ("none") would need a mask for overwritten data.
+func scatterElementsGrad(e *emitter, n *node) []string {
+	if red := onnx.FindAttr(n.NodeProto, "reduction"); red == nil || string(red.GetS()) != "add" {
+		fail("ScatterElements has a gradient rule only with reduction=\"add\"")
+	}
+	a := axis(n.attrInt("axis", 0), e.rank(n.x(0)))
+	return []string{n.g(), "", e.b.GatherElements(n.g(), e.int64Value(n.x(1)), a)}
 }
 
 // dropoutGrad: in inference mode (no training_mode input, or a constant
