@@ -35,8 +35,20 @@ const (
 
 // AppendLogProbHead adds to a causal LM the sub-graph that turns its logits into
 // per-sequence completion log-probs inside ONNX Runtime, so [batch, seq, vocab] logits
-// never leave the session. It returns the name of the float32 [batch] output.
+// never leave the session. It returns the name of the float32 [batch] output. The model's
+// own outputs are dropped (and what only they needed pruned): the head's graph computes
+// log-probs, nothing else.
+//
+// When the logits come from a final projection logits = hidden · W (+ b), as in every
+// exported decoder, the head applies the projection only at the positions that predict
+// a completion token: prompt and padding positions never reach the [vocab]-wide matmul
+// and softmax, in the forward pass or in training's backward pass. Other models get the
+// full logits. The completion mask is read as 0/1.
 func AppendLogProbHead(m *onnx.Model) (string, error) {
+	return appendLogProbHead(m, true)
+}
+
+func appendLogProbHead(m *onnx.Model, allowSparse bool) (string, error) {
 	g := m.Graph()
 	if onnx.Output(g, logitsOutput) == nil {
 		return "", fmt.Errorf("model has no output %q (outputs: %s); a causal LM must output logits [batch, seq, vocab]",
@@ -49,28 +61,102 @@ func AppendLogProbHead(m *onnx.Model) (string, error) {
 		return "", err
 	}
 	b := onnx.NewBuilder(g, m.Opset(""), "ortalign_logp")
-	logits := logitsOutput
-	if et, _, ok := onnx.TensorType(onnx.Output(g, logitsOutput)); ok && et != onnx.Float {
-		logits = b.Cast(logits, onnx.Float)
+	logitsType, _, _ := onnx.TensorType(onnx.Output(g, logitsOutput))
+	var seqLogps, vocab string
+	if head, ok := findLMHead(g); ok && allowSparse {
+		seqLogps, vocab = sparseSequenceLogps(b, head, logitsType, inputIDs, CompletionMaskInput)
+	} else {
+		logits := logitsOutput
+		if logitsType != onnx.Float {
+			logits = b.Cast(logits, onnx.Float)
+		}
+		seqLogps = sequenceLogps(b, logits, inputIDs, CompletionMaskInput)
+		vocab = b.Slice(b.Shape(logitsOutput), []int64{2}, []int64{3}, []int64{0}, nil)
 	}
-	seqLogps := sequenceLogps(b, logits, inputIDs, CompletionMaskInput)
+	var inputs []string
+	for _, in := range g.GetInput() {
+		inputs = append(inputs, in.GetName())
+	}
+	g.Output = nil
 	addIdentity(g, seqLogps, SequenceLogpsOutput)
 	if err := onnx.AddOutput(g, SequenceLogpsOutput, onnx.Float, []onnx.Dim{onnx.DimParam("batch")}); err != nil {
 		return "", err
 	}
-	vocab := b.Slice(b.Shape(logitsOutput), []int64{2}, []int64{3}, []int64{0}, nil)
 	addIdentity(g, vocab, VocabSizeOutput)
 	if err := onnx.AddOutput(g, VocabSizeOutput, onnx.Int64, []onnx.Dim{onnx.DimValue(1)}); err != nil {
 		return "", err
 	}
+	onnx.Prune(g, inputs)
 	return SequenceLogpsOutput, nil
 }
 
+// lmHead is a causal LM's final projection: logits = hidden · weight (+ bias).
+type lmHead struct {
+	hidden, weight, bias string
+}
+
+// findLMHead recognises logits = MatMul(hidden, W) or Add(MatMul(hidden, W), b) with a
+// 2-D W: an initializer, or the Transpose of one (a tied embedding).
+func findLMHead(g *onnxpb.GraphProto) (lmHead, bool) {
+	producers := onnx.Producers(g)
+	n := producers[logitsOutput]
+	var head lmHead
+	if n != nil && n.GetOpType() == "Add" && len(n.GetInput()) == 2 {
+		for i, in := range n.GetInput() {
+			mm, bias := producers[in], n.GetInput()[1-i]
+			if t := onnx.Initializer(g, bias); mm != nil && mm.GetOpType() == "MatMul" && t != nil && len(t.GetDims()) == 1 {
+				n, head.bias = mm, bias
+				break
+			}
+		}
+	}
+	if n == nil || n.GetOpType() != "MatMul" || len(n.GetInput()) != 2 {
+		return lmHead{}, false
+	}
+	head.hidden, head.weight = n.GetInput()[0], n.GetInput()[1]
+	w := onnx.Initializer(g, head.weight)
+	if tr := producers[head.weight]; w == nil && tr != nil && tr.GetOpType() == "Transpose" {
+		w = onnx.Initializer(g, tr.GetInput()[0])
+	}
+	if w == nil || len(w.GetDims()) != 2 {
+		return lmHead{}, false
+	}
+	return head, true
+}
+
+// sparseSequenceLogps is sequenceLogps computed only at the positions t-1 whose next
+// token t is a completion token: their hidden states are gathered into [N, hidden], the
+// projection and log-softmax run on those N rows, and a 0/1 [batch, N] matrix sums each
+// sequence's N log-probs. Returns the [batch] log-probs and the [1] vocabulary size.
+func sparseSequenceLogps(b *onnx.Builder, head lmHead, logitsType onnx.DataType, ids, mask string) (string, string) {
+	flat := b.ConstInt64s([]int64{-1})
+	rows := b.Reshape(b.Op("NonZero", []string{b.Reshape(shiftLeft(b, mask), flat)}), flat) // [N] in batch*seq
+	seqLen := b.Squeeze(b.Slice(b.Shape(ids), []int64{1}, []int64{2}, []int64{0}, nil), []int64{0})
+	batch := b.Squeeze(b.Slice(b.Shape(ids), []int64{0}, []int64{1}, []int64{0}, nil), []int64{0})
+	width := b.Slice(b.Shape(head.hidden), []int64{2}, []int64{3}, []int64{0}, nil)
+	hidden := b.Gather(b.Reshape(head.hidden, b.Concat(0, flat, width)), rows, 0) // [N, hidden]
+	logits := b.MatMul(hidden, head.weight)
+	if head.bias != "" {
+		logits = b.Add(logits, head.bias)
+	}
+	if logitsType != onnx.Float {
+		logits = b.Cast(logits, onnx.Float)
+	}
+	targets := b.Gather(b.Reshape(shiftLeft(b, ids), flat), rows, 0) // [N]
+	tok := b.Squeeze(b.GatherElements(b.LogSoftmax(logits, -1), b.Unsqueeze(targets, []int64{1}), 1), []int64{1})
+	rowOf := b.Div(rows, seqLen)
+	one := b.ConstScalarInt64(1)
+	zero := b.ConstScalarInt64(0)
+	owner := b.Cast(b.Equal(b.Unsqueeze(b.Op("Range", []string{zero, batch, one}), []int64{1}), b.Unsqueeze(rowOf, []int64{0})), onnx.Float)
+	vocab := b.Slice(b.Shape(logits), []int64{1}, []int64{2}, []int64{0}, nil)
+	return b.MatMul(owner, tok), vocab
+}
+
 // sequenceLogps emits sum_t mask[t] * log softmax(logits[t-1])[ids[t]] over t >= 1, and
-// returns the name of the [batch] result. Loss heads build on the same value. The shift
+// returns the name of the [batch] result, from full [batch, seq, vocab] logits. The shift
 // by one is applied to the small ids and mask (next-token targets, with a masked dummy at
-// the last position) rather than to the [batch, seq, vocab] logits, which would cost a
-// copy forward and a pad in the backward pass.
+// the last position) rather than to the logits, which would cost a copy forward and a
+// pad in the backward pass.
 func sequenceLogps(b *onnx.Builder, logits, ids, mask string) string {
 	next := shiftLeft(b, ids)
 	nextMask := shiftLeft(b, mask)

@@ -170,3 +170,68 @@ func TestLargeModelPathGivesSameLogps(t *testing.T) {
 		}
 	}
 }
+
+// TestSparseHeadMatchesDense: the head that projects only completion positions is found
+// on every bundled export and gives the dense head's log-probs; a model whose logits are
+// not a plain projection (here scaled after the matmul) falls back to the dense head.
+func TestSparseHeadMatchesDense(t *testing.T) {
+	o := loadOracle(t)
+	for _, file := range []string{"gpt2_opset14.onnx", "gpt2_opset17.onnx", "gpt2_tied_opset17.onnx", "llama_opset14.onnx", "llama_opset17.onnx"} {
+		m, err := onnx.Load("../testdata/models/" + file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := findLMHead(m.Graph()); !ok {
+			t.Errorf("%s: final projection not recognised", file)
+		}
+	}
+	m, err := onnx.Load("../testdata/models/llama_opset17.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Scale the logits by 1 after the projection: same values, no recognisable head.
+	g := m.Graph()
+	for _, n := range g.GetNode() {
+		for i, out := range n.Output {
+			if out == logitsOutput {
+				n.Output[i] = "raw_logits"
+			}
+		}
+	}
+	b := onnx.NewBuilder(g, m.Opset(""), "test")
+	addIdentity(g, b.Mul("raw_logits", b.ConstFloat(1)), logitsOutput)
+	if _, ok := findLMHead(g); ok {
+		t.Fatal("a scaled projection was taken for a plain one")
+	}
+	var rows []Sequence
+	for _, bt := range o.Batches {
+		if bt.Model == "llama" {
+			for i := range bt.InputIDs {
+				rows = append(rows, Sequence{IDs: bt.InputIDs[i][:bt.PromptLen[i]+bt.CompletionLen[i]], CompletionStart: bt.PromptLen[i]})
+			}
+			break
+		}
+	}
+	score := func(m *onnx.Model) []float64 {
+		lm, err := NewLogProbModel("llama", m, ModelOptions{Threads: 1, PadID: o.PadID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lm.Close()
+		lp, err := lm.SequenceLogps(rows)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return lp
+	}
+	dense := score(m)
+	sparse, err := onnx.Load("../testdata/models/llama_opset17.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range score(sparse) {
+		if math.Abs(v-dense[i]) > 1e-4 {
+			t.Fatalf("row %d: sparse head %.6f, dense head %.6f", i, v, dense[i])
+		}
+	}
+}
