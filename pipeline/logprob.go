@@ -313,7 +313,11 @@ func (lm *LogProbModel) SequenceLogps(rows []Sequence) ([]float64, error) {
 	}
 	out, err := lm.run(rows)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", lm.Path, err)
+		width := 0
+		for _, r := range rows {
+			width = max(width, len(r.IDs))
+		}
+		return nil, fmt.Errorf("%s: batch of %d sequences of up to %d tokens (longer than the model's positions? lower --max-length): %w", lm.Path, len(rows), width, err)
 	}
 	res := make([]float64, len(rows))
 	for i, v := range out[SequenceLogpsOutput].F32 {

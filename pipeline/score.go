@@ -9,9 +9,9 @@ import (
 
 // ScoreConfig configures ScorePairs.
 type ScoreConfig struct {
-	Beta      float64 // scale of the implicit rewards (TRL's beta)
-	BatchSize int     // pairs per forward pass (2×BatchSize rows)
-	Progress  *Progress
+	Beta      float64   // scale of the implicit rewards (TRL's beta)
+	BatchSize int       // pairs per forward pass (2×BatchSize rows)
+	Progress  *Progress // advanced by one per pair; the caller starts and ends it
 }
 
 // PairScore is the result for one pair. Reference fields are set when HasRef.
@@ -32,6 +32,24 @@ type ScoreSummary struct {
 	MeanMargin     float64
 	Tokens         int64 // tokens fed to the policy, padding excluded
 	Elapsed        time.Duration
+}
+
+// Merge adds another run's summary to s (e.g. the next window of a streamed file).
+func (s *ScoreSummary) Merge(o ScoreSummary) {
+	if o.Pairs == 0 {
+		s.Elapsed += o.Elapsed
+		return
+	}
+	if s.Pairs == 0 {
+		s.HasRef = o.HasRef
+	}
+	n := float64(s.Pairs + o.Pairs)
+	s.RewardAccuracy = (s.RewardAccuracy*float64(s.Pairs) + o.RewardAccuracy*float64(o.Pairs)) / n
+	s.MeanMargin = (s.MeanMargin*float64(s.Pairs) + o.MeanMargin*float64(o.Pairs)) / n
+	s.Pairs += o.Pairs
+	s.HasRef = s.HasRef && o.HasRef
+	s.Tokens += o.Tokens
+	s.Elapsed += o.Elapsed
 }
 
 // TokensPerSecond is the policy's scoring throughput.
@@ -55,7 +73,6 @@ func ScorePairs(ctx context.Context, policy, ref *LogProbModel, pairs []EncodedP
 	batches := LengthBatches(len(pairs), cfg.BatchSize, func(i int) int {
 		return max(len(pairs[i].Chosen.IDs), len(pairs[i].Rejected.IDs))
 	})
-	cfg.Progress.Start(len(pairs))
 	for _, batch := range batches {
 		if err := ctx.Err(); err != nil {
 			return nil, sum, err
@@ -90,7 +107,6 @@ func ScorePairs(ctx context.Context, policy, ref *LogProbModel, pairs []EncodedP
 		}
 		cfg.Progress.Add(len(batch))
 	}
-	cfg.Progress.Done()
 	allRef := len(scores) > 0
 	for _, s := range scores {
 		allRef = allRef && s.HasRef

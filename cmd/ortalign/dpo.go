@@ -268,7 +268,10 @@ func referenceLogps(ctx context.Context, o *dpoOptions, pairs []pipeline.Encoded
 		fmt.Fprintf(stderr, "reference log-probs: from the dataset's ref_chosen_logps/ref_rejected_logps\n")
 		return refC, refR, nil
 	}
-	scores, _, err := pipeline.ScorePairs(ctx, ref, nil, pairs, pipeline.ScoreConfig{Beta: o.beta, BatchSize: o.batchSize, Progress: pipeline.NewProgress(stderr, "reference", "pairs")})
+	progress := pipeline.NewProgress(stderr, "reference", "pairs")
+	progress.Start(len(pairs))
+	scores, _, err := pipeline.ScorePairs(ctx, ref, nil, pairs, pipeline.ScoreConfig{Beta: o.beta, BatchSize: o.batchSize, Progress: progress})
+	progress.Done()
 	if err != nil {
 		return nil, nil, fmt.Errorf("reference log-probs: %w", err)
 	}

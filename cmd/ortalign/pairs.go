@@ -36,29 +36,42 @@ type loadedPairs struct {
 	stats    pipeline.EncodeStats
 }
 
-// loadPairs opens a dataset, reads the given row groups (all when shards == 1), warns
-// about skipped rows on stderr, and encodes the pairs for a model of vocabulary vocab.
-func loadPairs(path string, d dataFlags, tok *tokenize.Tokenizer, tokPath string, vocab int64, shard, shards int, stderr io.Writer) (*loadedPairs, error) {
+// openDataset opens a dataset with the --columns and --strict flags.
+func openDataset(path string, d dataFlags) (*data.Dataset, error) {
 	cols, err := data.ParseColumns(d.columns)
 	if err != nil {
 		return nil, fmt.Errorf("--columns: %w", err)
 	}
-	ds, err := data.Open(path, data.Options{Columns: cols, Strict: d.strict})
+	return data.Open(path, data.Options{Columns: cols, Strict: d.strict})
+}
+
+// loadPairs opens a dataset, reads the given row groups (all when shards == 1), and
+// encodes the pairs for a model of vocabulary vocab (see encodeExamples).
+func loadPairs(path string, d dataFlags, tok *tokenize.Tokenizer, tokPath string, vocab int64, shard, shards int, stderr io.Writer) (*loadedPairs, error) {
+	ds, err := openDataset(path, d)
 	if err != nil {
 		return nil, err
 	}
 	defer ds.Close()
-	lp := &loadedPairs{layout: ds.Layout}
-	if lp.examples, lp.skipped, err = readShard(ds, shard, shards); err != nil {
+	ex, skipped, err := readShard(ds, shard, shards)
+	if err != nil {
 		return nil, err
 	}
-	for _, s := range lp.skipped {
+	return encodeExamples(path, ds.Layout, ex, skipped, d, tok, tokPath, vocab, stderr)
+}
+
+// encodeExamples warns about skipped rows on stderr and encodes the examples for a model
+// of vocabulary vocab, warning about boundary mismatches and dropped rows.
+func encodeExamples(path string, layout data.Layout, ex []data.Example, skipped []data.SkippedRow, d dataFlags, tok *tokenize.Tokenizer, tokPath string, vocab int64, stderr io.Writer) (*loadedPairs, error) {
+	lp := &loadedPairs{layout: layout, examples: ex, skipped: skipped}
+	for _, s := range skipped {
 		fmt.Fprintf(stderr, "warning: %s: skipped %s\n", path, s)
 	}
 	if err := pipeline.CheckTokenizerFits(tok, vocab); err != nil {
 		return nil, fmt.Errorf("--tokenizer %s: %w", tokPath, err)
 	}
-	lp.pairs, lp.stats, err = pipeline.EncodePairs(path, ds.Layout, lp.examples, tok, pipeline.EncodeConfig{MaxLength: d.maxLength, Truncation: d.truncation}, vocab)
+	var err error
+	lp.pairs, lp.stats, err = pipeline.EncodePairs(path, layout, ex, tok, pipeline.EncodeConfig{MaxLength: d.maxLength, Truncation: d.truncation}, vocab)
 	if err != nil {
 		return nil, err
 	}

@@ -125,20 +125,55 @@ func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) er
 			return fmt.Errorf("--ref %s has vocabulary %d but --model %s has %d", o.ref, ref.VocabSize(), o.model, policy.VocabSize())
 		}
 	}
-	lp, err := loadPairs(o.dataPath, o.dataFlags, tok, o.tokenizer, policy.VocabSize(), shard, shards, stderr)
+	ds, err := openDataset(o.dataPath, o.dataFlags)
 	if err != nil {
 		return err
 	}
+	defer ds.Close()
+	hasRef := ref != nil || (ds.HasField(data.FieldRefChosenLogps) && ds.HasField(data.FieldRefRejectedLogps))
+	w, err := newScoreWriter(o.out, ds.Layout, hasRef)
+	if err != nil {
+		return err
+	}
+	defer w.abort()
+	// Stream the file: a window of row groups at a time is read, encoded, scored (batched
+	// by length within the window) and written in file order, so memory stays bounded.
 	progress := pipeline.NewProgress(stderr, "score", "pairs")
-	scores, sum, err := pipeline.ScorePairs(ctx, policy, ref, lp.pairs, pipeline.ScoreConfig{Beta: o.beta, BatchSize: o.batchSize, Progress: progress})
-	if err != nil {
+	progress.Start(int(ds.NumRows) / shards)
+	var sum pipeline.ScoreSummary
+	var skipped, dropped, truncated int
+	groups := shardGroups(ds.NumRowGroups(), shard, shards)
+	for len(groups) > 0 {
+		var ex []data.Example
+		var skip []data.SkippedRow
+		for len(groups) > 0 && len(ex) < scoreWindow {
+			e, s, err := ds.ReadRowGroup(groups[0])
+			if err != nil {
+				return err
+			}
+			ex, skip, groups = append(ex, e...), append(skip, s...), groups[1:]
+		}
+		lp, err := encodeExamples(o.dataPath, ds.Layout, ex, skip, o.dataFlags, tok, o.tokenizer, policy.VocabSize(), stderr)
+		if err != nil {
+			return err
+		}
+		scores, part, err := pipeline.ScorePairs(ctx, policy, ref, lp.pairs, pipeline.ScoreConfig{Beta: o.beta, BatchSize: o.batchSize, Progress: progress})
+		if err != nil {
+			return err
+		}
+		if err := w.write(lp, scores); err != nil {
+			return err
+		}
+		sum.Merge(part)
+		skipped, dropped, truncated = skipped+len(lp.skipped), dropped+lp.stats.Dropped, truncated+lp.stats.Truncated
+	}
+	progress.Done()
+	if err := w.close(); err != nil {
 		return err
 	}
-	if err := writeScores(o.out, lp.layout, lp.examples, lp.skipped, lp.pairs, scores, sum.HasRef); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "scored %d pairs from %s (%s layout) -> %s\n", sum.Pairs, o.dataPath, lp.layout, o.out)
-	fmt.Fprintf(stdout, "  skipped (null fields): %d, dropped (prompt > max length): %d, truncated: %d\n", len(lp.skipped), lp.stats.Dropped, lp.stats.Truncated)
+	sum.HasRef = sum.HasRef && hasRef
+	fmt.Fprintf(stdout, "scored %d pairs from %s (%s layout) -> %s\n", sum.Pairs, o.dataPath, ds.Layout, o.out)
+	fmt.Fprintf(stdout, "  skipped (null fields): %d, dropped (prompt > max length): %d, truncated: %d\n", skipped, dropped, truncated)
 	if sum.HasRef {
 		fmt.Fprintf(stdout, "  reward accuracy: %.1f%%   mean margin: %.4f   (beta %g)\n", 100*sum.RewardAccuracy, sum.MeanMargin, o.beta)
 	} else {
@@ -148,9 +183,30 @@ func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) er
 	return nil
 }
 
-// writeScores writes one row per input row, in file order: the input's own columns,
-// then the scores (null where the row was skipped or dropped).
-func writeScores(path string, layout data.Layout, examples []data.Example, skipped []data.SkippedRow, pairs []pipeline.EncodedPair, scores []pipeline.PairScore, hasRef bool) error {
+// scoreWindow is about how many rows score reads, encodes and scores at a time.
+var scoreWindow = 8192
+
+// shardGroups lists the row groups g of a file with g mod shards == shard.
+func shardGroups(n, shard, shards int) []int {
+	var groups []int
+	for g := shard; g < n; g += shards {
+		groups = append(groups, g)
+	}
+	return groups
+}
+
+// scoreWriter writes score's output: one row per input row, in file order, with the
+// input's own columns, then the scores (null where a row was skipped or dropped, and
+// reference columns null where a pair had no reference).
+type scoreWriter struct {
+	path   string
+	layout data.Layout
+	hasRef bool
+	ncols  int
+	w      *data.Writer
+}
+
+func newScoreWriter(path string, layout data.Layout, hasRef bool) (*scoreWriter, error) {
 	var cols []data.Column
 	switch layout {
 	case data.Tokenized:
@@ -168,62 +224,71 @@ func writeScores(path string, layout data.Layout, examples []data.Example, skipp
 			cols = append(cols, data.Column{Name: n, Kind: data.Float64})
 		}
 	}
+	w, err := data.Create(path, cols)
+	if err != nil {
+		return nil, err
+	}
+	return &scoreWriter{path: path, layout: layout, hasRef: hasRef, ncols: len(cols), w: w}, nil
+}
+
+// write appends the rows of one window: its examples and skipped rows, in row order.
+func (sw *scoreWriter) write(lp *loadedPairs, scores []pipeline.PairScore) error {
 	byRow := map[int64]int{} // file row -> index in scores
-	for i, p := range pairs {
+	for i, p := range lp.pairs {
 		byRow[p.Row] = i
 	}
 	type outRow struct {
 		row int64
 		ex  *data.Example
 	}
-	rows := make([]outRow, 0, len(examples)+len(skipped))
-	for i := range examples {
-		rows = append(rows, outRow{row: examples[i].Row, ex: &examples[i]})
+	rows := make([]outRow, 0, len(lp.examples)+len(lp.skipped))
+	for i := range lp.examples {
+		rows = append(rows, outRow{row: lp.examples[i].Row, ex: &lp.examples[i]})
 	}
 	seen := map[int64]bool{}
-	for _, s := range skipped {
+	for _, s := range lp.skipped {
 		if !seen[s.Row] {
 			seen[s.Row] = true
 			rows = append(rows, outRow{row: s.Row})
 		}
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].row < rows[j].row })
-
-	w, err := data.Create(path, cols)
-	if err != nil {
-		return err
-	}
-	defer w.Abort()
 	for _, r := range rows {
-		vals := make([]any, 0, len(cols))
+		var vals []any
 		switch {
 		case r.ex == nil:
 			vals = append(vals, nil, nil, nil)
-		case layout == data.Tokenized:
+		case sw.layout == data.Tokenized:
 			vals = append(vals, r.ex.PromptIDs, r.ex.ChosenIDs, r.ex.RejectedIDs)
-		case layout == data.Conversational:
+		case sw.layout == data.Conversational:
 			vals = append(vals, r.ex.PromptMessages, r.ex.ChosenMessages, r.ex.RejectedMessages)
 		default:
 			vals = append(vals, r.ex.Prompt, r.ex.Chosen, r.ex.Rejected)
 		}
-		i, ok := byRow[r.row]
-		if !ok || r.ex == nil {
-			for len(vals) < len(cols) {
-				vals = append(vals, nil)
-			}
-		} else {
+		if i, ok := byRow[r.row]; ok && r.ex != nil {
 			s := scores[i]
 			vals = append(vals, s.ChosenLogps, s.RejectedLogps, int64(s.ChosenTokens), int64(s.RejectedTokens))
-			if hasRef {
+			if sw.hasRef && s.HasRef {
 				vals = append(vals, s.RefChosenLogps, s.RefRejectedLogps, s.RewardsChosen, s.RewardsRejected, s.Margin)
 			}
 		}
-		if err := w.Write(vals...); err != nil {
-			return fmt.Errorf("write %s: %w", path, err)
+		for len(vals) < sw.ncols {
+			vals = append(vals, nil)
 		}
-	}
-	if err := w.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+		if err := sw.w.Write(vals...); err != nil {
+			return fmt.Errorf("write %s: %w", sw.path, err)
+		}
 	}
 	return nil
 }
+
+// close finishes the file (atomically: it appears only now).
+func (sw *scoreWriter) close() error {
+	if err := sw.w.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", sw.path, err)
+	}
+	return nil
+}
+
+// abort removes the unfinished file; a no-op after close.
+func (sw *scoreWriter) abort() { sw.w.Abort() }

@@ -264,3 +264,44 @@ func TestScoreConversational(t *testing.T) {
 		t.Fatalf("row 0 read back as %+v, want the input's messages %+v", got[0], want[0])
 	}
 }
+
+// TestScoreStreamsInWindowsAndShards: scoring a 5-row-group file window by window gives
+// the same rows, in file order, as scoring it at once, and two shards cover it exactly.
+func TestScoreStreamsInWindowsAndShards(t *testing.T) {
+	const file = "../../data/testdata/arrow_standard_zstd_v2_nodict.parquet"
+	run := func(window int, shard string) []data.Example {
+		t.Helper()
+		defer func(w int) { scoreWindow = w }(scoreWindow)
+		scoreWindow = window
+		out := filepath.Join(t.TempDir(), "scores.parquet")
+		o := scoreOpts(file, out)
+		o.shard = shard
+		if err := runScore(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{}); err != nil {
+			t.Fatal(err)
+		}
+		d, err := data.Open(out, data.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		ex, _, err := d.ReadAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ex
+	}
+	whole := run(1<<20, "")
+	streamed := run(1, "")
+	if len(whole) == 0 || len(whole) != len(streamed) {
+		t.Fatalf("%d rows at once, %d streamed", len(whole), len(streamed))
+	}
+	for i := range whole {
+		if whole[i].Chosen != streamed[i].Chosen || whole[i].Row != streamed[i].Row {
+			t.Fatalf("row %d differs: %+v vs %+v", i, whole[i], streamed[i])
+		}
+	}
+	a, b := run(1, "0/2"), run(1, "1/2")
+	if len(a)+len(b) != len(whole) || len(a) == 0 || len(b) == 0 {
+		t.Fatalf("shards have %d + %d rows, the file %d", len(a), len(b), len(whole))
+	}
+}
