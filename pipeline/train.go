@@ -385,6 +385,55 @@ type RunConfig struct {
 	CheckpointEvery int       // steps between checkpoints (0: only at the end or on interrupt)
 	Metrics         io.Writer // one JSON object per step
 	Progress        *Progress
+	// Eval, when it has pairs, is evaluated every EvalEvery steps (and after the last);
+	// its metrics go to Metrics with TRL's "eval_" names.
+	Eval      *EvalSet
+	EvalEvery int
+}
+
+// EvalSet is held-out pairs with their reference log-probs.
+type EvalSet struct {
+	Pairs       []EncodedPair
+	RefChosen   []float64
+	RefRejected []float64
+}
+
+// EvalMetrics are held-out metrics with TRL's names.
+type EvalMetrics struct {
+	Loss            float64 `json:"eval_loss"`
+	RewardsChosen   float64 `json:"eval_rewards/chosen"`
+	RewardsRejected float64 `json:"eval_rewards/rejected"`
+	Accuracy        float64 `json:"eval_rewards/accuracies"`
+	Margin          float64 `json:"eval_rewards/margins"`
+	LogpsChosen     float64 `json:"eval_logps/chosen"`
+	LogpsRejected   float64 `json:"eval_logps/rejected"`
+	Epoch           float64 `json:"epoch"`
+	Step            int     `json:"step"`
+}
+
+// Evaluate computes the loss and metrics of the current weights on held-out pairs, in
+// batches of the training batch size, weighting each batch by its pairs. It uses the
+// training session, so it overwrites Grads().
+func (t *Trainer) Evaluate(e *EvalSet) (EvalMetrics, error) {
+	var m EvalMetrics
+	bs := max(1, t.cfg.BatchSize)
+	for lo := 0; lo < len(e.Pairs); lo += bs {
+		hi := min(lo+bs, len(e.Pairs))
+		b, err := t.ComputeGradients(e.Pairs[lo:hi], e.RefChosen[lo:hi], e.RefRejected[lo:hi])
+		if err != nil {
+			return m, fmt.Errorf("evaluate: %w", err)
+		}
+		w := float64(hi-lo) / float64(len(e.Pairs))
+		m.Loss += w * b.Loss
+		m.RewardsChosen += w * b.RewardsChosen
+		m.RewardsRejected += w * b.RewardsRejected
+		m.Accuracy += w * b.Accuracy
+		m.Margin += w * b.Margin
+		m.LogpsChosen += w * b.LogpsChosen
+		m.LogpsRejected += w * b.LogpsRejected
+	}
+	m.Step = t.opt.Step
+	return m, nil
 }
 
 // Train runs the configured number of steps over pairs (reference log-probs refC/refR
@@ -450,6 +499,16 @@ func (t *Trainer) Train(ctx context.Context, pairs []EncodedPair, refC, refR []f
 			return fmt.Errorf("write metrics: %w", err)
 		}
 		rc.Progress.Add(1)
+		if rc.Eval != nil && len(rc.Eval.Pairs) > 0 && rc.EvalEvery > 0 && ((step+1)%rc.EvalEvery == 0 || step+1 == total) {
+			em, err := t.Evaluate(rc.Eval)
+			if err != nil {
+				return fmt.Errorf("step %d: %w", step+1, err)
+			}
+			em.Epoch = m.Epoch
+			if err := enc.Encode(em); err != nil {
+				return fmt.Errorf("write metrics: %w", err)
+			}
+		}
 		if rc.Checkpoint != "" && rc.CheckpointEvery > 0 && (step+1)%rc.CheckpointEvery == 0 && step+1 < total {
 			if err := t.saveCheckpoint(rc.Checkpoint); err != nil {
 				return fmt.Errorf("step %d: %w", step+1, err)

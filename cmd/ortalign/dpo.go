@@ -33,6 +33,7 @@ type dpoOptions struct {
 	freeze                                         string
 	untie                                          bool
 	checkpointEvery                                int
+	evalEvery                                      int
 }
 
 func newDPOCmd(g *globalOptions) *cobra.Command {
@@ -82,6 +83,7 @@ checkpoint; Ctrl-C saves one before stopping.`,
 	f.StringVar(&o.freeze, "freeze", "", "regexp of initializer names to keep frozen")
 	f.BoolVar(&o.untie, "untie", false, "train transposed copies of a weight (GPT-2's exported lm_head) separately instead of as the weight they copy")
 	f.IntVar(&o.checkpointEvery, "checkpoint-every", 50, "steps between checkpoints")
+	f.IntVar(&o.evalEvery, "eval-every", 0, "with --eval-data: log eval_* metrics to metrics.jsonl every N steps and after the last (0 = only before and after training)")
 	addDataFlags(f, &o.dataFlags)
 	for _, name := range []string{"model", "data", "out"} {
 		_ = cmd.MarkFlagRequired(name)
@@ -214,10 +216,19 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 	}
 	defer metrics.Close()
 	fmt.Fprintf(stderr, "training %d tensors of %s on %d pairs (%s loss, %s, lr %g)\n", len(trainer.Trainable()), o.model, len(train.pairs), o.loss, o.optimizer, o.lr)
-	err = trainer.Train(ctx, train.pairs, refC, refR, pipeline.RunConfig{
+	rc := pipeline.RunConfig{
 		Checkpoint: checkpoint, CheckpointEvery: o.checkpointEvery, Metrics: metrics,
 		Progress: pipeline.NewProgress(stderr, "dpo", "steps"),
-	})
+	}
+	if eval != nil && o.evalEvery > 0 {
+		evalRefC, evalRefR, err := referenceLogps(ctx, o, eval.pairs, ref, stderr)
+		if err != nil {
+			return err
+		}
+		rc.Eval = &pipeline.EvalSet{Pairs: eval.pairs, RefChosen: evalRefC, RefRejected: evalRefR}
+		rc.EvalEvery = o.evalEvery
+	}
+	err = trainer.Train(ctx, train.pairs, refC, refR, rc)
 	if errors.Is(err, context.Canceled) {
 		return fmt.Errorf("interrupted; checkpoint saved to %s: run the same command to resume", checkpoint)
 	}

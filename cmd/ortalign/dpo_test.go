@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -62,7 +63,9 @@ func heldOutAccuracy(t *testing.T, policy, ref string) float64 {
 func TestDPORaisesHeldOutRewardAccuracy(t *testing.T) {
 	out := t.TempDir()
 	var stdout bytes.Buffer
-	if err := runDPO(context.Background(), dpoOpts(out), &stdout, &bytes.Buffer{}); err != nil {
+	o := dpoOpts(out)
+	o.evalData, o.evalEvery = tinyData, 25
+	if err := runDPO(context.Background(), o, &stdout, &bytes.Buffer{}); err != nil {
 		t.Fatal(err)
 	}
 	exported := filepath.Join(out, "model.onnx")
@@ -80,9 +83,25 @@ func TestDPORaisesHeldOutRewardAccuracy(t *testing.T) {
 	if so.Nodes != sg.Nodes || so.ParamCount != sg.ParamCount || len(so.Inputs) != len(sg.Inputs) || len(so.Outputs) != len(sg.Outputs) || got.Opset("") != orig.Opset("") {
 		t.Fatalf("export changed the graph: %+v vs %+v", sg, so)
 	}
-	lines := strings.Count(readFile(t, filepath.Join(out, "metrics.jsonl")), "\n")
-	if lines != 50 {
-		t.Fatalf("metrics.jsonl has %d lines, want 50 (400 pairs / 8)", lines)
+	metrics := readFile(t, filepath.Join(out, "metrics.jsonl"))
+	if n := strings.Count(metrics, `{"loss"`); n != 50 {
+		t.Fatalf("metrics.jsonl has %d step lines, want 50 (400 pairs / 8)", n)
+	}
+	var evals []map[string]float64
+	for _, line := range strings.Split(strings.TrimSpace(metrics), "\n") {
+		if strings.HasPrefix(line, `{"eval_loss"`) {
+			var m map[string]float64
+			if err := json.Unmarshal([]byte(line), &m); err != nil {
+				t.Fatal(err)
+			}
+			evals = append(evals, m)
+		}
+	}
+	if len(evals) != 2 || evals[0]["step"] != 25 || evals[1]["step"] != 50 || evals[1]["eval_rewards/accuracies"] < 0.9 {
+		t.Fatalf("eval lines %v: want steps 25 and 50, final accuracy >= 0.9", evals)
+	}
+	if !strings.Contains(stdout.String(), "-> 100.0%") && !strings.Contains(stdout.String(), "->  9") {
+		t.Fatalf("summary does not show the held-out accuracy: %s", stdout.String())
 	}
 }
 
