@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"fmt"
 	"math"
 	"path/filepath"
 	"slices"
@@ -84,11 +85,22 @@ func TestKVCacheModelLogpsMatchPyTorch(t *testing.T) {
 }
 
 // TestKVCacheModelTrains: a DPO step on the KV-cache export (empty past) gives PyTorch's
-// loss and gradients (the llama oracle; its initializers are matched to llama_opset17.onnx's
-// by value), and the exported model keeps the past_key_values inputs and present outputs.
+// loss and gradients (the llama oracle: each trainable initializer is matched by value to
+// the llama_opset17.onnx initializer whose gradient the oracle holds), one SGD step with
+// lr 1 moves each weight by minus its gradient, and the exported model keeps the
+// past_key_values inputs and present outputs and still scores with an empty past.
 func TestKVCacheModelTrains(t *testing.T) {
 	var o dpoOracle
 	readOracle(t, "../testdata/expected/dpo_grads_llama.json.gz", &o)
+	const plainFile = "models/llama_opset17.onnx"
+	want := o.OnnxGrads[plainFile]
+	if len(want) == 0 {
+		t.Fatalf("oracle has no gradients for %s", plainFile)
+	}
+	plain, err := onnx.Load(filepath.Join("../testdata", plainFile))
+	if err != nil {
+		t.Fatal(err)
+	}
 	pairs, refC, refR := oracleBatch(&o)
 	m, err := onnx.Load(filepath.Join("../testdata", kvModelFile))
 	if err != nil {
@@ -101,12 +113,127 @@ func TestKVCacheModelTrains(t *testing.T) {
 	}
 	tr, err := NewTrainer(kvModelFile, m, cfg, pairs)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("NewTrainer on a model with KV-cache inputs: %v", err)
 	}
 	defer tr.Close()
+	if len(tr.Trainable()) != len(want) {
+		t.Fatalf("trains %d tensors, the oracle (llama_opset17.onnx) has %d", len(tr.Trainable()), len(want))
+	}
+	// The KV export names its folded MatMul weights differently: match them by value.
+	twin := map[string]string{}
+	for i, name := range tr.Trainable() {
+		for plainName := range want {
+			vals, err := onnx.TensorFloats(onnx.Initializer(plain.Graph(), plainName))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if slices.Equal(vals, tr.Params()[i]) {
+				if prev, dup := twin[name]; dup {
+					t.Fatalf("%s equals both %s and %s", name, prev, plainName)
+				}
+				twin[name] = plainName
+			}
+		}
+		if twin[name] == "" {
+			t.Fatalf("trainable %q matches no initializer of %s", name, plainFile)
+		}
+	}
+	start := make([][]float32, len(tr.Params()))
+	for i, p := range tr.Params() {
+		start[i] = append([]float32(nil), p...)
+	}
 	metrics, err := tr.Step(pairs, refC, refR, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("loss %.8f, PyTorch %.8f", metrics.Loss, o.Loss)
+	if d := math.Abs(metrics.Loss - o.Loss); d > 1e-5 {
+		t.Errorf("loss %.8f, PyTorch %.8f", metrics.Loss, o.Loss)
+	}
+	exported, err := tr.Model()
+	if err != nil {
+		t.Fatal(err)
+	}
+	worst := 0.0
+	for i, name := range tr.Trainable() {
+		w := want[twin[name]]
+		e := relL2(tr.Grads()[i], w.Values)
+		worst = max(worst, e)
+		if e > 1e-3 {
+			t.Errorf("%s (= %s): gradient relative L2 error %.2e", name, twin[name], e)
+		}
+		after, err := onnx.TensorFloats(onnx.Initializer(exported.Graph(), name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		step := make([]float32, len(after))
+		for k := range after {
+			step[k] = start[i][k] - after[k]
+		}
+		if e := relL2(step, w.Values); e > 1e-3 {
+			t.Errorf("%s: SGD step differs from -grad: relative L2 %.2e", name, e)
+		}
+	}
+	t.Logf("loss %.8f (PyTorch %.8f), %d tensors, worst gradient relative L2 error %.2e",
+		metrics.Loss, o.Loss, len(tr.Trainable()), worst)
+
+	// The exported model is the user's graph: same inputs (KV cache included) and outputs.
+	sig := func(m *onnx.Model) (ins, outs []string) {
+		for _, v := range m.Graph().GetInput() {
+			_, dims, _ := onnx.TensorType(v)
+			ins = append(ins, fmt.Sprint(v.GetName(), dims))
+		}
+		for _, v := range m.Graph().GetOutput() {
+			_, dims, _ := onnx.TensorType(v)
+			outs = append(outs, fmt.Sprint(v.GetName(), dims))
+		}
+		return ins, outs
+	}
+	gotIn, gotOut := sig(exported)
+	wantIn, wantOut := sig(m)
+	if !slices.Equal(gotIn, wantIn) || !slices.Equal(gotOut, wantOut) {
+		t.Errorf("exported model's inputs/outputs changed:\n got  %v -> %v\n want %v -> %v", gotIn, gotOut, wantIn, wantOut)
+	}
+	for _, name := range kvPastInputs {
+		if onnx.Input(exported.Graph(), name) == nil {
+			t.Errorf("exported model lost input %q", name)
+		}
+	}
+	for _, name := range append([]string{logitsOutput}, kvPresents...) {
+		if onnx.Output(exported.Graph(), name) == nil {
+			t.Errorf("exported model lost output %q", name)
+		}
+	}
+	// And it still scores with an empty past, now with the trained weights.
+	lm, err := NewLogProbModel("trained "+kvModelFile, exported, ModelOptions{Threads: 1, PadID: o.PadID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lm.Close()
+	lp, err := lm.SequenceLogps(PairRows(pairs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lp) != 2*len(pairs) {
+		t.Fatalf("%d log-probs for %d rows", len(lp), 2*len(pairs))
+	}
+	// DPO loss at the new weights vs PyTorch's loss after the same SGD step.
+	var sgd struct {
+		SGD struct {
+			After map[string]float64 `json:"loss_after_sgd_step"`
+		} `json:"sgd"`
+	}
+	readOracle(t, "../testdata/expected/dpo_grads_llama.json.gz", &sgd)
+	wantAfter, ok := sgd.SGD.After["untied"]
+	if !ok {
+		t.Fatal("oracle has no sgd.loss_after_sgd_step.untied")
+	}
+	n, loss := len(pairs), 0.0
+	for i := 0; i < n; i++ {
+		h := (lp[i] - refC[i]) - (lp[n+i] - refR[i])
+		loss += math.Log1p(math.Exp(-o.Beta*h)) / float64(n) // -log sigmoid(beta h)
+	}
+	if e := math.Abs(loss-wantAfter) / wantAfter; e > 1e-3 {
+		t.Errorf("loss after the step (exported model, empty past) %.6f, PyTorch %.6f", loss, wantAfter)
+	}
+	t.Logf("exported model: loss after one SGD step %.6f, PyTorch %.6f", loss, wantAfter)
 }

@@ -252,30 +252,18 @@ func NewLogProbModel(path string, m *onnx.Model, o ModelOptions) (*LogProbModel,
 			lm.hasMask = true
 		case name == positionIDs:
 			lm.hasPos = true
-		case strings.HasPrefix(name, "past_key_values") || strings.HasPrefix(name, "past."):
-			_, dims, _ := onnx.TensorType(in)
-			if len(dims) != 4 {
-				return nil, fmt.Errorf("%s: KV-cache input %q has rank %d, want 4", path, name, len(dims))
-			}
-			pd := make([]int64, 4)
-			for i, d := range dims {
-				pd[i] = -1
-				if d.IsKnown() {
-					pd[i] = d.Value
-				}
-			}
-			if pd[1] < 0 || pd[3] < 0 {
-				return nil, fmt.Errorf("%s: KV-cache input %q needs static heads and head_dim, has %v", path, name, dims)
-			}
-			lm.pasts = append(lm.pasts, pastInput{name: name, dims: pd})
+		case isPastInput(name):
 		default:
 			return nil, fmt.Errorf("%s: unsupported model input %q (supported: input_ids, attention_mask, position_ids, past_key_values.*)", path, name)
 		}
 	}
+	var err error
+	if lm.pasts, err = pastInputs(g); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	if _, err := AppendLogProbHead(m); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	var err error
 	lm.sess, err = newModelSession(m, []string{SequenceLogpsOutput, VocabSizeOutput}, ort.Options{Threads: o.Threads})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -335,11 +323,47 @@ func (lm *LogProbModel) run(rows []Sequence) (map[string]*ort.Tensor, error) {
 	if lm.hasPos {
 		feeds[positionIDs] = in.PositionIDs
 	}
-	for _, p := range lm.pasts {
-		shape := []int64{int64(len(rows)), p.dims[1], 0, p.dims[3]}
-		feeds[p.name] = &ort.Tensor{Shape: shape, F32: []float32{}}
-	}
+	addEmptyPast(feeds, lm.pasts, int64(len(rows)))
 	return lm.sess.Run(feeds, nil)
+}
+
+func isPastInput(name string) bool {
+	return strings.HasPrefix(name, "past_key_values") || strings.HasPrefix(name, "past.")
+}
+
+// pastInputs returns g's KV-cache inputs (past_key_values* or past.*, not initializers),
+// which are fed as an empty past.
+func pastInputs(g *onnxpb.GraphProto) ([]pastInput, error) {
+	var pasts []pastInput
+	for _, in := range g.GetInput() {
+		name := in.GetName()
+		if !isPastInput(name) || onnx.Initializer(g, name) != nil {
+			continue
+		}
+		_, dims, _ := onnx.TensorType(in)
+		if len(dims) != 4 {
+			return nil, fmt.Errorf("KV-cache input %q has rank %d, want 4", name, len(dims))
+		}
+		pd := make([]int64, 4)
+		for i, d := range dims {
+			pd[i] = -1
+			if d.IsKnown() {
+				pd[i] = d.Value
+			}
+		}
+		if pd[1] < 0 || pd[3] < 0 {
+			return nil, fmt.Errorf("KV-cache input %q needs static heads and head_dim, has %v", name, dims)
+		}
+		pasts = append(pasts, pastInput{name: name, dims: pd})
+	}
+	return pasts, nil
+}
+
+// addEmptyPast feeds every KV-cache input an empty past: float32 [batch, heads, 0, head_dim].
+func addEmptyPast(feeds map[string]*ort.Tensor, pasts []pastInput, batch int64) {
+	for _, p := range pasts {
+		feeds[p.name] = &ort.Tensor{Shape: []int64{batch, p.dims[1], 0, p.dims[3]}, F32: []float32{}}
+	}
 }
 
 // Batch holds the model inputs of a right-padded batch.

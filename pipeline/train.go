@@ -48,6 +48,7 @@ type Trainer struct {
 	ties   []Tie
 	sess   *ort.Session
 	inputs map[string]bool
+	pasts  []pastInput // KV-cache inputs, fed an empty past
 	opt    *Optimizer
 }
 
@@ -151,6 +152,10 @@ func BuildTrainingGraph(m *onnx.Model, c GraphConfig, sample []EncodedPair) (*Tr
 		return nil, fmt.Errorf("no trainable float initializers")
 	}
 	inputs := modelInputs(fwd)
+	pasts, err := pastInputs(fwd.Graph())
+	if err != nil {
+		return nil, err
+	}
 	if err := AppendPreferenceLoss(fwd, c.Loss); err != nil {
 		return nil, err
 	}
@@ -161,7 +166,7 @@ func BuildTrainingGraph(m *onnx.Model, c GraphConfig, sample []EncodedPair) (*Tr
 		}
 	}
 	zeros := make([]float64, len(sample))
-	feeds := batchFeeds(inputs, sample, zeros, zeros, 0)
+	feeds := batchFeeds(inputs, pasts, sample, zeros, zeros, 0)
 	// A second sample whose batch, pairs and sequence sizes all differ from the first.
 	width := 0
 	for _, p := range sample {
@@ -174,7 +179,7 @@ func BuildTrainingGraph(m *onnx.Model, c GraphConfig, sample []EncodedPair) (*Tr
 	zeros2 := make([]float64, len(second))
 	res, err := autodiff.Build(fwd, autodiff.Config{
 		Loss: LossOutput, Trainable: names, KeepOutputs: []string{SequenceLogpsOutput},
-		SampleFeeds: feeds, SecondSampleFeeds: batchFeeds(inputs, second, zeros2, zeros2, 0),
+		SampleFeeds: feeds, SecondSampleFeeds: batchFeeds(inputs, pasts, second, zeros2, zeros2, 0),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("build training graph: %w", err)
@@ -190,6 +195,10 @@ func NewTrainer(path string, m *onnx.Model, cfg TrainConfig, sample []EncodedPai
 		return nil, err
 	}
 	t := &Trainer{cfg: cfg, path: path, base: m, inputs: modelInputs(m)}
+	var err error
+	if t.pasts, err = pastInputs(m.Graph()); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	res, err := BuildTrainingGraph(m, GraphConfig{Loss: cfg.Loss, Freeze: cfg.Freeze, TieTransposedCopies: cfg.TieTransposedCopies}, sample)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -260,7 +269,7 @@ func modelInputs(m *onnx.Model) map[string]bool {
 
 // batchFeeds builds the model and loss inputs for a batch of pairs; inputs says which of
 // attention_mask and position_ids the model takes.
-func batchFeeds(inputs map[string]bool, pairs []EncodedPair, refC, refR []float64, padID int64) map[string]*ort.Tensor {
+func batchFeeds(inputs map[string]bool, pasts []pastInput, pairs []EncodedPair, refC, refR []float64, padID int64) map[string]*ort.Tensor {
 	b := BatchInputs(PairRows(pairs), padID)
 	feeds := map[string]*ort.Tensor{inputIDs: b.IDs, CompletionMaskInput: b.CompletionMask}
 	if inputs[attentionMask] {
@@ -269,6 +278,7 @@ func batchFeeds(inputs map[string]bool, pairs []EncodedPair, refC, refR []float6
 	if inputs[positionIDs] {
 		feeds[positionIDs] = b.PositionIDs
 	}
+	addEmptyPast(feeds, pasts, b.IDs.Shape[0])
 	n := int64(len(pairs))
 	rc, rr := make([]float32, n), make([]float32, n)
 	for i := range pairs {
@@ -282,7 +292,7 @@ func batchFeeds(inputs map[string]bool, pairs []EncodedPair, refC, refR []float6
 // ComputeGradients runs forward and backward on a batch: it fills Grads() and returns
 // the metrics of the batch (GradNorm included, LearningRate and Step left to the caller).
 func (t *Trainer) ComputeGradients(pairs []EncodedPair, refC, refR []float64) (StepMetrics, error) {
-	feeds := batchFeeds(t.inputs, pairs, refC, refR, t.cfg.PadID)
+	feeds := batchFeeds(t.inputs, t.pasts, pairs, refC, refR, t.cfg.PadID)
 	into := map[string]*ort.Tensor{}
 	for i, name := range t.names {
 		feeds[name] = &ort.Tensor{Shape: t.shapes[i], F32: t.params[i]}

@@ -14,6 +14,8 @@ Importable by the generator and oracle scripts in testdata/ (run them with
 * LlamaLM: RMSNorm, rotary embeddings from position_ids, grouped-query attention with
   repeat_kv, SwiGLU MLP, untied lm_head, no biases.
   forward(input_ids, attention_mask, position_ids) -> logits.
+* LlamaKVLM: LlamaLM (same parameters) with a KV cache, as optimum's "with past"
+  exports: forward(input_ids, attention_mask, position_ids, *past) -> (logits, *presents).
 
 Masking: a key is visible to a query when it is not in the future and its
 attention_mask is 1; scores of hidden keys are replaced by MASK_VALUE (-1e9) before the
@@ -247,6 +249,88 @@ class LlamaLM(nn.Module):
         for layer in self.model.layers:
             x = layer(x, cos, sin, allowed)
         return self.lm_head(self.model.norm(x))
+
+
+# ----------------------------------------------------------------------------- Llama + KV cache
+class LlamaKVLM(LlamaLM):
+    """LlamaLM with a KV cache, as optimum exports a decoder "with past" (its merged
+    decoder without the If on use_cache_branch). Same parameters as LlamaLM: load
+    llama.pt's state dict into it.
+
+    forward(input_ids, attention_mask, position_ids, *past) with past = (key_0, value_0,
+    key_1, value_1, ...), each float32 [batch, num_key_value_heads, past_seq, head_dim]
+    (keys already rotated, heads not repeated, as HF's cache), past_seq >= 0;
+    attention_mask [batch, past_seq + seq] covers the past and the current tokens;
+    position_ids [batch, seq] (past_seq .. past_seq + seq - 1 when decoding).
+    Returns (logits, present key_0, present value_0, ...), presents [batch, kv_heads,
+    past_seq + seq, head_dim] = past concatenated with the current tokens' keys/values.
+    Query i (0-based among the current tokens) sees key j (0-based over past + current)
+    when j <= past_seq + i and attention_mask[j] is 1. With an empty past the logits
+    are LlamaLM's."""
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        L = self.config.num_hidden_layers
+        assert len(past) == 2 * L, f"want {2 * L} past tensors, got {len(past)}"
+        x = self.model.embed_tokens(input_ids)
+        T = input_ids.shape[1]
+        P = past[0].shape[2]
+        freqs = position_ids[:, :, None].to(x.dtype) * self.inv_freq.to(x.dtype)[None, None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos()[:, None]
+        sin = emb.sin()[:, None]
+        i = torch.arange(T, device=input_ids.device)
+        j = torch.arange(P + T, device=input_ids.device)
+        causal = j[None, :] <= (i[:, None] + P)  # [T, P+T] key <= query + past
+        allowed = causal[None, None] & (attention_mask != 0)[:, None, None, :]
+        presents = []
+        for n, layer in enumerate(self.model.layers):
+            a = layer.self_attn
+            h = layer.input_layernorm(x)
+            B = h.shape[0]
+            q = a.q_proj(h).view(B, T, a.nh, a.hd).transpose(1, 2)
+            k = a.k_proj(h).view(B, T, a.nkv, a.hd).transpose(1, 2)
+            v = a.v_proj(h).view(B, T, a.nkv, a.hd).transpose(1, 2)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            k = torch.cat((past[2 * n], k), dim=2)
+            v = torch.cat((past[2 * n + 1], v), dim=2)
+            presents += [k, v]
+            kr = repeat_kv(k, a.nh // a.nkv)
+            vr = repeat_kv(v, a.nh // a.nkv)
+            att = torch.matmul(q, kr.transpose(-1, -2)) / math.sqrt(a.hd)
+            att = torch.where(allowed, att, torch.tensor(MASK_VALUE, dtype=att.dtype))
+            att = torch.softmax(att, dim=-1)
+            y = torch.matmul(att, vr).transpose(1, 2).reshape(B, T, a.nh * a.hd)
+            x = x + a.o_proj(y)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return (self.lm_head(self.model.norm(x)), *presents)
+
+    def empty_past(self, batch, past_len=0):
+        """Zero past tensors [batch, kv_heads, past_len, head_dim] for every layer."""
+        c = self.config
+        hd = c.hidden_size // c.num_attention_heads
+        return tuple(torch.zeros(batch, c.num_key_value_heads, past_len, hd)
+                     for _ in range(2 * c.num_hidden_layers))
+
+
+def kv_input_names(num_layers):
+    """optimum's names: input_ids, attention_mask, position_ids, past_key_values.{i}.key/value."""
+    return ["input_ids", "attention_mask", "position_ids"] + [
+        f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+
+
+def kv_output_names(num_layers):
+    """optimum's names: logits, present.{i}.key/value."""
+    return ["logits"] + [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+
+
+def load_kv(path):
+    """A LlamaKVLM holding the weights of a llama .pt written by save() (e.g. llama.pt)."""
+    d = torch.load(path)
+    assert d["kind"] == "llama", d["kind"]
+    m = LlamaKVLM(LlamaConfig(**d["config"]))
+    m.load_state_dict(d["state_dict"])
+    return m.eval()
 
 
 # ----------------------------------------------------------------------------- init
