@@ -237,26 +237,11 @@ func NewLogProbModel(path string, m *onnx.Model, o ModelOptions) (*LogProbModel,
 	m = m.Clone()
 	lm := &LogProbModel{Path: path, opts: o}
 	g := m.Graph()
-	init := map[string]bool{}
-	for _, t := range g.GetInitializer() {
-		init[t.GetName()] = true
+	if err := checkInputs(g); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	for _, in := range g.GetInput() {
-		name := in.GetName()
-		if init[name] {
-			continue
-		}
-		switch {
-		case name == inputIDs:
-		case name == attentionMask:
-			lm.hasMask = true
-		case name == positionIDs:
-			lm.hasPos = true
-		case isPastInput(name):
-		default:
-			return nil, fmt.Errorf("%s: unsupported model input %q (supported: input_ids, attention_mask, position_ids, past_key_values.*)", path, name)
-		}
-	}
+	lm.hasMask = onnx.Input(g, attentionMask) != nil
+	lm.hasPos = onnx.Input(g, positionIDs) != nil
 	var err error
 	if lm.pasts, err = pastInputs(g); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -325,6 +310,18 @@ func (lm *LogProbModel) run(rows []Sequence) (map[string]*ort.Tensor, error) {
 	}
 	addEmptyPast(feeds, lm.pasts, int64(len(rows)))
 	return lm.sess.Run(feeds, nil)
+}
+
+// checkInputs rejects a model with graph inputs ortalign cannot feed.
+func checkInputs(g *onnxpb.GraphProto) error {
+	for _, in := range g.GetInput() {
+		name := in.GetName()
+		if onnx.Initializer(g, name) != nil || name == inputIDs || name == attentionMask || name == positionIDs || isPastInput(name) {
+			continue
+		}
+		return fmt.Errorf("unsupported model input %q (supported: input_ids, attention_mask, position_ids, past_key_values.*)", name)
+	}
+	return nil
 }
 
 func isPastInput(name string) bool {

@@ -235,3 +235,19 @@ func TestSparseHeadMatchesDense(t *testing.T) {
 		}
 	}
 }
+
+// TestUnsupportedInputIsNamed: a model input ortalign cannot feed is an error naming it,
+// for scoring and for training.
+func TestUnsupportedInputIsNamed(t *testing.T) {
+	m, err := onnx.Load("../testdata/models/gpt2_opset17.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	onnx.AddInput(m.Graph(), "token_type_ids", onnx.Int64, []onnx.Dim{onnx.DimParam("batch"), onnx.DimParam("sequence")})
+	if _, err := NewLogProbModel("m.onnx", m, ModelOptions{}); err == nil || !strings.Contains(err.Error(), "token_type_ids") {
+		t.Fatalf("scoring: want an error naming token_type_ids, got %v", err)
+	}
+	if _, err := BuildTrainingGraph(m, GraphConfig{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}}, nil); err == nil || !strings.Contains(err.Error(), "token_type_ids") {
+		t.Fatalf("training: want an error naming token_type_ids, got %v", err)
+	}
+}

@@ -133,6 +133,9 @@ type TrainingGraph struct {
 // initializer (TrainableNames), which become inputs. sample is a small batch used to learn
 // intermediate shapes; nil means two made-up pairs of token 0.
 func BuildTrainingGraph(m *onnx.Model, c GraphConfig, sample []EncodedPair) (*TrainingGraph, error) {
+	if err := checkInputs(m.Graph()); err != nil {
+		return nil, err
+	}
 	fwd := m.Clone()
 	var ties []Tie
 	if c.TieTransposedCopies {
