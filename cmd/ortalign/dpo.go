@@ -164,6 +164,9 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 			return err
 		}
 		defer ref.Close()
+		if ref.VocabSize() != start.VocabSize() {
+			return fmt.Errorf("--ref %s has vocabulary %d but --model %s has %d", o.ref, ref.VocabSize(), o.model, start.VocabSize())
+		}
 	}
 	train, err := loadPairs(o.dataPath, o.dataFlags, tok, o.tokenizer, start.VocabSize(), 0, 1, stderr)
 	if err != nil {
