@@ -138,43 +138,11 @@ func TestKVCacheModelTrains(t *testing.T) {
 			t.Fatalf("trainable %q matches no initializer of %s", name, plainFile)
 		}
 	}
-	start := make([][]float32, len(tr.Params()))
-	for i, p := range tr.Params() {
-		start[i] = append([]float32(nil), p...)
+	loss, worst := checkSGDStep(t, tr, pairs, refC, refR, func(name string) []float64 { return want[twin[name]].Values })
+	if d := math.Abs(loss - o.Loss); d > 1e-5 {
+		t.Errorf("loss %.8f, PyTorch %.8f", loss, o.Loss)
 	}
-	metrics, err := tr.Step(pairs, refC, refR, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d := math.Abs(metrics.Loss - o.Loss); d > 1e-5 {
-		t.Errorf("loss %.8f, PyTorch %.8f", metrics.Loss, o.Loss)
-	}
-	exported, err := tr.Model()
-	if err != nil {
-		t.Fatal(err)
-	}
-	worst := 0.0
-	for i, name := range tr.Trainable() {
-		w := want[twin[name]]
-		e := relL2(tr.Grads()[i], w.Values)
-		worst = max(worst, e)
-		if e > 1e-3 {
-			t.Errorf("%s (= %s): gradient relative L2 error %.2e", name, twin[name], e)
-		}
-		after, err := onnx.TensorFloats(onnx.Initializer(exported.Graph(), name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		step := make([]float32, len(after))
-		for k := range after {
-			step[k] = start[i][k] - after[k]
-		}
-		if e := relL2(step, w.Values); e > 1e-3 {
-			t.Errorf("%s: SGD step differs from -grad: relative L2 %.2e", name, e)
-		}
-	}
-	t.Logf("loss %.8f (PyTorch %.8f), %d tensors, worst gradient relative L2 error %.2e",
-		metrics.Loss, o.Loss, len(tr.Trainable()), worst)
+	t.Logf("loss %.8f (PyTorch %.8f), %d tensors, worst gradient relative L2 error %.2e", loss, o.Loss, len(tr.Trainable()), worst)
 
 	// The exported model is the user's graph: same inputs (KV cache included) and outputs.
 	sig := func(m *onnx.Model) (ins, outs []string) {
@@ -187,6 +155,10 @@ func TestKVCacheModelTrains(t *testing.T) {
 			outs = append(outs, fmt.Sprint(v.GetName(), dims))
 		}
 		return ins, outs
+	}
+	exported, err := tr.Model()
+	if err != nil {
+		t.Fatal(err)
 	}
 	gotIn, gotOut := sig(exported)
 	wantIn, wantOut := sig(m)
@@ -209,10 +181,7 @@ func TestKVCacheModelTrains(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lm.Close()
-	lp, err := lm.SequenceLogps(PairRows(pairs))
-	if err != nil {
-		t.Fatal(err)
-	}
+	lp := pairLogps(t, lm, pairs)
 	if len(lp) != 2*len(pairs) {
 		t.Fatalf("%d log-probs for %d rows", len(lp), 2*len(pairs))
 	}

@@ -61,11 +61,7 @@ func TestLossFormulas(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer lm.Close()
-			rows := PairRows(pairs)
-			lp, err := lm.SequenceLogps(rows)
-			if err != nil {
-				t.Fatal(err)
-			}
+			lp := pairLogps(t, lm, pairs)
 			n := len(pairs)
 			want := 0.0
 			for i := 0; i < n; i++ {

@@ -109,43 +109,14 @@ func TestDPOGradientsAndSGDStepMatchPyTorch(t *testing.T) {
 				if len(tr.Trainable()) != len(want) {
 					t.Fatalf("trains %d tensors, oracle has %d", len(tr.Trainable()), len(want))
 				}
-				start := make([][]float32, len(tr.Params()))
-				for i, p := range tr.Params() {
-					start[i] = append([]float32(nil), p...)
-				}
-				metrics, err := tr.Step(pairs, refC, refR, 1)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if d := math.Abs(metrics.Loss - o.Loss); d > 1e-5 {
-					t.Errorf("loss %.8f, PyTorch %.8f", metrics.Loss, o.Loss)
-				}
-				exported, err := tr.Model()
-				if err != nil {
-					t.Fatal(err)
-				}
-				worst := 0.0
-				for i, name := range tr.Trainable() {
-					w, ok := want[name]
-					if !ok {
+				for _, name := range tr.Trainable() {
+					if _, ok := want[name]; !ok {
 						t.Fatalf("no oracle gradient for %q", name)
 					}
-					if e := relL2(tr.Grads()[i], w.Values); e > 1e-3 {
-						t.Errorf("%s: gradient relative L2 error %.2e", name, e)
-					} else {
-						worst = max(worst, e)
-					}
-					after, err := onnx.TensorFloats(onnx.Initializer(exported.Graph(), name))
-					if err != nil {
-						t.Fatal(err)
-					}
-					step := make([]float32, len(after))
-					for k := range after {
-						step[k] = start[i][k] - after[k] // = grad for lr 1
-					}
-					if e := relL2(step, w.Values); e > 1e-3 {
-						t.Errorf("%s: SGD step differs from -grad: relative L2 %.2e", name, e)
-					}
+				}
+				loss, worst := checkSGDStep(t, tr, pairs, refC, refR, func(name string) []float64 { return want[name].Values })
+				if d := math.Abs(loss - o.Loss); d > 1e-5 {
+					t.Errorf("loss %.8f, PyTorch %.8f", loss, o.Loss)
 				}
 				t.Logf("%d tensors, worst gradient relative L2 error %.2e", len(tr.Trainable()), worst)
 			})
@@ -324,11 +295,7 @@ func TestExportedModelGivesTrainerLogps(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lm.Close()
-	rows := PairRows(pairs)
-	lp, err := lm.SequenceLogps(rows)
-	if err != nil {
-		t.Fatal(err)
-	}
+	lp := pairLogps(t, lm, pairs)
 	n := len(pairs)
 	var chosen, rejected float64
 	for i := 0; i < n; i++ {
@@ -489,4 +456,55 @@ func TestNonFiniteLossStopsAndKeepsWork(t *testing.T) {
 			}
 		}
 	}
+}
+
+// checkSGDStep takes one SGD step with lr 1 and checks, per trainable tensor, that the
+// gradient and the move of the exported weights (old − new) both equal the oracle
+// gradient want(name) within 1e-3 relative L2. It returns the step's loss and the worst
+// gradient error.
+func checkSGDStep(t *testing.T, tr *Trainer, pairs []EncodedPair, refC, refR []float64, want func(name string) []float64) (float64, float64) {
+	t.Helper()
+	start := make([][]float32, len(tr.Params()))
+	for i, p := range tr.Params() {
+		start[i] = append([]float32(nil), p...)
+	}
+	metrics, err := tr.Step(pairs, refC, refR, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exported, err := tr.Model()
+	if err != nil {
+		t.Fatal(err)
+	}
+	worst := 0.0
+	for i, name := range tr.Trainable() {
+		w := want(name)
+		e := relL2(tr.Grads()[i], w)
+		worst = max(worst, e)
+		if e > 1e-3 {
+			t.Errorf("%s: gradient relative L2 error %.2e", name, e)
+		}
+		after, err := onnx.TensorFloats(onnx.Initializer(exported.Graph(), name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		step := make([]float32, len(after))
+		for k := range after {
+			step[k] = start[i][k] - after[k] // = grad for lr 1
+		}
+		if e := relL2(step, w); e > 1e-3 {
+			t.Errorf("%s: SGD step differs from -grad: relative L2 %.2e", name, e)
+		}
+	}
+	return metrics.Loss, worst
+}
+
+// pairLogps scores pairs with lm: log-probs of the chosen rows, then the rejected rows.
+func pairLogps(t *testing.T, lm *LogProbModel, pairs []EncodedPair) []float64 {
+	t.Helper()
+	lp, err := lm.SequenceLogps(PairRows(pairs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lp
 }
