@@ -211,15 +211,7 @@ func scanLlama3(s string, i int, maxDigits int) int {
 		return span(s, i+n, clsL)
 	}
 	if c&clsN != 0 {
-		e := i + n
-		for k := 1; k < maxDigits && e < len(s); k++ {
-			_, c2, n2 := runeAt(s, e)
-			if c2&clsN == 0 {
-				break
-			}
-			e += n2
-		}
-		return e
+		return spanDigits(s, i+n, maxDigits)
 	}
 	j := i
 	if s[j] == ' ' && j+1 < len(s) {
@@ -289,15 +281,7 @@ func scanO200k(s string, i int) int {
 		}
 	}
 	if c&clsN != 0 {
-		e := i + n
-		for k := 1; k < 3 && e < len(s); k++ {
-			_, c2, n2 := runeAt(s, e)
-			if c2&clsN == 0 {
-				break
-			}
-			e += n2
-		}
-		return e
+		return spanDigits(s, i+n, 3)
 	}
 	j := i
 	if s[j] == ' ' && j+1 < len(s) {
@@ -311,4 +295,17 @@ func scanO200k(s string, i int) int {
 		return e
 	}
 	return wsNewlineEnd(s, i)
+}
+
+// spanDigits returns the end of a run of at most limit digits (\p{N}) whose first digit
+// ends at e: the pre-tokenizers split numbers into groups of 1–3 digits.
+func spanDigits(s string, e, limit int) int {
+	for k := 1; k < limit && e < len(s); k++ {
+		_, c, n := runeAt(s, e)
+		if c&clsN == 0 {
+			break
+		}
+		e += n
+	}
+	return e
 }
