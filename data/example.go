@@ -40,7 +40,7 @@ type Example struct {
 // Layout is the shape of a preference dataset.
 type Layout int
 
-// The layouts of DESIGN.md; see the package documentation.
+// The layouts, with TRL's column names; see the package documentation.
 const (
 	Standard Layout = iota
 	ImplicitPrompt
