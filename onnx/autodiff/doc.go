@@ -1,7 +1,8 @@
 // Package autodiff differentiates ONNX graphs in reverse mode and emits the
 // gradient computation as ordinary ONNX operators, so that one plain ONNX
 // Runtime inference session computes a loss, metrics and the gradient of the
-// loss with respect to every trainable parameter (DESIGN.md, Decision 3).
+// loss with respect to every trainable parameter (ONNX Runtime's training
+// API is absent from its inference builds).
 //
 // Build takes a forward model whose graph has a scalar float loss output and
 // a list of trainable initializers, and returns a training model:
