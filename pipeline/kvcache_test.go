@@ -13,7 +13,8 @@ import (
 // The KV-cache fixture: testdata/models/llama_kv_opset17.onnx (testdata/gen_models.py), the
 // llama weights exported the way optimum exports a decoder with past (inputs
 // past_key_values.{0,1}.{key,value} [batch, 2, past_sequence, 8], outputs logits and
-// present.{0,1}.{key,value}). DESIGN.md: such models are accepted with an empty past.
+// present.{0,1}.{key,value}). Such models are accepted and fed an empty past (README.md,
+// "Formats").
 const kvModelFile = "models/llama_kv_opset17.onnx"
 
 var (

@@ -6,7 +6,7 @@
 Reads testdata/models/{gpt2,llama}.pt, testdata/data/train_tokenized.jsonl and the
 tokenizer's pad id; writes testdata/expected/logps.json.
 
-Contract (DESIGN.md): per row, SUM over completion positions t of
+Contract (the one ortalign's scoring implements): per row, SUM over completion positions t of
 log_softmax(logits[t-1])[input_ids[t]]; prompt and padding excluded. Rows are
 right-padded with the pad id (attention_mask 0 there), position_ids = 0..seq-1, and a
 pair batch holds its chosen rows first, then its rejected rows (row i and row i+n_pairs

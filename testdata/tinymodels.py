@@ -400,7 +400,7 @@ def forward(model, input_ids, attention_mask, position_ids=None):
 
 
 def completion_logps(logits, input_ids, completion_mask):
-    """DESIGN.md contract: per row, SUM over completion positions t (t >= 1) of
+    """The log-prob contract (ortalign's scoring): per row, SUM over completion positions t (t >= 1) of
     log_softmax(logits[t-1])[input_ids[t]]. completion_mask is 1 on completion tokens."""
     lp = torch.log_softmax(logits[:, :-1], dim=-1)
     tok = torch.gather(lp, 2, input_ids[:, 1:, None]).squeeze(2)
