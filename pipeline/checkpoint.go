@@ -8,8 +8,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
+
+	"ortalign/internal/atomicfile"
 )
 
 // checkpointMagic starts every checkpoint file.
@@ -25,8 +26,8 @@ type checkpointHeader struct {
 	Moments   bool     `json:"moments"`
 }
 
-// saveCheckpoint writes parameters and optimizer state atomically (temp file, fsync,
-// rename), so an interruption leaves the previous checkpoint intact.
+// saveCheckpoint writes parameters and optimizer state atomically (see
+// internal/atomicfile), so an interruption leaves the previous checkpoint intact.
 func (t *Trainer) saveCheckpoint(path string) error {
 	h := checkpointHeader{Step: t.opt.Step, Optimizer: t.cfg.Optim.Name, Names: t.names, Moments: t.opt.M != nil}
 	for _, p := range t.params {
@@ -36,38 +37,29 @@ func (t *Trainer) saveCheckpoint(path string) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("checkpoint %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	w := bufio.NewWriterSize(tmp, 1<<20)
-	w.WriteString(checkpointMagic)
-	binary.Write(w, binary.LittleEndian, uint64(len(hdr)))
-	w.Write(hdr)
 	arrays := slices.Clone(t.params)
 	if h.Moments {
 		arrays = append(append(arrays, t.opt.M...), t.opt.V...)
 	}
-	for _, a := range arrays {
-		if err := binary.Write(w, binary.LittleEndian, a); err != nil {
-			tmp.Close()
-			return fmt.Errorf("checkpoint %s: %w", path, err)
+	err = atomicfile.WriteFile(path, func(w io.Writer) error {
+		if _, err := io.WriteString(w, checkpointMagic); err != nil {
+			return err
 		}
-	}
-	if err := w.Flush(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("checkpoint %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("checkpoint %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("checkpoint %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("checkpoint %s: %w", path, err)
+		if err := binary.Write(w, binary.LittleEndian, uint64(len(hdr))); err != nil {
+			return err
+		}
+		if _, err := w.Write(hdr); err != nil {
+			return err
+		}
+		for _, a := range arrays {
+			if err := binary.Write(w, binary.LittleEndian, a); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
 	}
 	return nil
 }
