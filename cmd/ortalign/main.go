@@ -33,7 +33,7 @@ tokenizer.json files.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.PersistentFlags().StringVar(&g.ortLib, "ort-lib", "", "path to libonnxruntime.so (default: $ORTALIGN_ORT_LIB, next to the binary, or third_party/ort from `make setup`)")
+	root.PersistentFlags().StringVar(&g.ortLib, "ort-lib", "", "`PATH` of libonnxruntime.so (default: $ORTALIGN_ORT_LIB, next to the binary, or third_party/ort as make setup installs it)")
 	root.PersistentFlags().IntVar(&g.threads, "threads", 0, "ONNX Runtime intra-op threads (0 = all cores)")
 	root.AddCommand(newScoreCmd(g), newDPOCmd(g), newTokenizeCmd(), newArtifactsCmd(g), newInspectCmd(g))
 	return root
