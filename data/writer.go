@@ -1,18 +1,18 @@
 package data
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 
 	"github.com/parquet-go/parquet-go"
+
+	"ortalign/internal/atomicfile"
 )
 
 // Kind is the type of an output column.
@@ -53,13 +53,13 @@ type Column struct {
 // rowGroupRows is the number of rows per Parquet row group in outputs.
 const rowGroupRows = 8192
 
-// Writer writes rows to a Parquet or JSON Lines file atomically: rows go to
-// a temporary file next to the destination, which [Writer.Close] renames
-// into place. On any error, and on [Writer.Abort], the temporary file is
-// removed, so no partial output remains.
+// Writer writes rows to a Parquet or JSON Lines file atomically (see
+// internal/atomicfile): rows go to a temporary file next to the destination,
+// which [Writer.Close] renames into place. On any error, and on
+// [Writer.Abort], the temporary file is removed, so no partial output remains.
 type Writer struct {
 	path    string
-	tmp     *os.File
+	out     *atomicfile.File
 	cols    []Column
 	rows    int64
 	err     error // first error; the writer is then unusable
@@ -67,7 +67,6 @@ type Writer struct {
 	pw      *parquet.Writer
 	leafs   []int // first leaf column index of each column (Parquet)
 	row     parquet.Row
-	jw      *bufio.Writer
 	jsonBuf []byte
 }
 
@@ -88,13 +87,13 @@ func Create(path string, cols []Column) (*Writer, error) {
 		}
 		seen[c.Name] = true
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	out, err := atomicfile.Create(path)
 	if err != nil {
-		return nil, fmt.Errorf("create %s: %w", path, err)
+		return nil, err
 	}
-	w := &Writer{path: path, tmp: tmp, cols: cols}
+	w := &Writer{path: path, out: out, cols: cols}
 	if ext == ".parquet" {
-		w.pw = parquet.NewWriter(tmp, outputSchema(cols),
+		w.pw = parquet.NewWriter(out, outputSchema(cols),
 			parquet.Compression(&parquet.Zstd),
 			parquet.MaxRowsPerRowGroup(rowGroupRows),
 			parquet.CreatedBy("ortalign", "", ""),
@@ -107,8 +106,6 @@ func Create(path string, cols []Column) (*Writer, error) {
 				leaf++
 			}
 		}
-	} else {
-		w.jw = bufio.NewWriterSize(tmp, 1<<16)
 	}
 	return w, nil
 }
@@ -160,24 +157,13 @@ func (w *Writer) Close() error {
 	if w.done {
 		return nil
 	}
-	var err error
 	if w.pw != nil {
-		err = w.pw.Close()
-	} else {
-		err = w.jw.Flush()
+		if err := w.pw.Close(); err != nil {
+			return w.fail(fmt.Errorf("write %s: %w", w.path, err))
+		}
 	}
-	if err == nil {
-		err = w.tmp.Sync()
-	}
-	if cerr := w.tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(w.tmp.Name(), w.path)
-	}
-	if err != nil {
-		os.Remove(w.tmp.Name())
-		w.err = fmt.Errorf("write %s: %w", w.path, err)
+	if err := w.out.Commit(); err != nil {
+		w.err = err // Commit removed the temporary file
 		return w.err
 	}
 	w.done = true
@@ -197,8 +183,7 @@ func (w *Writer) Abort() {
 func (w *Writer) fail(err error) error {
 	if w.err == nil {
 		w.err = err
-		w.tmp.Close()
-		os.Remove(w.tmp.Name())
+		w.out.Abort()
 	}
 	return w.err
 }
@@ -377,7 +362,7 @@ func (w *Writer) writeJSON(values []any) error {
 	}
 	b = append(b, '}', '\n')
 	w.jsonBuf = b
-	_, err := w.jw.Write(b)
+	_, err := w.out.Write(b)
 	return err
 }
 

@@ -1,7 +1,6 @@
 package onnx
 
 import (
-	"bufio"
 	"cmp"
 	"errors"
 	"fmt"
@@ -12,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"ortalign/internal/atomicfile"
 	"ortalign/onnx/onnxpb"
 )
 
@@ -204,48 +204,51 @@ func (m *Model) save(target string, opts SaveOptions) error {
 		return fmt.Errorf("model exceeds the protobuf limit of %d bytes even with external data; lower SizeThreshold", maxProtoSize)
 	}
 
-	// Write every file to a temporary file first, then rename them all.
-	var pending []pendingFile
-	cleanup := func() {
+	// Write and sync every file before replacing any, so that a failed write
+	// (a full disk) leaves all old files in place; then commit the data files
+	// and the model last, so the model never points at data not yet in place.
+	var pending []*atomicfile.File
+	defer func() {
 		for _, p := range pending {
-			os.Remove(p.tmp)
+			p.Abort() // no-op for committed files
 		}
-	}
+	}()
 	for _, f := range files {
 		final := filepath.Join(dir, filepath.FromSlash(f.location))
 		if st, err := os.Stat(final); err == nil && st.IsDir() {
-			cleanup()
 			return fmt.Errorf("external data file %s is a directory", final)
 		}
 		if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
-			cleanup()
 			return fmt.Errorf("external data: %w", err)
 		}
-		p, err := writeTemp(final, func(w io.Writer) error { return writeDataFile(w, f.items) })
+		af, err := atomicfile.Create(final)
 		if err != nil {
-			cleanup()
-			return fmt.Errorf("external data %s: %w", f.location, err)
+			return fmt.Errorf("external data: %w", err)
 		}
-		pending = append(pending, p)
+		pending = append(pending, af)
+		if err := writeDataFile(af, f.items); err != nil {
+			return fmt.Errorf("external data: %w", err)
+		}
+		if err := af.Sync(); err != nil {
+			return fmt.Errorf("external data: %w", err)
+		}
 	}
-	p, err := writeTemp(target, func(w io.Writer) error {
-		_, err := w.Write(modelBytes)
-		return err
-	})
+	mf, err := atomicfile.Create(target)
 	if err != nil {
-		cleanup()
 		return err
 	}
-	pending = append(pending, p) // the model goes last
-	for i, p := range pending {
-		if err := os.Rename(p.tmp, p.final); err != nil {
-			for _, q := range pending[i:] {
-				os.Remove(q.tmp)
-			}
+	pending = append(pending, mf) // the model goes last
+	if _, err := mf.Write(modelBytes); err != nil {
+		return err
+	}
+	if err := mf.Sync(); err != nil {
+		return err
+	}
+	for _, p := range pending {
+		if err := p.Commit(); err != nil {
 			return err
 		}
 	}
-	syncDir(dir)
 
 	// Remember the new layout.
 	m.ext = map[*onnxpb.TensorProto]ExternalLocation{}
@@ -326,56 +329,4 @@ func writeDataFile(w io.Writer, items []*externalPlacement) error {
 		pos += int64(len(it.t.RawData))
 	}
 	return nil
-}
-
-// pendingFile is a fully written temporary file waiting to be renamed.
-type pendingFile struct{ tmp, final string }
-
-// writeTemp writes a temporary file next to final with write, syncs and
-// closes it. On error the temporary file is removed.
-func writeTemp(final string, write func(io.Writer) error) (pendingFile, error) {
-	dir, base := filepath.Split(final)
-	if dir == "" {
-		dir = "."
-	}
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return pendingFile{}, err
-	}
-	p := pendingFile{tmp: f.Name(), final: final}
-	fail := func(err error) (pendingFile, error) {
-		f.Close()
-		os.Remove(p.tmp)
-		return pendingFile{}, err
-	}
-	mode := os.FileMode(0o644)
-	if st, err := os.Stat(final); err == nil {
-		mode = st.Mode().Perm()
-	}
-	if err := f.Chmod(mode); err != nil {
-		return fail(err)
-	}
-	bw := bufio.NewWriterSize(f, 1<<20)
-	if err := write(bw); err != nil {
-		return fail(err)
-	}
-	if err := bw.Flush(); err != nil {
-		return fail(err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(p.tmp)
-		return pendingFile{}, err
-	}
-	return p, nil
-}
-
-// syncDir makes renames in dir durable where the platform supports it.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync() // best effort: some file systems do not support it
-		d.Close()
-	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"ortalign/internal/atomicfile"
 	"ortalign/onnx"
 	"ortalign/onnx/autodiff"
 	"ortalign/pipeline"
@@ -89,26 +90,13 @@ func runArtifacts(o *artifactsOptions, stdout io.Writer) error {
 		return err
 	}
 	manifestPath := filepath.Join(o.out, "manifest.json")
-	if err := writeFileAtomic(manifestPath, append(b, '\n')); err != nil {
+	err = atomicfile.WriteFile(manifestPath, func(w io.Writer) error {
+		_, err := w.Write(append(b, '\n'))
+		return err
+	})
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "wrote %s (%d trainable tensors) and %s\n", graphPath, len(res.Trainable), manifestPath)
 	return nil
-}
-
-// writeFileAtomic writes data to a temporary file beside path and renames it into place.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return os.Rename(tmp.Name(), path)
 }

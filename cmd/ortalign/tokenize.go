@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
+	"ortalign/internal/atomicfile"
 	"ortalign/tokenize"
 )
 
@@ -60,22 +60,17 @@ func runTokenize(o *tokenizeOptions, stdin io.Reader, stdout io.Writer) (err err
 		defer f.Close()
 		in, inName = f, o.input
 	}
-	out := stdout
-	var pending *os.File
+	bw := bufio.NewWriter(stdout)
+	var w io.Writer = bw
+	var file *atomicfile.File
 	if o.output != "" {
-		// Write next to the target and rename at the end, so a failure leaves no partial file.
-		if pending, err = os.CreateTemp(filepath.Dir(o.output), ".ortalign-tokenize-*"); err != nil {
+		// Written atomically, so a failure leaves no partial file (and keeps an old one).
+		if file, err = atomicfile.Create(o.output); err != nil {
 			return err
 		}
-		defer func() {
-			if err != nil {
-				pending.Close()
-				os.Remove(pending.Name())
-			}
-		}()
-		out = pending
+		defer file.Abort()
+		w = file // buffered itself
 	}
-	w := bufio.NewWriter(out)
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<20), 1<<30)
 	enc := json.NewEncoder(w)
@@ -126,16 +121,8 @@ func runTokenize(o *tokenizeOptions, stdin io.Reader, stdout io.Writer) (err err
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("read %s: %w", inName, err)
 	}
-	if err := w.Flush(); err != nil {
-		return err
+	if file != nil {
+		return file.Commit()
 	}
-	if pending != nil {
-		if err := pending.Close(); err != nil {
-			return err
-		}
-		if err := os.Rename(pending.Name(), o.output); err != nil {
-			return err
-		}
-	}
-	return nil
+	return bw.Flush()
 }
