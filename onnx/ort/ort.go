@@ -6,9 +6,11 @@ package ort
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 
 	ortgo "github.com/yalue/onnxruntime_go"
@@ -225,6 +227,14 @@ func newSession(model []byte, path string, outputs []string, o Options) (*Sessio
 			s.outputs = append(s.outputs, info)
 		}
 	}
+	// onnxruntime_go's Run indexes the first input and output value, so it panics on a
+	// session without inputs or fetched outputs: refuse those here.
+	if len(s.inputs) == 0 {
+		return nil, errors.New("model has no inputs (every value is an initializer or a constant); ONNX Runtime's Go binding cannot run it: add an unused input")
+	}
+	if len(s.outputs) == 0 {
+		return nil, errors.New("no outputs to fetch: the model has none, or the list of outputs is empty")
+	}
 	inNames := make([]string, len(s.inputs))
 	for i, in := range s.inputs {
 		inNames[i] = in.Name
@@ -271,7 +281,10 @@ func (s *Session) Destroy() {
 	}
 }
 
-// Tensor is a Go-owned tensor: exactly one of F32, F64, I64 holds the data.
+// Tensor is a Go-owned tensor: exactly one of F32, F64, I64 holds the data, in row-major
+// order, with as many elements as the product of Shape (1 for a scalar, whose Shape is
+// empty). A tensor with a zero dimension holds an empty, non-nil buffer. The constructors
+// and Session.Run check this with Check.
 type Tensor struct {
 	Shape []int64
 	F32   []float32
@@ -279,7 +292,96 @@ type Tensor struct {
 	I64   []int64
 }
 
+// NewFloatTensor returns a float32 tensor of the given shape over data (not copied). It is
+// an error when a dimension is negative or data does not hold exactly the shape's number of
+// elements; nil data is the empty buffer of a shape with a zero dimension.
+func NewFloatTensor(shape []int64, data []float32) (*Tensor, error) {
+	if data == nil {
+		data = []float32{}
+	}
+	return checked(&Tensor{Shape: append([]int64{}, shape...), F32: data})
+}
+
+// NewDoubleTensor is NewFloatTensor for float64 data.
+func NewDoubleTensor(shape []int64, data []float64) (*Tensor, error) {
+	if data == nil {
+		data = []float64{}
+	}
+	return checked(&Tensor{Shape: append([]int64{}, shape...), F64: data})
+}
+
+// NewInt64Tensor is NewFloatTensor for int64 data.
+func NewInt64Tensor(shape []int64, data []int64) (*Tensor, error) {
+	if data == nil {
+		data = []int64{}
+	}
+	return checked(&Tensor{Shape: append([]int64{}, shape...), I64: data})
+}
+
+func checked(t *Tensor) (*Tensor, error) {
+	if err := t.Check(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Check reports whether t is well formed: exactly one buffer (F32, F64 or I64) is set
+// (non-nil), no dimension is negative, and the buffer holds exactly as many elements as
+// the shape (an empty buffer only for a shape with a zero dimension). Session.Run checks
+// every tensor it is given, so a malformed one is an error rather than a crash in ONNX
+// Runtime's binding.
+func (t *Tensor) Check() error {
+	if t == nil {
+		return errors.New("nil tensor")
+	}
+	var set []string
+	var n int
+	if t.F32 != nil {
+		set, n = append(set, "F32"), len(t.F32)
+	}
+	if t.F64 != nil {
+		set, n = append(set, "F64"), len(t.F64)
+	}
+	if t.I64 != nil {
+		set, n = append(set, "I64"), len(t.I64)
+	}
+	switch len(set) {
+	case 0:
+		return fmt.Errorf("tensor of shape %v has no data buffer (F32, F64 or I64)", t.Shape)
+	case 1:
+	default:
+		return fmt.Errorf("tensor of shape %v has %d data buffers set (%s), want exactly one", t.Shape, len(set), strings.Join(set, ", "))
+	}
+	want := int64(1)
+	zero := false
+	for i, d := range t.Shape {
+		if d < 0 {
+			return fmt.Errorf("tensor of shape %v has a negative dimension %d (axis %d)", t.Shape, d, i)
+		}
+		if d == 0 {
+			zero = true
+		}
+	}
+	if zero {
+		want = 0
+	} else {
+		for _, d := range t.Shape {
+			if want > math.MaxInt64/d {
+				return fmt.Errorf("tensor of shape %v has more elements than an int64 counts (%s buffer of length %d)", t.Shape, set[0], n)
+			}
+			want *= d
+		}
+	}
+	if int64(n) != want {
+		return fmt.Errorf("tensor of shape %v needs %d elements, but its %s buffer has length %d", t.Shape, want, set[0], n)
+	}
+	return nil
+}
+
 func (t *Tensor) value() (ortgo.Value, error) {
+	if err := t.Check(); err != nil {
+		return nil, err
+	}
 	shape := ortgo.NewShape(t.Shape...)
 	switch {
 	case t.F32 != nil:
@@ -306,6 +408,27 @@ func (t *Tensor) value() (ortgo.Value, error) {
 // outputs into directly (their shape must be exact); they are returned as given.
 // Scalar outputs are pre-allocated because onnxruntime_go cannot wrap 0-d ORT outputs.
 func (s *Session) Run(in map[string]*Tensor, into map[string]*Tensor) (map[string]*Tensor, error) {
+	if s.sess == nil {
+		return nil, errors.New("run: the session is destroyed")
+	}
+	if len(s.inputs) == 0 || len(s.outputs) == 0 {
+		// Not reachable through NewSession; onnxruntime_go would index an empty slice.
+		return nil, fmt.Errorf("run: session has %d inputs and %d outputs; ONNX Runtime's Go binding needs at least one of each", len(s.inputs), len(s.outputs))
+	}
+	for _, info := range s.inputs {
+		if t, ok := in[info.Name]; ok {
+			if err := t.Check(); err != nil {
+				return nil, fmt.Errorf("input %q: %w", info.Name, err)
+			}
+		}
+	}
+	for _, info := range s.outputs {
+		if t, ok := into[info.Name]; ok {
+			if err := t.Check(); err != nil {
+				return nil, fmt.Errorf("output buffer %q: %w", info.Name, err)
+			}
+		}
+	}
 	inputs := make([]ortgo.Value, len(s.inputs))
 	var owned []ortgo.Value
 	defer func() {
