@@ -100,6 +100,9 @@ func (e *UnsupportedError) Error() string {
 // trainable initializers to loss and whose operator has no gradient rule,
 // in graph order. It runs nothing; `ortalign inspect` lists them.
 func Unsupported(m *onnx.Model, loss string, trainable []string) []NodeRef {
+	if m == nil || m.Proto() == nil {
+		return nil
+	}
 	g := m.Graph()
 	types := inferTypes(g)
 	p := analyze(g, types, loss, trainable)
@@ -115,14 +118,45 @@ func Unsupported(m *onnx.Model, loss string, trainable []string) []NodeRef {
 // Build differentiates the forward model: it returns a new model that
 // computes cfg.Loss, the cfg.KeepOutputs and the gradient of the loss with
 // respect to each of cfg.Trainable. The forward model is not modified.
-func Build(forward *onnx.Model, cfg Config) (*Result, error) {
-	if forward == nil {
+//
+// A trainable parameter without a path to the loss, or whose paths all go
+// through operators without a gradient (Shape, comparisons, ...), gets a
+// zero gradient. A gradient rule that returns the wrong number of
+// gradients, or none for a value that depends on a trainable parameter and
+// lies on the path to the loss, is an error naming the node: no gradient is
+// silently zero. Build does not panic: a malformed model is an error.
+func Build(forward *onnx.Model, cfg Config) (res *Result, err error) {
+	defer func() {
+		// Last line of defence: the known causes of panics are checked
+		// before they happen; anything else becomes an error.
+		if r := recover(); r != nil {
+			res, err = nil, fmt.Errorf("autodiff: internal error in autodiff: %v", r)
+		}
+	}()
+	return build(forward, cfg)
+}
+
+func build(forward *onnx.Model, cfg Config) (*Result, error) {
+	if forward == nil || forward.Proto() == nil {
 		return nil, errors.New("autodiff: nil forward model")
+	}
+	if forward.Proto().GetGraph() == nil {
+		return nil, errors.New("autodiff: forward model has no graph")
 	}
 	m := forward.Clone()
 	g := m.Graph()
 	if opset := m.Opset(""); opset < 13 {
 		return nil, fmt.Errorf("autodiff: model imports default-domain opset %d; opset 13 or later is needed", opset)
+	}
+	index := make(map[*onnxpb.NodeProto]int, len(g.GetNode()))
+	for i, n := range g.GetNode() {
+		if n == nil {
+			return nil, fmt.Errorf("autodiff: node #%d of graph %q is missing", i, g.GetName())
+		}
+		index[n] = i
+	}
+	if err := checkGraph(g, index); err != nil {
+		return nil, fmt.Errorf("autodiff: %w", err)
 	}
 	if err := onnx.TopologicalSort(g); err != nil {
 		return nil, fmt.Errorf("autodiff: %w", err)
@@ -182,6 +216,7 @@ func Build(forward *onnx.Model, cfg Config) (*Result, error) {
 		shapes: shapes,
 		other:  samples.b,
 		consts: constValues(g),
+		index:  index,
 	}
 	grads, err := e.backward(p, cfg)
 	if err != nil {
@@ -265,10 +300,53 @@ func checkConfig(g *onnxpb.GraphProto, cfg Config) error {
 	return nil
 }
 
+// checkGraph checks what the walk relies on before anything runs: every
+// node writes a value, and every value a node reads is a graph input, an
+// initializer or the output of a node.
+func checkGraph(g *onnxpb.GraphProto, index map[*onnxpb.NodeProto]int) error {
+	defined := map[string]bool{}
+	for _, in := range g.GetInput() {
+		defined[in.GetName()] = true
+	}
+	for _, t := range g.GetInitializer() {
+		defined[t.GetName()] = true
+	}
+	for _, n := range g.GetNode() {
+		if !slices.ContainsFunc(n.GetOutput(), func(o string) bool { return o != "" }) {
+			return fmt.Errorf("%s of graph %q has no outputs", nodeLabel(n, index), g.GetName())
+		}
+		for _, o := range n.GetOutput() {
+			defined[o] = true
+		}
+	}
+	for _, n := range g.GetNode() {
+		for _, in := range n.GetInput() {
+			if in != "" && !defined[in] {
+				return fmt.Errorf("%s of graph %q reads %q, which is not a graph input, an initializer or the output of a node", nodeLabel(n, index), g.GetName(), in)
+			}
+		}
+	}
+	return nil
+}
+
+// nodeLabel names a node in errors: its reference, and its position in the
+// forward graph (index) when it has no name.
+func nodeLabel(n *onnxpb.NodeProto, index map[*onnxpb.NodeProto]int) string {
+	if n.GetName() == "" {
+		if i, ok := index[n]; ok {
+			return fmt.Sprintf("%s node #%d (unnamed)", opKey(n), i)
+		}
+	}
+	return nodeRef(n).String()
+}
+
 // plan is the result of analysing which nodes need differentiating.
 type plan struct {
 	// requires holds the float values that depend on a trainable parameter.
 	requires map[string]bool
+	// from maps each value of requires to one trainable parameter it
+	// depends on, for errors.
+	from map[string]string
 	// active lists, in graph order, the nodes with an output that depends on
 	// a trainable parameter and on which the loss depends.
 	active []*onnxpb.NodeProto
@@ -277,20 +355,21 @@ type plan struct {
 // analyze finds the values that need gradients and the nodes to
 // differentiate.
 func analyze(g *onnxpb.GraphProto, types map[string]onnx.DataType, loss string, trainable []string) plan {
-	requires := map[string]bool{}
+	requires, from := map[string]bool{}, map[string]string{}
 	for _, t := range trainable {
-		requires[t] = true
+		requires[t], from[t] = true, t
 	}
 	for _, n := range g.GetNode() {
-		if nonDifferentiable[n.GetOpType()] {
+		if n == nil || nonDifferentiable[n.GetOpType()] {
 			continue
 		}
-		if !slices.ContainsFunc(n.GetInput(), func(s string) bool { return requires[s] }) {
+		i := slices.IndexFunc(n.GetInput(), func(s string) bool { return requires[s] })
+		if i < 0 {
 			continue
 		}
 		for _, o := range n.GetOutput() {
-			if o != "" && types[o].IsFloat() {
-				requires[o] = true
+			if o != "" && types[o].IsFloat() && !requires[o] {
+				requires[o], from[o] = true, from[n.GetInput()[i]]
 			}
 		}
 	}
@@ -299,6 +378,9 @@ func analyze(g *onnxpb.GraphProto, types map[string]onnx.DataType, loss string, 
 	var active []*onnxpb.NodeProto
 	for i := len(nodes) - 1; i >= 0; i-- {
 		n := nodes[i]
+		if n == nil {
+			continue
+		}
 		hit, act := false, false
 		for _, o := range n.GetOutput() {
 			if reaches[o] {
@@ -317,7 +399,7 @@ func analyze(g *onnxpb.GraphProto, types map[string]onnx.DataType, loss string, 
 		}
 	}
 	slices.Reverse(active)
-	return plan{requires: requires, active: active}
+	return plan{requires: requires, from: from, active: active}
 }
 
 func uniqueIn(used map[string]bool, name string) string {

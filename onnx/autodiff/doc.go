@@ -21,6 +21,14 @@
 // An operator on that path without a rule is an error naming the operator
 // and the node, reported before anything runs (see Unsupported).
 //
+// No gradient is silently zero: a rule must return one gradient per input
+// of its node, and one for every input that depends on a trainable
+// parameter when gradient flows through the node; otherwise Build fails
+// naming the node and the parameter. A parameter gets a zero gradient only
+// when no gradient reaches it: it has no path to the loss, or only paths
+// through operators without a gradient (Shape, comparisons, ...). Build
+// returns malformed models as errors rather than panicking.
+//
 // Ranks and broadcast axes are learned by running the forward graph in ONNX
 // Runtime with the intermediate values' shapes as outputs: once on
 // Config.SampleFeeds (or zeros of a small made-up shape) and once on a

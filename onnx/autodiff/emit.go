@@ -19,6 +19,7 @@ type emitter struct {
 	other  map[string][]int64             // on sample b (nil when unavailable)
 	consts map[string]*onnxpb.TensorProto // fixed contents: initializers, Constant outputs
 	static map[string]bool                // values whose shape is fixed
+	index  map[*onnxpb.NodeProto]int      // position of each node in the forward graph, for errors
 }
 
 type ruleError struct{ msg string }
@@ -77,7 +78,16 @@ func (n *node) attrInts(name string) ([]int64, bool) {
 
 // backward emits the gradient of every active node in reverse order and
 // returns, for each trainable parameter, the value holding its gradient.
-func (e *emitter) backward(p plan, cfg Config) (map[string]string, error) {
+// A parameter with no path to the loss (or only paths through operators
+// without a gradient, such as Shape) gets a zero gradient. A failure of a
+// rule or of the emitter's helpers is returned as an error naming the node.
+func (e *emitter) backward(p plan, cfg Config) (grads map[string]string, err error) {
+	at := fmt.Sprintf("the loss %q", cfg.Loss)
+	defer func() {
+		if r := recover(); r != nil {
+			err = panicError(r, at)
+		}
+	}()
 	e.static = map[string]bool{}
 	for _, t := range e.m.Graph().GetInitializer() {
 		e.static[t.GetName()] = true
@@ -106,6 +116,7 @@ func (e *emitter) backward(p plan, cfg Config) (map[string]string, error) {
 	contrib[cfg.Loss] = []string{e.b.Const(e.tensor(e.types[cfg.Loss], lossShape, 1))}
 	for i := len(p.active) - 1; i >= 0; i-- {
 		n := &node{NodeProto: p.active[i], gy: make([]string, len(p.active[i].Output))}
+		at = e.label(n.NodeProto)
 		flows := false
 		for j, o := range n.Output {
 			if cs := contrib[o]; len(cs) > 0 {
@@ -114,6 +125,8 @@ func (e *emitter) backward(p plan, cfg Config) (map[string]string, error) {
 			}
 		}
 		if !flows {
+			// Every gradient reaching this node is zero, or it reaches the
+			// loss only through operators without a gradient (Shape, ...).
 			continue
 		}
 		if src, dx, ok := e.fusedLogSoftmaxGather(n, producers, uses); ok {
@@ -124,36 +137,81 @@ func (e *emitter) backward(p plan, cfg Config) (map[string]string, error) {
 		if err != nil {
 			return nil, err
 		}
+		if err := e.checkGrads(n, gx, p); err != nil {
+			return nil, err
+		}
 		for j, in := range n.Input {
-			if in != "" && p.requires[in] && j < len(gx) && gx[j] != "" {
+			if in != "" && p.requires[in] && gx[j] != zeroGrad {
 				contrib[in] = append(contrib[in], gx[j])
 			}
 		}
 	}
-	grads := map[string]string{}
+	grads = map[string]string{}
 	for _, t := range cfg.Trainable {
+		at = fmt.Sprintf("trainable parameter %q", t)
 		if cs := contrib[t]; len(cs) > 0 {
 			grads[t] = e.sum(cs)
 			continue
 		}
-		// No path to the loss: the gradient is zero.
-		grads[t] = e.b.Const(e.tensor(e.types[t], e.shapes[t], 0))
+		// No gradient reaches t: it is zero. ConstantOfShape keeps the
+		// model small whatever t's size.
+		grads[t] = e.zeros(e.b.ConstInt64s(e.shapes[t]), e.types[t])
 	}
 	return grads, nil
 }
 
-// apply runs the rule of n, turning a rule failure into an error.
+// zeroGrad is what a rule returns for a differentiable input whose
+// gradient through the node is zero (LayerNormalization's scale when only
+// its Mean output is used): the walk adds nothing for it. "" instead says
+// the input needs no gradient (shapes, indices, axes); for an input that
+// does need one, "" is an error.
+const zeroGrad = "\x00zero"
+
+// checkGrads checks the gradients gx a rule returned for n: one per input
+// (as tinygrad asserts len(grads) == len(src)), and one that is not "" for
+// each input that depends on a trainable parameter, since gradient flows
+// through n to the loss.
+func (e *emitter) checkGrads(n *node, gx []string, p plan) error {
+	if len(gx) != len(n.Input) {
+		return fmt.Errorf("gradient of %s: the rule returned %d gradients for %d inputs", e.label(n.NodeProto), len(gx), len(n.Input))
+	}
+	for j, in := range n.Input {
+		if in == "" || !p.requires[in] || gx[j] != "" {
+			continue
+		}
+		what := fmt.Sprintf("value %q, which depends on trainable parameter %q and", in, p.from[in])
+		if p.from[in] == in {
+			what = fmt.Sprintf("trainable parameter %q, which", in)
+		}
+		return fmt.Errorf("gradient of %s: the rule dropped the gradient of input %d, %s lies on the path to the loss (the parameter's gradient would silently miss it)",
+			e.label(n.NodeProto), j, what)
+	}
+	return nil
+}
+
+// label names a forward node in errors: its reference, and its position in
+// the forward graph when it has no name.
+func (e *emitter) label(n *onnxpb.NodeProto) string { return nodeLabel(n, e.index) }
+
+// apply runs the rule of n, turning a rule failure (or any other panic of
+// the emitter's helpers) into an error that names the node.
 func (e *emitter) apply(n *node) (gx []string, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			re, ok := r.(ruleError)
-			if !ok {
-				panic(r)
-			}
-			err = fmt.Errorf("gradient of %s: %s", nodeRef(n.NodeProto), re.msg)
+			err = panicError(r, e.label(n.NodeProto))
 		}
 	}()
 	return rules[opKey(n.NodeProto)](e, n), nil
+}
+
+// panicError turns a value recovered at some point of the emitter into an
+// error: a rule failure (see fail) names what was being differentiated;
+// anything else is an internal error.
+func panicError(r any, at string) error {
+	if re, ok := r.(ruleError); ok {
+		return fmt.Errorf("gradient of %s: %s", at, re.msg)
+	}
+	return fmt.Errorf("internal error in autodiff at %s: %v", at, r)
 }
 
 // sum adds gradient contributions.
@@ -203,8 +261,18 @@ func (e *emitter) tensor(dt onnx.DataType, dims []int64, v float64) *onnxpb.Tens
 			d[i] = int64(v)
 		}
 		return onnx.Int64Tensor("", dims, d)
+	case onnx.Float16, onnx.BFloat16:
+		d := make([]float32, n)
+		for i := range d {
+			d[i] = float32(v)
+		}
+		t := &onnxpb.TensorProto{DataType: ptr(int32(dt)), Dims: append([]int64{}, dims...)}
+		if err := onnx.SetTensorFloats(t, d); err != nil {
+			fail("constant of type %s: %v", dt, err)
+		}
+		return t
 	}
-	fail("element type %s is not supported (float32 and float64 are)", dt)
+	fail("element type %s is not supported (float16, bfloat16, float32, float64 and int64 are)", dt)
 	return nil
 }
 

@@ -9,10 +9,23 @@ import (
 )
 
 // rule emits the gradients of a node's inputs, given those of its outputs
-// (n.gy), and returns them by input position ("" for an input without
-// one). Rules may return gradients for inputs that need none: the walk
-// ignores them and the final pruning removes their nodes.
+// (n.gy), and returns them by input position: exactly one entry per input
+// of the node (a different count is an error). An entry is "" for an input
+// without a gradient (shapes, indices, axes, absent optional inputs) and
+// zeroGrad for a differentiable input whose gradient through the node is
+// zero; "" for an input that depends on a trainable parameter is an error,
+// as it would silently zero that parameter's gradient. Rules may return
+// gradients for inputs that need none: the walk ignores them and the final
+// pruning removes their nodes.
 type rule func(e *emitter, n *node) []string
+
+// only returns the gradients gx of n's first inputs, padded with "" to one
+// entry per input: the rest of the inputs have no gradient.
+func only(n *node, gx ...string) []string {
+	out := make([]string, max(len(n.Input), len(gx)))
+	copy(out, gx)
+	return out
+}
 
 // Rules returns the operator types that have a gradient rule, sorted.
 func Rules() []string {
@@ -89,7 +102,7 @@ var rules = map[string]rule{
 	},
 	"Cast": func(e *emitter, n *node) []string { // back to the input's type
 		if !e.dtype(n.x(0)).IsFloat() {
-			return nil
+			return only(n)
 		}
 		return []string{e.b.Cast(n.g(), e.dtype(n.x(0)))}
 	},
@@ -107,15 +120,15 @@ var rules = map[string]rule{
 	},
 	"LayerNormalization": layerNormGrad,
 	"CumSum": func(e *emitter, n *node) []string { // cumsum of g the other way
-		return []string{e.b.Op("CumSum", []string{n.g(), n.x(1)},
-			onnx.AttrInt("exclusive", n.attrInt("exclusive", 0)), onnx.AttrInt("reverse", 1-n.attrInt("reverse", 0)))}
+		return only(n, e.b.Op("CumSum", []string{n.g(), n.x(1)},
+			onnx.AttrInt("exclusive", n.attrInt("exclusive", 0)), onnx.AttrInt("reverse", 1-n.attrInt("reverse", 0))))
 	},
 	"Trilu": func(e *emitter, n *node) []string { // the same triangle of g
 		in := []string{n.g()}
 		if k := n.x(1); k != "" {
 			in = append(in, k)
 		}
-		return []string{e.b.Op("Trilu", in, onnx.AttrInt("upper", n.attrInt("upper", 1)))}
+		return only(n, e.b.Op("Trilu", in, onnx.AttrInt("upper", n.attrInt("upper", 1))))
 	},
 
 	// Linear algebra.
@@ -129,10 +142,10 @@ var rules = map[string]rule{
 	"ReduceMin":  reduceGrad,
 
 	// Shape and layout: the gradient is g moved back.
-	"Reshape":   func(e *emitter, n *node) []string { return []string{e.like(n.g(), n.x(0))} },
-	"Flatten":   func(e *emitter, n *node) []string { return []string{e.like(n.g(), n.x(0))} },
-	"Squeeze":   func(e *emitter, n *node) []string { return []string{e.like(n.g(), n.x(0))} },
-	"Unsqueeze": func(e *emitter, n *node) []string { return []string{e.like(n.g(), n.x(0))} },
+	"Reshape":   func(e *emitter, n *node) []string { return only(n, e.like(n.g(), n.x(0))) },
+	"Flatten":   func(e *emitter, n *node) []string { return only(n, e.like(n.g(), n.x(0))) },
+	"Squeeze":   func(e *emitter, n *node) []string { return only(n, e.like(n.g(), n.x(0))) },
+	"Unsqueeze": func(e *emitter, n *node) []string { return only(n, e.like(n.g(), n.x(0))) },
 	"Transpose": func(e *emitter, n *node) []string {
 		perm, ok := n.attrInts("perm")
 		if !ok {
@@ -141,7 +154,7 @@ var rules = map[string]rule{
 		}
 		return []string{e.b.Transpose(n.g(), inversePerm(perm))}
 	},
-	"Expand": func(e *emitter, n *node) []string { return []string{e.unb(n, n.g(), 0)} },
+	"Expand": func(e *emitter, n *node) []string { return only(n, e.unb(n, n.g(), 0)) },
 	"Tile":   tileGrad,
 	"Concat": concatGrad,
 	"Split":  splitGrad,
@@ -194,7 +207,7 @@ func powGrad(e *emitter, n *node) []string {
 // evenly between ties as PyTorch does.
 func minMaxGrad(e *emitter, n *node) []string {
 	if len(n.Input) == 1 {
-		return []string{n.g()}
+		return only(n, n.g())
 	}
 	y := n.y(0)
 	masks := make([]string, len(n.Input))
@@ -227,9 +240,9 @@ func clipGrad(e *emitter, n *node) []string {
 		}
 	}
 	if in == "" {
-		return []string{g}
+		return only(n, g)
 	}
-	out := []string{e.b.Where(in, g, zero), "", ""}
+	out := only(n, e.b.Where(in, g, zero))
 	if lo != "" {
 		out[1] = e.unb(n, e.b.Where(e.b.Less(x, lo), g, zero), 1)
 	}
@@ -325,7 +338,7 @@ func gemmGrad(e *emitter, n *node) []string {
 	} else {
 		dB = gemm(g, a, 1, tA)
 	}
-	out := []string{dA, dB, ""}
+	out := only(n, dA, dB)
 	if c != "" {
 		gc := g
 		if beta != 1 {
@@ -366,7 +379,7 @@ func reduceGrad(e *emitter, n *node) []string {
 	x, y, g := n.x(0), n.y(0), n.g()
 	axes, keep, reduces := reduceAxes(e, n)
 	if !reduces {
-		return []string{g}
+		return only(n, g)
 	}
 	if !keep {
 		g = e.b.Unsqueeze(g, axes)
@@ -374,12 +387,12 @@ func reduceGrad(e *emitter, n *node) []string {
 	}
 	switch n.GetOpType() {
 	case "ReduceSum":
-		return []string{e.b.Expand(g, e.shapeOf(x))}
+		return only(n, e.b.Expand(g, e.shapeOf(x)))
 	case "ReduceMean":
-		return []string{e.b.Expand(e.b.Div(g, e.count(x, axes, y)), e.shapeOf(x))}
+		return only(n, e.b.Expand(e.b.Div(g, e.count(x, axes, y)), e.shapeOf(x)))
 	}
 	mask := e.b.Cast(e.b.Equal(x, y), e.dtype(x))
-	return []string{e.b.Mul(mask, e.b.Div(g, e.b.ReduceSum(mask, axes, true)))}
+	return only(n, e.b.Mul(mask, e.b.Div(g, e.b.ReduceSum(mask, axes, true))))
 }
 
 // layerNormGrad: Y = (X - μ)·σ⁻¹·scale + bias over the axes from `axis` on,
@@ -404,7 +417,11 @@ func layerNormGrad(e *emitter, n *node) []string {
 	}
 	xc := b.Sub(x, mu)
 	xhat := b.Mul(xc, inv)
-	out := []string{"", "", ""}
+	// Without a gradient of Y, those of scale and bias are zero.
+	out := only(n)
+	for i := 1; i < len(out); i++ {
+		out[i] = zeroGrad
+	}
 	var dx []string
 	if gy := n.gy[0]; gy != "" {
 		ys := e.dims(n.y(0))
@@ -463,7 +480,7 @@ func tileGrad(e *emitter, n *node) []string {
 	for i := range even {
 		even[i] = int64(2 * i)
 	}
-	return []string{b.ReduceSum(view, even, false)}
+	return only(n, b.ReduceSum(view, even, false))
 }
 
 // concatGrad: split g back into the inputs' sizes along the axis.
@@ -487,7 +504,7 @@ func splitGrad(e *emitter, n *node) []string {
 			parts[i] = e.zeros(e.b.Shape(y), e.dtype(y))
 		}
 	}
-	return []string{e.b.Concat(a, parts...)}
+	return only(n, e.b.Concat(a, parts...))
 }
 
 // sliceGrad: put g back where the slice took it from, zeros elsewhere.
@@ -524,7 +541,7 @@ func sliceGrad(e *emitter, n *node) []string {
 			at = append(at, a+int64(r))
 		}
 		pads := b.Op("ScatterElements", []string{b.ConstInt64s(make([]int64, 2*r)), b.ConstInt64s(at), b.Concat(0, s, after)}, onnx.AttrInt("axis", 0))
-		return []string{b.Op("Pad", []string{g, pads, e.scalar(0, x)})}
+		return only(n, b.Op("Pad", []string{g, pads, e.scalar(0, x)}))
 	}
 	steps := e.int64Value(n.x(4))
 	cur := g
@@ -536,7 +553,7 @@ func sliceGrad(e *emitter, n *node) []string {
 		idx := b.Op("Slice", []string{positions, one(starts), one(ends), b.ConstInt64s([]int64{0}), one(steps)})
 		cur = e.scatterAxis(cur, r, a, idx, dim, e.dtype(x), "")
 	}
-	return []string{cur}
+	return only(n, cur)
 }
 
 // scatterAxis writes the slices of cur (rank r) along axis a into zeros
@@ -619,5 +636,9 @@ func dropoutGrad(e *emitter, n *node) []string {
 			fail("Dropout in training mode has no gradient rule; export the model in eval mode")
 		}
 	}
-	return []string{n.g()}
+	out := only(n, n.g())
+	if n.x(1) != "" { // the ratio does not act in inference mode
+		out[1] = zeroGrad
+	}
+	return out
 }

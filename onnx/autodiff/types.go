@@ -35,8 +35,8 @@ func inferTypes(g *onnxpb.GraphProto) map[string]onnx.DataType {
 	}
 	for _, n := range g.GetNode() {
 		in := func(i int) onnx.DataType {
-			if i < len(n.Input) {
-				return types[n.Input[i]]
+			if i < len(n.GetInput()) {
+				return types[n.GetInput()[i]]
 			}
 			return onnx.Undefined
 		}
