@@ -2,6 +2,7 @@ package data
 
 import (
 	"encoding/binary"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -127,7 +128,7 @@ func TestBadInput(t *testing.T) {
 			})
 		}, []string{"snappy.parquet", "row group 2", `"prompt"`, "corrupt page"}},
 		{"missing rejected column", func(t *testing.T) string { return "testdata/bad_no_rejected.parquet" },
-			[]string{"bad_no_rejected.parquet", `missing column "rejected"`, "prompt, chosen, answer", "--columns"}},
+			[]string{"bad_no_rejected.parquet", `missing column "rejected"`, "prompt, chosen, answer"}},
 		{"wrong column type", func(t *testing.T) string { return "testdata/bad_rejected_int.parquet" },
 			[]string{"bad_rejected_int.parquet", `"rejected"`, "int64", "want string"}},
 		{"directory", func(t *testing.T) string {
@@ -156,7 +157,7 @@ func TestBadInput(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "norej.jsonl")
 			os.WriteFile(p, []byte(`{"prompt":"p","chosen":"c","answer":"r"}`+"\n"), 0o644)
 			return p
-		}, []string{"norej.jsonl", `missing column "rejected"`, "--columns"}},
+		}, []string{"norej.jsonl", `missing column "rejected"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -172,6 +173,13 @@ func TestBadInput(t *testing.T) {
 				if !strings.Contains(msg, s) {
 					t.Errorf("error %q does not mention %q", msg, s)
 				}
+			}
+			if strings.Contains(msg, "--") {
+				t.Errorf("error %q names a command-line flag; the library must not", msg)
+			}
+			var mc *MissingColumnsError
+			if strings.Contains(tt.name, "missing rejected") && (!errors.As(err, &mc) || len(mc.Fields) != 1 || mc.Fields[0] != "rejected") {
+				t.Errorf("error %q: want a *MissingColumnsError for field rejected", msg)
 			}
 		})
 	}

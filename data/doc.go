@@ -37,7 +37,10 @@
 //
 // Rows whose prompt, chosen or rejected value is null (or contains a null
 // message or token id) are skipped and reported to the caller as
-// [SkippedRow]s, or are an error with [Options.Strict].
+// [SkippedRow]s, or are a [*RowError] with [Options.Strict]. Empty strings
+// and empty lists are read as they are; encoders that cannot use them report
+// them with the same [SkippedRow] type (see the Reason constants). Error
+// messages name no command-line flag: commands add their own.
 //
 // # Writing
 //

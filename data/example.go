@@ -92,13 +92,14 @@ type Options struct {
 	// Unmapped fields use their canonical name.
 	Columns map[string]string
 
-	// Strict makes a null prompt, chosen or rejected value an error instead
-	// of a skipped row.
+	// Strict makes a null prompt, chosen or rejected value an error (a
+	// [*RowError]) instead of a skipped row.
 	Strict bool
 }
 
-// ParseColumns parses a --columns flag value of the form
+// ParseColumns parses a column mapping of the form
 // "prompt=question,chosen=good,rejected=bad" into an [Options.Columns] map.
+// Its errors name no command-line flag; the caller adds its own.
 func ParseColumns(s string) (map[string]string, error) {
 	m := map[string]string{}
 	if strings.TrimSpace(s) == "" {
@@ -108,13 +109,13 @@ func ParseColumns(s string) (map[string]string, error) {
 		k, v, ok := strings.Cut(kv, "=")
 		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
 		if !ok || k == "" || v == "" {
-			return nil, fmt.Errorf("--columns: %q is not FIELD=COLUMN", kv)
+			return nil, fmt.Errorf("%q is not FIELD=COLUMN", kv)
 		}
 		if !slices.Contains(canonicalFields, k) {
-			return nil, fmt.Errorf("--columns: unknown field %q (fields: %s)", k, strings.Join(canonicalFields, ", "))
+			return nil, fmt.Errorf("unknown field %q (fields: %s)", k, strings.Join(canonicalFields, ", "))
 		}
 		if _, dup := m[k]; dup {
-			return nil, fmt.Errorf("--columns: field %q given twice", k)
+			return nil, fmt.Errorf("field %q given twice", k)
 		}
 		m[k] = v
 	}
@@ -139,15 +140,50 @@ func resolveColumns(o Options) (map[string]string, error) {
 	return names, nil
 }
 
-// SkippedRow is a row left out because a required value was null.
+// Reasons a row is skipped, for [SkippedRow.Reason].
+const (
+	ReasonNull            = "null"                 // a required value is null (or holds a null message or id)
+	ReasonEmptyList       = "empty list"           // a message or token id list is empty
+	ReasonEmptyCompletion = "empty completion"     // a completion is the empty string
+	ReasonNoTokens        = "no completion tokens" // the completion encodes to no token
+)
+
+// SkippedRow is a row left out because a required value cannot be used:
+// this package reports null values (Reason [ReasonNull]); encoders report
+// rows whose content cannot be encoded with the other reasons.
 type SkippedRow struct {
 	Row    int64  // 0-based row index in the file
 	Column string // the file's column, with a message or list index when the null is inside a list, e.g. "chosen[1].content"
+	Reason string // one of the Reason constants; empty reads as ReasonNull
 }
 
-// String formats the skipped row for a warning.
+func (s SkippedRow) reason() string {
+	if s.Reason == "" {
+		return ReasonNull
+	}
+	return s.Reason
+}
+
+// String formats the skipped row for a warning, e.g.
+// `row 99: empty list in column "chosen"`.
 func (s SkippedRow) String() string {
-	return fmt.Sprintf("row %d: null in column %q", s.Row, s.Column)
+	return fmt.Sprintf("row %d: %s in column %q", s.Row, s.reason(), s.Column)
+}
+
+// RowError is the error for a row that would otherwise be skipped, returned
+// (possibly wrapped) in strict mode ([Options.Strict] here, and by encoders
+// that are asked not to skip). It names the file, row and column.
+type RowError struct {
+	Path string
+	Line int // 1-based line of a JSON Lines record; 0 otherwise
+	SkippedRow
+}
+
+func (e *RowError) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("%s: line %d (row %d): %s in key %q", e.Path, e.Line, e.Row, e.reason(), e.Column)
+	}
+	return fmt.Sprintf("%s: %s", e.Path, e.SkippedRow)
 }
 
 // assistantMarker separates turns in Anthropic HH-RLHF transcripts.

@@ -125,7 +125,7 @@ func openJSONL(path string, names map[string]string, strict bool) (*Dataset, err
 		ex, skip := p.build(int64(i), func(f string) *cell { return cells[f] })
 		if skip != nil {
 			if strict && jd.err == nil {
-				jd.err = fmt.Errorf("read %s: line %d (row %d): null in key %q (strict mode; without --strict such rows are skipped)", path, r.line, i, skip.Column)
+				jd.err = fmt.Errorf("read %w", &RowError{Path: path, Line: r.line, SkippedRow: *skip})
 			}
 			jd.skipped = append(jd.skipped, *skip)
 			continue

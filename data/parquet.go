@@ -622,7 +622,7 @@ func (d *Dataset) assemble(first int64, n int, cells map[string][]cell) ([]Examp
 		ex, skip := d.plan.build(row, func(f string) *cell { return &cells[f][r] })
 		if skip != nil {
 			if d.strict {
-				return nil, nil, fmt.Errorf("read %s: row %d: null in column %q (strict mode; without --strict such rows are skipped)", d.Path, row, skip.Column)
+				return nil, nil, fmt.Errorf("read %w", &RowError{Path: d.Path, SkippedRow: *skip})
 			}
 			skipped = append(skipped, *skip)
 			continue

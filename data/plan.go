@@ -64,6 +64,23 @@ func describeColumn(names map[string]string, field string) string {
 	return fmt.Sprintf("%q", field)
 }
 
+// MissingColumnsError is returned (wrapped) by [Open] when a column the
+// layout needs is absent. Fields lists the canonical fields without a column,
+// so a caller can suggest a mapping ([Options.Columns]).
+type MissingColumnsError struct {
+	Fields    []string
+	described []string // the columns looked for, as messages name them
+	columns   []string // the file's columns
+}
+
+func (e *MissingColumnsError) Error() string {
+	word := "column"
+	if len(e.described) > 1 {
+		word = "columns"
+	}
+	return fmt.Sprintf("missing %s %s (columns: %s)", word, strings.Join(e.described, ", "), strings.Join(e.columns, ", "))
+}
+
 // detectLayout chooses the layout from the kinds of the columns present.
 // kindOf returns the kind of a column name and whether it exists; a non-nil
 // error means the column exists with a type no field accepts. columns lists
@@ -98,12 +115,7 @@ func detectLayout(names map[string]string, columns []string, kindOf func(field, 
 		if len(miss) == 0 {
 			return nil
 		}
-		word := "column"
-		if len(miss) > 1 {
-			word = "columns"
-		}
-		return fmt.Errorf("missing %s %s (columns: %s); map other names with --columns, e.g. --columns %s=NAME",
-			word, strings.Join(miss, ", "), strings.Join(columns, ", "), missFields[0])
+		return &MissingColumnsError{Fields: missFields, described: miss, columns: columns}
 	}
 	want := func(field string, kinds ...fieldKind) error {
 		k, ok := p.kinds[field]
@@ -203,7 +215,7 @@ func (p *plan) fields() []string {
 func (p *plan) build(row int64, get func(field string) *cell) (Example, *SkippedRow) {
 	for _, f := range p.requiredFields() {
 		if c := get(f); c.null {
-			return Example{}, &SkippedRow{Row: row, Column: p.column(f) + c.nullAt}
+			return Example{}, &SkippedRow{Row: row, Column: p.column(f) + c.nullAt, Reason: ReasonNull}
 		}
 	}
 	ex := Example{Row: row}

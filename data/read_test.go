@@ -1,6 +1,7 @@
 package data
 
 import (
+	"errors"
 	"fmt"
 	"reflect"
 	"strings"
@@ -35,7 +36,7 @@ type want struct {
 
 func (w *want) add(row int, ex Example, nullCol string) {
 	if nullCol != "" {
-		w.skipped = append(w.skipped, SkippedRow{Row: int64(row), Column: nullCol})
+		w.skipped = append(w.skipped, SkippedRow{Row: int64(row), Column: nullCol, Reason: ReasonNull})
 		return
 	}
 	ex.Row = int64(row)
@@ -288,6 +289,10 @@ func TestStrictNull(t *testing.T) {
 				t.Errorf("error %q does not mention %s", err, s)
 			}
 		}
+		var re *RowError
+		if !errors.As(err, &re) || re.Path != f || re.Row != 3 || re.Column != "chosen" || re.Reason != ReasonNull || strings.Contains(err.Error(), "--") {
+			t.Errorf("%s: error %q: want a *RowError for row 3, column chosen, naming no flag", f, err)
+		}
 	}
 }
 
@@ -313,8 +318,9 @@ func TestColumnMapping(t *testing.T) {
 	}
 
 	for _, bad := range []string{"prompt", "foo=bar", "prompt=a,prompt=b", "=x"} {
-		if _, err := ParseColumns(bad); err == nil || !strings.Contains(err.Error(), "--columns") {
-			t.Errorf("ParseColumns(%q) = %v, want a --columns error", bad, err)
+		// The library names no flag: the command adds "--columns: " once.
+		if _, err := ParseColumns(bad); err == nil || strings.Contains(err.Error(), "--") {
+			t.Errorf("ParseColumns(%q) = %v, want an error that names no flag", bad, err)
 		}
 	}
 	_, err = Open("testdata/duckdb_mapped.parquet", Options{Columns: map[string]string{"prompt": "question", "chosen": "good", "rejected": "nope"}})
@@ -366,5 +372,54 @@ func TestSplitConversation(t *testing.T) {
 		if !reflect.DeepEqual(p, tt.wp) || !reflect.DeepEqual(c, tt.wc) || !reflect.DeepEqual(r, tt.wr) {
 			t.Errorf("%s: got %v %v %v, want %v %v %v", tt.name, p, c, r, tt.wp, tt.wc, tt.wr)
 		}
+	}
+}
+
+// TestReadEmptyLists reads UltraFeedback-style files (DuckDB: list elements
+// "element"; arrow-rs: "item") whose chosen or rejected is an empty list, not
+// a null: the reader keeps those rows (encoders skip them), and reads every
+// other row as the formulas say.
+func TestReadEmptyLists(t *testing.T) {
+	const n = 120
+	full := wantUltraFeedback(n)
+	for _, f := range []string{"duckdb_ultrafeedback_empty.parquet", "arrow_ultrafeedback_empty.parquet"} {
+		t.Run(f, func(t *testing.T) {
+			d, err := Open("testdata/"+f, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			if d.Layout != Conversational || d.NumRows != n {
+				t.Fatalf("layout %v, %d rows", d.Layout, d.NumRows)
+			}
+			got, skipped, err := d.ReadAll()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(skipped, full.skipped) || len(got) != len(full.examples) {
+				t.Fatalf("%d examples, skipped %v; want %d, %v", len(got), skipped, len(full.examples), full.skipped)
+			}
+			for i, g := range got {
+				e := full.examples[i]
+				switch g.Row {
+				case 99:
+					if len(g.ChosenMessages) != 0 || len(g.RejectedMessages) != 4 || g.PromptMessages[0].Content != "Write poem 99" {
+						t.Errorf("row 99: %+v", g)
+					}
+				case 103:
+					if len(g.ChosenMessages) != 2 || len(g.RejectedMessages) != 0 {
+						t.Errorf("row 103: %+v", g)
+					}
+				case 110:
+					if len(g.ChosenMessages) != 0 || len(g.RejectedMessages) != 0 || g.Prompt != "Write poem 110" {
+						t.Errorf("row 110: %+v", g)
+					}
+				default:
+					if !reflect.DeepEqual(g, e) {
+						t.Fatalf("row %d:\n got %+v\nwant %+v", g.Row, g, e)
+					}
+				}
+			}
+		})
 	}
 }

@@ -115,7 +115,7 @@ func TestWriteListsReadBack(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d.Layout != Conversational || len(exs) != 3 || !reflect.DeepEqual(skipped, []SkippedRow{{3, "prompt"}}) {
+		if d.Layout != Conversational || len(exs) != 3 || !reflect.DeepEqual(skipped, []SkippedRow{{Row: 3, Column: "prompt", Reason: ReasonNull}}) {
 			t.Fatalf("%s: layout %v, %d examples, skipped %v", ext, d.Layout, len(exs), skipped)
 		}
 		want := []Example{
@@ -140,7 +140,7 @@ func TestWriteListsReadBack(t *testing.T) {
 	}
 	exs, skipped, err := d.ReadAll()
 	d.Close()
-	if err != nil || d.Layout != Tokenized || len(exs) != 1 || len(skipped) != 1 || skipped[0] != (SkippedRow{1, "chosen_input_ids"}) ||
+	if err != nil || d.Layout != Tokenized || len(exs) != 1 || len(skipped) != 1 || skipped[0] != (SkippedRow{Row: 1, Column: "chosen_input_ids", Reason: ReasonNull}) ||
 		!reflect.DeepEqual(exs[0].RejectedIDs, []int64{math.MinInt64, math.MaxInt64}) || len(exs[0].ChosenIDs) != 0 {
 		t.Fatalf("tokenized round trip: %+v %v %v", exs, skipped, err)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 
@@ -24,6 +25,9 @@ func (d *dataFlags) validate() error {
 	if d.truncation != tokenize.KeepStart && d.truncation != tokenize.KeepEnd {
 		return fmt.Errorf("--truncation must be keep_start or keep_end, got %q", d.truncation)
 	}
+	if _, err := data.ParseColumns(d.columns); err != nil {
+		return fmt.Errorf("--columns: %w", err)
+	}
 	return nil
 }
 
@@ -31,18 +35,46 @@ func (d *dataFlags) validate() error {
 type loadedPairs struct {
 	layout   data.Layout
 	examples []data.Example
-	skipped  []data.SkippedRow
-	pairs    []pipeline.EncodedPair
-	stats    pipeline.EncodeStats
+	// skipped are the rows left out: by the reader (null values; not in examples) and by
+	// the encoder (empty lists or completions, no completion token; in examples, not in
+	// pairs). One entry a row.
+	skipped []data.SkippedRow
+	pairs   []pipeline.EncodedPair
+	stats   pipeline.EncodeStats
 }
 
-// openDataset opens a dataset with the --columns and --strict flags.
+// openDataset opens a dataset with the --columns and --strict flags. The library's errors
+// name no flag; this adds the flag names.
 func openDataset(path string, d dataFlags) (*data.Dataset, error) {
 	cols, err := data.ParseColumns(d.columns)
 	if err != nil {
 		return nil, fmt.Errorf("--columns: %w", err)
 	}
-	return data.Open(path, data.Options{Columns: cols, Strict: d.strict})
+	ds, err := data.Open(path, data.Options{Columns: cols, Strict: d.strict})
+	var missing *data.MissingColumnsError
+	if errors.As(err, &missing) {
+		return nil, fmt.Errorf("%w; map other names with --columns, e.g. --columns %s=NAME", err, missing.Fields[0])
+	}
+	return ds, err
+}
+
+// checkEncodable returns the dataset errors that are not about one row (a text layout
+// without --tokenizer, no chat template, no EOS token), so a command can report them
+// before it loads a model.
+func checkEncodable(ds *data.Dataset, tok *tokenize.Tokenizer) error {
+	if ds.Layout != data.Tokenized && tok == nil {
+		return fmt.Errorf("%s: the %s layout holds text; pass --tokenizer tokenizer.json", ds.Path, ds.Layout)
+	}
+	return pipeline.CheckEncodable(ds.Path, ds.Layout, tok)
+}
+
+// strictHint adds the --strict flag to the error of a row that --strict refused.
+func strictHint(err error) error {
+	var re *data.RowError
+	if errors.As(err, &re) {
+		return fmt.Errorf("%w (--strict; without it such rows are skipped with a warning)", err)
+	}
+	return err
 }
 
 // loadPairs opens a dataset, reads the given row groups (all when shards == 1), and
@@ -53,27 +85,37 @@ func loadPairs(path string, d dataFlags, tok *tokenize.Tokenizer, tokPath string
 		return nil, err
 	}
 	defer ds.Close()
-	ex, skipped, err := readShard(ds, shard, shards)
-	if err != nil {
+	if err := checkEncodable(ds, tok); err != nil {
 		return nil, err
 	}
-	return encodeExamples(path, ds.Layout, ex, skipped, d, tok, tokPath, vocab, stderr)
+	ex, skipped, err := readShard(ds, shard, shards)
+	if err != nil {
+		return nil, strictHint(err)
+	}
+	return encodeExamples(ds, ex, skipped, d, tok, tokPath, vocab, stderr)
 }
 
-// encodeExamples warns about skipped rows on stderr and encodes the examples for a model
-// of vocabulary vocab, warning about boundary mismatches and dropped rows.
-func encodeExamples(path string, layout data.Layout, ex []data.Example, skipped []data.SkippedRow, d dataFlags, tok *tokenize.Tokenizer, tokPath string, vocab int64, stderr io.Writer) (*loadedPairs, error) {
-	lp := &loadedPairs{layout: layout, examples: ex, skipped: skipped}
-	for _, s := range skipped {
-		fmt.Fprintf(stderr, "warning: %s: skipped %s\n", path, s)
-	}
+// encodeExamples encodes a dataset's examples for a model of vocabulary vocab. It warns on
+// stderr about each skipped row (the reader's, then the encoder's), boundary mismatches
+// and dropped rows; lp.skipped holds both kinds of skipped rows.
+func encodeExamples(ds *data.Dataset, ex []data.Example, skipped []data.SkippedRow, d dataFlags, tok *tokenize.Tokenizer, tokPath string, vocab int64, stderr io.Writer) (*loadedPairs, error) {
+	path := ds.Path
+	lp := &loadedPairs{layout: ds.Layout, examples: ex}
 	if err := pipeline.CheckTokenizerFits(tok, vocab); err != nil {
 		return nil, fmt.Errorf("--tokenizer %s: %w", tokPath, err)
 	}
-	var err error
-	lp.pairs, lp.stats, err = pipeline.EncodePairs(path, layout, ex, tok, pipeline.EncodeConfig{MaxLength: d.maxLength, Truncation: d.truncation}, vocab)
-	if err != nil {
+	if err := checkEncodable(ds, tok); err != nil {
 		return nil, err
+	}
+	cfg := pipeline.EncodeConfig{MaxLength: d.maxLength, Truncation: d.truncation, Strict: d.strict, Columns: ds.Columns}
+	var err error
+	lp.pairs, lp.stats, err = pipeline.EncodePairs(path, ds.Layout, ex, tok, cfg, vocab)
+	if err != nil {
+		return nil, strictHint(err)
+	}
+	lp.skipped = append(append(lp.skipped, skipped...), lp.stats.Skipped...)
+	for _, s := range lp.skipped {
+		fmt.Fprintf(stderr, "warning: %s: skipped %s\n", path, s)
 	}
 	if n := lp.stats.BoundaryMismatches; n > 0 {
 		fmt.Fprintf(stderr, "warning: %s: %d pairs: the prompt's tokens are not a prefix of prompt+completion's tokens (the boundary was kept at the prompt's length, as TRL does)\n", path, n)
@@ -130,5 +172,5 @@ func addDataFlags(f interface {
 	f.StringVar(&d.columns, "columns", "", "column mapping, e.g. prompt=question,chosen=good,rejected=bad")
 	f.IntVar(&d.maxLength, "max-length", 1024, "maximum tokens of prompt+completion (0 = no limit)")
 	f.StringVar(&d.truncation, "truncation", "keep_end", "how to truncate long sequences: keep_start or keep_end")
-	f.BoolVar(&d.strict, "strict", false, "fail on rows with null prompt/chosen/rejected instead of skipping them")
+	f.BoolVar(&d.strict, "strict", false, "fail on rows that cannot be used (null or empty values, completions with no token) instead of skipping them")
 }

@@ -23,6 +23,7 @@ type scoreOptions struct {
 	beta                                 float64
 	batchSize                            int
 	shard                                string
+	shardI, shards                       int // parsed --shard
 }
 
 func newScoreCmd(g *globalOptions) *cobra.Command {
@@ -34,8 +35,11 @@ func newScoreCmd(g *globalOptions) *cobra.Command {
 rejected completions under the policy model and, with --ref (or ref_chosen_logps /
 ref_rejected_logps columns in the data), the implicit rewards beta·(policy − reference)
 and their margin, as TRL defines them. One output row per input row, in input order;
-rows that could not be scored (null fields, prompt longer than --max-length) have null
-scores.`,
+rows that could not be scored have null scores: rows skipped because a value is null or
+empty (an empty message or token id list, an empty completion, a completion with no
+token) — each with a warning naming the file, row and column, and counted in the
+summary; --strict makes them an error instead — and rows whose prompt alone fills
+--max-length.`,
 		Example: `  ortalign score --model policy.onnx --ref ref.onnx --data pairs.parquet \
       --tokenizer tokenizer.json --out scores.parquet
   ortalign score --model model.onnx --data tokenized.parquet --out scores.jsonl --shard 0/4`,
@@ -73,7 +77,9 @@ func (o *scoreOptions) validate() error {
 	if !strings.HasSuffix(o.out, ".parquet") && !strings.HasSuffix(o.out, ".jsonl") {
 		return fmt.Errorf("--out %s: use a .parquet or .jsonl file name", o.out)
 	}
-	return nil
+	var err error
+	o.shardI, o.shards, err = parseShard(o.shard)
+	return err
 }
 
 // parseShard reads "i/N".
@@ -95,15 +101,22 @@ func parseShard(s string) (i, n int, err error) {
 }
 
 func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) error {
+	// Everything that can fail without a model fails first: the flags, the tokenizer, the
+	// dataset's schema and what encoding it needs; then ONNX Runtime and the models.
 	if err := o.validate(); err != nil {
 		return err
 	}
-	shard, shards, err := parseShard(o.shard)
+	shard, shards := o.shardI, o.shards
+	tok, err := loadTokenizer(o.tokenizer)
 	if err != nil {
 		return err
 	}
-	tok, err := loadTokenizer(o.tokenizer)
+	ds, err := openDataset(o.dataPath, o.dataFlags)
 	if err != nil {
+		return err
+	}
+	defer ds.Close()
+	if err := checkEncodable(ds, tok); err != nil {
 		return err
 	}
 	if err := o.initORT(); err != nil {
@@ -125,11 +138,9 @@ func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) er
 			return fmt.Errorf("--ref %s has vocabulary %d but --model %s has %d", o.ref, ref.VocabSize(), o.model, policy.VocabSize())
 		}
 	}
-	ds, err := openDataset(o.dataPath, o.dataFlags)
-	if err != nil {
-		return err
+	if err := pipeline.CheckTokenizerFits(tok, policy.VocabSize()); err != nil {
+		return fmt.Errorf("--tokenizer %s: %w", o.tokenizer, err)
 	}
-	defer ds.Close()
 	hasRef := ref != nil || (ds.HasField(data.FieldRefChosenLogps) && ds.HasField(data.FieldRefRejectedLogps))
 	w, err := newScoreWriter(o.out, ds.Layout, hasRef)
 	if err != nil {
@@ -138,6 +149,7 @@ func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) er
 	defer w.abort()
 	// Stream the file: a window of row groups at a time is read, encoded, scored (batched
 	// by length within the window) and written in file order, so memory stays bounded.
+	// Skipped and dropped rows are written too, with null scores.
 	progress := pipeline.NewProgress(stderr, "score", "pairs")
 	progress.Start(int(ds.NumRows) / shards)
 	var sum pipeline.ScoreSummary
@@ -149,11 +161,11 @@ func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) er
 		for len(groups) > 0 && len(ex) < scoreWindow {
 			e, s, err := ds.ReadRowGroup(groups[0])
 			if err != nil {
-				return err
+				return strictHint(err)
 			}
 			ex, skip, groups = append(ex, e...), append(skip, s...), groups[1:]
 		}
-		lp, err := encodeExamples(o.dataPath, ds.Layout, ex, skip, o.dataFlags, tok, o.tokenizer, policy.VocabSize(), stderr)
+		lp, err := encodeExamples(ds, ex, skip, o.dataFlags, tok, o.tokenizer, policy.VocabSize(), stderr)
 		if err != nil {
 			return err
 		}
@@ -173,7 +185,7 @@ func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) er
 	}
 	sum.HasRef = sum.HasRef && hasRef
 	fmt.Fprintf(stdout, "scored %d pairs from %s (%s layout) -> %s\n", sum.Pairs, o.dataPath, ds.Layout, o.out)
-	fmt.Fprintf(stdout, "  skipped (null fields): %d, dropped (prompt > max length): %d, truncated: %d\n", skipped, dropped, truncated)
+	fmt.Fprintf(stdout, "  skipped %d rows (null or empty values; see the warnings), dropped %d (prompt fills --max-length), truncated %d\n", skipped, dropped, truncated)
 	if sum.HasRef {
 		fmt.Fprintf(stdout, "  reward accuracy: %.1f%%   mean margin: %.4f   (beta %g)\n", 100*sum.RewardAccuracy, sum.MeanMargin, o.beta)
 	} else {
@@ -231,7 +243,9 @@ func newScoreWriter(path string, layout data.Layout, hasRef bool) (*scoreWriter,
 	return &scoreWriter{path: path, layout: layout, hasRef: hasRef, ncols: len(cols), w: w}, nil
 }
 
-// write appends the rows of one window: its examples and skipped rows, in row order.
+// write appends the rows of one window in row order: its examples (with scores where they
+// were encoded and scored, null scores where the encoder skipped or dropped them) and the
+// rows the reader skipped (null values, written as nulls).
 func (sw *scoreWriter) write(lp *loadedPairs, scores []pipeline.PairScore) error {
 	byRow := map[int64]int{} // file row -> index in scores
 	for i, p := range lp.pairs {
@@ -242,10 +256,11 @@ func (sw *scoreWriter) write(lp *loadedPairs, scores []pipeline.PairScore) error
 		ex  *data.Example
 	}
 	rows := make([]outRow, 0, len(lp.examples)+len(lp.skipped))
+	seen := map[int64]bool{}
 	for i := range lp.examples {
 		rows = append(rows, outRow{row: lp.examples[i].Row, ex: &lp.examples[i]})
+		seen[lp.examples[i].Row] = true
 	}
-	seen := map[int64]bool{}
 	for _, s := range lp.skipped {
 		if !seen[s.Row] {
 			seen[s.Row] = true

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -69,7 +70,7 @@ func TestScoreWritesOneRowPerInputInOrder(t *testing.T) {
 	if err := runScore(context.Background(), o, &stdout, &stderr); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(stdout.String(), "skipped (null fields): 1") || !strings.Contains(stdout.String(), "reward accuracy") {
+	if !strings.Contains(stdout.String(), "skipped 1 rows") || !strings.Contains(stdout.String(), "reward accuracy") {
 		t.Fatalf("summary: %s", stdout.String())
 	}
 	if !strings.Contains(stderr.String(), "row 1") {
@@ -99,8 +100,8 @@ func TestScoreStrictFailsOnNull(t *testing.T) {
 	o := scoreOpts(in, out)
 	o.strict = true
 	err := runScore(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{})
-	if err == nil || !strings.Contains(err.Error(), "rejected") || !strings.Contains(err.Error(), "row 0") {
-		t.Fatalf("want an error naming row 0 and column rejected, got %v", err)
+	if err == nil || !strings.Contains(err.Error(), "rejected") || !strings.Contains(err.Error(), "row 0") || strings.Count(err.Error(), "--strict") != 1 {
+		t.Fatalf("want an error naming row 0, column rejected and --strict once, got %v", err)
 	}
 	assertNoFile(t, out)
 }
@@ -155,7 +156,7 @@ func TestScoreBadInput(t *testing.T) {
 		{"truncated", write("trunc.parquet", good[:len(good)/2]), "", []string{"trunc.parquet"}},
 		{"corrupt footer", write("footer.parquet", corruptFooter), "", []string{"footer.parquet"}},
 		{"corrupt page", write("page.parquet", corruptPage), "", []string{"page.parquet"}},
-		{"missing rejected", noRejected, "", []string{"norejected.parquet", "rejected"}},
+		{"missing rejected", noRejected, "", []string{"norejected.parquet", "rejected", "--columns rejected=NAME"}},
 		{"ids beyond vocabulary", bigIDs, "", []string{"bigids.parquet", "row 1", "9000"}},
 		{"model without logits", tinyData, noLogits, []string{"nologits.onnx", "logits"}},
 	}
@@ -223,9 +224,10 @@ func TestMissingORTLibrary(t *testing.T) {
 	assertNoFile(t, out)
 }
 
-// TestScoreConversational scores UltraFeedback-style message lists through a chat
-// template and writes them back as message lists, so the output is again a valid input.
-func TestScoreConversational(t *testing.T) {
+// chatTokenizer writes the test tokenizer with a chat template into a temporary directory
+// and returns its tokenizer.json.
+func chatTokenizer(t *testing.T) string {
+	t.Helper()
 	dir := t.TempDir()
 	tokJSON, err := os.ReadFile(tinyTok)
 	if err != nil {
@@ -234,9 +236,15 @@ func TestScoreConversational(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "tokenizer.json"), tokJSON, 0o644)
 	cfg := `{"eos_token": "<|endoftext|>", "pad_token": "<|pad|>", "chat_template": "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|endoftext|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"}`
 	os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), []byte(cfg), 0o644)
+	return filepath.Join(dir, "tokenizer.json")
+}
+
+// TestScoreConversational scores UltraFeedback-style message lists through a chat
+// template and writes them back as message lists, so the output is again a valid input.
+func TestScoreConversational(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "scores.parquet")
 	o := scoreOpts("../../data/testdata/arrow_conversational.parquet", out)
-	o.tokenizer = filepath.Join(dir, "tokenizer.json")
+	o.tokenizer = chatTokenizer(t)
 	o.maxLength = 0
 	var stdout bytes.Buffer
 	if err := runScore(context.Background(), o, &stdout, &bytes.Buffer{}); err != nil {
@@ -303,5 +311,172 @@ func TestScoreStreamsInWindowsAndShards(t *testing.T) {
 	a, b := run(1, "0/2"), run(1, "1/2")
 	if len(a)+len(b) != len(whole) || len(a) == 0 || len(b) == 0 {
 		t.Fatalf("shards have %d + %d rows, the file %d", len(a), len(b), len(whole))
+	}
+}
+
+// writeConversation writes an UltraFeedback-style conversational Parquet file of n rows
+// whose chosen list is empty (not null) at the rows in empty.
+func writeConversation(t *testing.T, n int, empty ...int) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "conv.parquet")
+	cols := []data.Column{{Name: "prompt", Kind: data.Messages}, {Name: "chosen", Kind: data.Messages}, {Name: "rejected", Kind: data.Messages}}
+	var rows [][]any
+	for i := range n {
+		prompt := []data.Message{{Role: "user", Content: fmt.Sprintf("Write poem %d", i)}}
+		chosen := []data.Message{{Role: "assistant", Content: fmt.Sprintf("good poem %d", i)}}
+		for _, e := range empty {
+			if i == e {
+				chosen = []data.Message{}
+			}
+		}
+		rows = append(rows, []any{prompt, chosen, []data.Message{{Role: "assistant", Content: fmt.Sprintf("bad %d", i)}}})
+	}
+	if err := data.WriteFile(p, cols, rows); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// readJSONL reads score's JSONL output, one map a row.
+func readJSONL(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		rows = append(rows, m)
+	}
+	return rows
+}
+
+// TestScoreSkipsEmptyLists: one row whose chosen is an empty list (row 99) does not stop
+// the run: it is skipped with a warning naming the file, row and column, counted in the
+// summary, and written with null scores (one output row per input row); with --strict it
+// is an error naming the row and column. The files of other writers (DuckDB, arrow-rs)
+// with empty lists and a null are scored the same way.
+func TestScoreSkipsEmptyLists(t *testing.T) {
+	tok := chatTokenizer(t)
+	in := writeConversation(t, 120, 99)
+	for _, ext := range []string{".jsonl", ".parquet"} {
+		out := filepath.Join(t.TempDir(), "scores"+ext)
+		o := scoreOpts(in, out)
+		o.tokenizer = tok
+		var stdout, stderr bytes.Buffer
+		if err := runScore(context.Background(), o, &stdout, &stderr); err != nil {
+			t.Fatalf("%s: %v", ext, err)
+		}
+		if !strings.Contains(stdout.String(), "scored 119 pairs") || !strings.Contains(stdout.String(), "skipped 1 rows") {
+			t.Errorf("summary: %s", stdout.String())
+		}
+		if want := in + `: skipped row 99: empty list in column "chosen"`; !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr %q lacks %q", stderr.String(), want)
+		}
+		if ext == ".parquet" {
+			d, err := data.Open(out, data.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ex, skipped, err := d.ReadAll()
+			d.Close()
+			if err != nil || d.NumRows != 120 || len(ex) != 120 || len(skipped) != 0 || ex[99].Row != 99 || len(ex[99].ChosenMessages) != 0 {
+				t.Fatalf("parquet output: %d rows, %d examples, skipped %v, err %v", d.NumRows, len(ex), skipped, err)
+			}
+			continue
+		}
+		rows := readJSONL(t, out)
+		if len(rows) != 120 {
+			t.Fatalf("%d output rows, want 120", len(rows))
+		}
+		for i, r := range rows {
+			null := r["chosen_logps"] == nil || r["rejected_logps"] == nil || r["chosen_tokens"] == nil
+			if null != (i == 99) {
+				t.Errorf("row %d: chosen_logps %v rejected_logps %v (want null only at row 99)", i, r["chosen_logps"], r["rejected_logps"])
+			}
+		}
+		if p, ok := rows[99]["prompt"].([]any); !ok || len(p) != 1 {
+			t.Errorf("row 99 keeps its input: %v", rows[99])
+		}
+	}
+
+	t.Run("strict", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "scores.parquet")
+		o := scoreOpts(in, out)
+		o.tokenizer, o.strict = tok, true
+		err := runScore(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), in) || !strings.Contains(err.Error(), "row 99") || !strings.Contains(err.Error(), `"chosen"`) || strings.Count(err.Error(), "--strict") != 1 {
+			t.Fatalf("want an error naming the file, row 99, column chosen and --strict, got %v", err)
+		}
+		assertNoFile(t, out)
+	})
+
+	for _, f := range []string{"duckdb_ultrafeedback_empty.parquet", "arrow_ultrafeedback_empty.parquet"} {
+		t.Run(f, func(t *testing.T) {
+			defer func(w int) { scoreWindow = w }(scoreWindow)
+			scoreWindow = 40 // several windows
+			out := filepath.Join(t.TempDir(), "scores.jsonl")
+			o := scoreOpts("../../data/testdata/"+f, out)
+			o.tokenizer = tok
+			var stdout, stderr bytes.Buffer
+			if err := runScore(context.Background(), o, &stdout, &stderr); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(stdout.String(), "scored 116 pairs") || !strings.Contains(stdout.String(), "skipped 4 rows") {
+				t.Errorf("summary: %s", stdout.String())
+			}
+			for _, w := range []string{`row 17: null in column "rejected"`, `row 99: empty list in column "chosen"`, `row 103: empty list in column "rejected"`, `row 110: empty list in column "chosen"`} {
+				if !strings.Contains(stderr.String(), w) {
+					t.Errorf("stderr lacks %q", w)
+				}
+			}
+			rows := readJSONL(t, out)
+			if len(rows) != 120 {
+				t.Fatalf("%d output rows, want 120", len(rows))
+			}
+			for i, r := range rows {
+				if null := r["chosen_logps"] == nil; null != (i == 17 || i == 99 || i == 103 || i == 110) {
+					t.Errorf("row %d: chosen_logps %v", i, r["chosen_logps"])
+				}
+			}
+		})
+	}
+}
+
+// TestScoreFlagErrorsComeFirst: bad flags, a bad --columns mapping and a text dataset
+// without --tokenizer fail before ONNX Runtime or a model is loaded (the model here does
+// not exist), and library errors get the flag name once.
+func TestScoreFlagErrorsComeFirst(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		set  func(*scoreOptions)
+		want string
+	}{
+		{"shard", func(o *scoreOptions) { o.shard = "3/2" }, "--shard"},
+		{"columns syntax", func(o *scoreOptions) { o.columns = "prompt" }, "--columns: "},
+		{"columns field", func(o *scoreOptions) { o.columns = "nope=x" }, "--columns: "},
+		{"columns missing", func(o *scoreOptions) { o.columns = "rejected=nope" }, `"nope"`},
+		{"out suffix", func(o *scoreOptions) { o.out = "scores.csv" }, "--out"},
+		{"no tokenizer", func(o *scoreOptions) { o.tokenizer = "" }, "pass --tokenizer"},
+		{"no chat template", func(o *scoreOptions) { o.dataPath = "../../data/testdata/arrow_conversational.parquet" }, "chat template"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o := scoreOpts(tinyData, filepath.Join(t.TempDir(), "out.parquet"))
+			o.model = "/nonexistent/model.onnx"
+			c.set(o)
+			err := runScore(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{})
+			if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "model.onnx") {
+				t.Fatalf("want an error mentioning %q before the model is loaded, got %v", c.want, err)
+			}
+			for _, flag := range []string{"--columns", "--tokenizer", "--strict"} {
+				if strings.Count(err.Error(), flag) > 1 {
+					t.Errorf("%s named twice: %v", flag, err)
+				}
+			}
+		})
 	}
 }

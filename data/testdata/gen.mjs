@@ -80,6 +80,17 @@ function ufRow(i) {
   return { prompt, chosen, rejected, score_chosen: 8 + (i % 3), score_rejected: 2.5 };
 }
 
+// conversational with unusable rows: empty (not null) message lists, which
+// readers keep as rows and encoders skip; row 17's null rejected stays.
+const UF_EMPTY_ROWS = 120;
+function ufEmptyRow(i) {
+  const r = ufRow(i);
+  if (i === 99) r.chosen = [];
+  if (i === 103) r.rejected = [];
+  if (i === 110) r.chosen = r.rejected = [];
+  return r;
+}
+
 // conversational with a message-list prompt
 function convRow(i) {
   return {
@@ -139,6 +150,9 @@ await duck("duckdb_hh.parquet", range(50, hhRow), { chosen: "VARCHAR", rejected:
 await duck("duckdb_ultrafeedback.parquet", range(40, ufRow),
   { prompt: "VARCHAR", chosen: msg, rejected: msg, score_chosen: "DOUBLE", score_rejected: "DOUBLE" },
   "COMPRESSION snappy");
+await duck("duckdb_ultrafeedback_empty.parquet", range(UF_EMPTY_ROWS, ufEmptyRow),
+  { prompt: "VARCHAR", chosen: msg, rejected: msg, score_chosen: "DOUBLE", score_rejected: "DOUBLE" },
+  "COMPRESSION snappy, ROW_GROUP_SIZE 2048");
 await duck("duckdb_tokenized_int32.parquet", range(30, tokRow),
   { prompt_input_ids: "INTEGER[]", chosen_input_ids: "INTEGER[]", rejected_input_ids: "INTEGER[]",
     ref_chosen_logps: "DOUBLE", ref_rejected_logps: "DOUBLE" },
@@ -202,6 +216,14 @@ writeArrow("arrow_standard_uncompressed.parquet", stdTable(120),
     rejected: vec(rows, "rejected", msgList),
     score_chosen: vec(rows, "score_chosen", new arrow.Float64()),
   }), props({ compression: pq.Compression.ZSTD, dictionary: true, v2: true, rowGroup: 16 }));
+}
+{
+  const rows = range(UF_EMPTY_ROWS, ufEmptyRow);
+  writeArrow("arrow_ultrafeedback_empty.parquet", new arrow.Table({
+    prompt: vec(rows, "prompt", utf8),
+    chosen: vec(rows, "chosen", msgList),
+    rejected: vec(rows, "rejected", msgList),
+  }), props({ compression: pq.Compression.ZSTD, dictionary: true, v2: true, rowGroup: 50 }));
 }
 {
   const rows = range(12, convRow);
