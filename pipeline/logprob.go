@@ -49,45 +49,170 @@ func AppendLogProbHead(m *onnx.Model) (string, error) {
 }
 
 func appendLogProbHead(m *onnx.Model, allowSparse bool) (string, error) {
+	out, err := AppendLogProbHeadWith(m, HeadOptions{Dense: !allowSparse})
+	return out.SequenceLogps, err
+}
+
+// Optional outputs of the log-prob head (HeadOptions).
+const (
+	// TokenLogpsOutput is float32 [batch, seq]: at a completion position t (t >= 1),
+	// log softmax(logits[t-1])[input_ids[t]]; 0 at every other position. Its sum over a
+	// row is the row's sequence_logps.
+	TokenLogpsOutput = "token_logps"
+	// TokenCorrectOutput is float32 [batch]: the number of the row's completion tokens t
+	// (t >= 1) for which argmax(logits[t-1]) == input_ids[t] (the first index on ties, as
+	// torch.argmax). It is not differentiable: SFT's mean_token_accuracy is its sum over
+	// rows divided by the number of completion tokens.
+	TokenCorrectOutput = "token_correct"
+	// TokenWPOLogpsOutput is float32 [batch, seq]: at a completion position t,
+	// token_logps[t] − log Σ_v p_v², with p = softmax(logits[t-1]): the per-token
+	// log-prob of WPO (TRL's use_weighting, Eq. 2 of the WPO paper), whose mean over a
+	// row's completion tokens is the log of its weight; 0 at every other position.
+	TokenWPOLogpsOutput = "token_wpo_logps"
+)
+
+// HeadOptions selects the log-prob head's optional outputs and path.
+type HeadOptions struct {
+	TokenLogps    bool // add TokenLogpsOutput
+	TokenCorrect  bool // add TokenCorrectOutput
+	TokenWPOLogps bool // add TokenWPOLogpsOutput
+	// Dense computes the full [batch, seq, vocab] logits even when the model's final
+	// projection is recognised (the sparse path projects completion positions only).
+	Dense bool
+}
+
+// HeadOutputs names the outputs AppendLogProbHeadWith added; an optional one not asked
+// for is "".
+type HeadOutputs struct {
+	SequenceLogps, VocabSize                string
+	TokenLogps, TokenCorrect, TokenWPOLogps string
+	// Sparse reports whether the head projects completion positions only.
+	Sparse bool
+}
+
+// AppendLogProbHeadWith is AppendLogProbHead with optional per-token outputs: every
+// output of AppendLogProbHead (sequence_logps, the vocabulary size) plus those o asks
+// for. With the zero HeadOptions it builds exactly AppendLogProbHead's graph.
+func AppendLogProbHeadWith(m *onnx.Model, o HeadOptions) (HeadOutputs, error) {
 	g := m.Graph()
 	if onnx.Output(g, logitsOutput) == nil {
-		return "", fmt.Errorf("model has no output %q (outputs: %s); a causal LM must output logits [batch, seq, vocab]",
+		return HeadOutputs{}, fmt.Errorf("model has no output %q (outputs: %s); a causal LM must output logits [batch, seq, vocab]",
 			logitsOutput, strings.Join(valueNames(g.GetOutput()), ", "))
 	}
 	if onnx.Input(g, inputIDs) == nil {
-		return "", fmt.Errorf("model has no input %q (inputs: %s)", inputIDs, strings.Join(valueNames(g.GetInput()), ", "))
+		return HeadOutputs{}, fmt.Errorf("model has no input %q (inputs: %s)", inputIDs, strings.Join(valueNames(g.GetInput()), ", "))
 	}
 	if err := onnx.AddInput(g, CompletionMaskInput, onnx.Float, []onnx.Dim{onnx.DimParam("batch"), onnx.DimParam("sequence")}); err != nil {
-		return "", err
+		return HeadOutputs{}, err
 	}
 	b := onnx.NewBuilder(g, m.Opset(""), "ortalign_logp")
 	logitsType, _, _ := onnx.TensorType(onnx.Output(g, logitsOutput))
-	var seqLogps, vocab string
-	if head, ok := findLMHead(g); ok && allowSparse {
-		seqLogps, vocab = sparseSequenceLogps(b, head, logitsType, inputIDs, CompletionMaskInput)
+	var h headValues
+	head, sparse := findLMHead(g)
+	sparse = sparse && !o.Dense
+	if sparse {
+		h = sparseSequenceLogps(b, head, logitsType, inputIDs, CompletionMaskInput)
 	} else {
 		logits := logitsOutput
 		if logitsType != onnx.Float {
 			logits = b.Cast(logits, onnx.Float)
 		}
-		seqLogps = sequenceLogps(b, logits, inputIDs, CompletionMaskInput)
-		vocab = b.Slice(b.Shape(logitsOutput), []int64{2}, []int64{3}, []int64{0}, nil)
+		h = denseSequenceLogps(b, logits, inputIDs, CompletionMaskInput)
+		h.vocab = b.Slice(b.Shape(logitsOutput), []int64{2}, []int64{3}, []int64{0}, nil)
+	}
+	// The optional values, built after the default ones so that the default graph is
+	// unchanged.
+	type extra struct {
+		name, value string
+		dims        []onnx.Dim
+	}
+	var extras []extra
+	batchSeq := []onnx.Dim{onnx.DimParam("batch"), onnx.DimParam("sequence")}
+	if o.TokenLogps {
+		extras = append(extras, extra{TokenLogpsOutput, h.perPosition(b, h.tok), batchSeq})
+	}
+	if o.TokenCorrect {
+		extras = append(extras, extra{TokenCorrectOutput, h.correct(b), []onnx.Dim{onnx.DimParam("batch")}})
+	}
+	if o.TokenWPOLogps {
+		// log Σ_v p_v² = log Σ_v exp(2·log p_v); log p <= 0, so no overflow, and the sum
+		// is at least max p² >= 1/vocab².
+		lse2 := b.Log(b.ReduceSum(b.Exp(b.Mul(b.ConstFloat(2), h.lp)), []int64{h.vocabAxis}, false))
+		extras = append(extras, extra{TokenWPOLogpsOutput, h.perPosition(b, b.Sub(h.tok, lse2)), batchSeq})
 	}
 	var inputs []string
 	for _, in := range g.GetInput() {
 		inputs = append(inputs, in.GetName())
 	}
 	g.Output = nil
-	addIdentity(g, seqLogps, SequenceLogpsOutput)
+	addIdentity(g, h.seqLogps, SequenceLogpsOutput)
 	if err := onnx.AddOutput(g, SequenceLogpsOutput, onnx.Float, []onnx.Dim{onnx.DimParam("batch")}); err != nil {
-		return "", err
+		return HeadOutputs{}, err
 	}
-	addIdentity(g, vocab, VocabSizeOutput)
+	addIdentity(g, h.vocab, VocabSizeOutput)
 	if err := onnx.AddOutput(g, VocabSizeOutput, onnx.Int64, []onnx.Dim{onnx.DimValue(1)}); err != nil {
-		return "", err
+		return HeadOutputs{}, err
+	}
+	res := HeadOutputs{SequenceLogps: SequenceLogpsOutput, VocabSize: VocabSizeOutput, Sparse: sparse}
+	for _, e := range extras {
+		addIdentity(g, e.value, e.name)
+		if err := onnx.AddOutput(g, e.name, onnx.Float, e.dims); err != nil {
+			return HeadOutputs{}, err
+		}
+		switch e.name {
+		case TokenLogpsOutput:
+			res.TokenLogps = e.name
+		case TokenCorrectOutput:
+			res.TokenCorrect = e.name
+		case TokenWPOLogpsOutput:
+			res.TokenWPOLogps = e.name
+		}
 	}
 	onnx.Prune(g, inputs)
-	return SequenceLogpsOutput, nil
+	return res, nil
+}
+
+// headValues are the log-prob head's intermediate values. Sparse path: lp is the
+// [N, vocab] log-softmax of the N positions that predict a completion token, logits
+// their float logits, targets [N] the predicted ids, tok [N] their log-probs, owner the
+// 0/1 [batch, N] matrix of each position's row. Dense path: lp and logits are
+// [batch, seq, vocab], targets [batch, seq] the next ids, tok [batch, seq] the next
+// tokens' log-probs (at the predicting position) and nextMask the shifted completion
+// mask; owner is "".
+type headValues struct {
+	seqLogps, vocab            string
+	logits, lp, targets, tok   string
+	owner, nextMask, ids, mask string
+	vocabAxis                  int64 // the vocabulary axis of logits and lp
+}
+
+// perPosition lays out per-prediction values v (tok's layout) as [batch, seq] at the
+// predicted (target) position t, 0 where t is not a completion position or t = 0.
+func (h headValues) perPosition(b *onnx.Builder, v string) string {
+	if h.owner == "" {
+		// Dense: v is at the predicting position t-1; mask, then shift right by one.
+		return shiftRight(b, b.Mul(v, h.nextMask))
+	}
+	// Sparse: the k-th prediction is the k-th completion position t >= 1 in row-major
+	// order (the k-th non-zero of the mask with column 0 cleared). Other positions read
+	// an appended 0.
+	flat := b.ConstInt64s([]int64{-1})
+	isComp := b.Cast(b.Reshape(shiftRight(b, shiftLeft(b, h.mask)), flat), onnx.Bool)
+	k := b.Sub(b.Op("CumSum", []string{b.Cast(isComp, onnx.Int64), b.ConstScalarInt64(0)}), b.ConstScalarInt64(1))
+	padded := b.Concat(0, v, b.ConstFloats([]float32{0}))
+	idx := b.Where(isComp, k, b.Shape(v))
+	return b.Reshape(b.Gather(padded, idx, 0), b.Shape(h.ids))
+}
+
+// correct counts, per row, the completion predictions whose argmax is the target.
+func (h headValues) correct(b *onnx.Builder) string {
+	if h.owner == "" {
+		pred := b.Op("ArgMax", []string{h.logits}, onnx.AttrInt("axis", 2), onnx.AttrInt("keepdims", 0))
+		hit := b.Mul(b.Cast(b.Equal(pred, h.targets), onnx.Float), h.nextMask)
+		return b.ReduceSum(hit, []int64{1}, false)
+	}
+	pred := b.Op("ArgMax", []string{h.logits}, onnx.AttrInt("axis", 1), onnx.AttrInt("keepdims", 0))
+	return b.MatMul(h.owner, b.Cast(b.Equal(pred, h.targets), onnx.Float))
 }
 
 // lmHead is a causal LM's final projection: logits = hidden · weight (+ bias).
@@ -127,8 +252,9 @@ func findLMHead(g *onnxpb.GraphProto) (lmHead, bool) {
 // sparseSequenceLogps is sequenceLogps computed only at the positions t-1 whose next
 // token t is a completion token: their hidden states are gathered into [N, hidden], the
 // projection and log-softmax run on those N rows, and a 0/1 [batch, N] matrix sums each
-// sequence's N log-probs. Returns the [batch] log-probs and the [1] vocabulary size.
-func sparseSequenceLogps(b *onnx.Builder, head lmHead, logitsType onnx.DataType, ids, mask string) (string, string) {
+// sequence's N log-probs. It returns the [batch] log-probs, the [1] vocabulary size and
+// the intermediate values (headValues).
+func sparseSequenceLogps(b *onnx.Builder, head lmHead, logitsType onnx.DataType, ids, mask string) headValues {
 	flat := b.ConstInt64s([]int64{-1})
 	rows := b.Reshape(b.Op("NonZero", []string{b.Reshape(shiftLeft(b, mask), flat)}), flat) // [N] in batch*seq
 	seqLen := b.Squeeze(b.Slice(b.Shape(ids), []int64{1}, []int64{2}, []int64{0}, nil), []int64{0})
@@ -143,13 +269,17 @@ func sparseSequenceLogps(b *onnx.Builder, head lmHead, logitsType onnx.DataType,
 		logits = b.Cast(logits, onnx.Float)
 	}
 	targets := b.Gather(b.Reshape(shiftLeft(b, ids), flat), rows, 0) // [N]
-	tok := b.Squeeze(b.GatherElements(b.LogSoftmax(logits, -1), b.Unsqueeze(targets, []int64{1}), 1), []int64{1})
+	lp := b.LogSoftmax(logits, -1)
+	tok := b.Squeeze(b.GatherElements(lp, b.Unsqueeze(targets, []int64{1}), 1), []int64{1})
 	rowOf := b.Div(rows, seqLen)
 	one := b.ConstScalarInt64(1)
 	zero := b.ConstScalarInt64(0)
 	owner := b.Cast(b.Equal(b.Unsqueeze(b.Op("Range", []string{zero, batch, one}), []int64{1}), b.Unsqueeze(rowOf, []int64{0})), onnx.Float)
 	vocab := b.Slice(b.Shape(logits), []int64{1}, []int64{2}, []int64{0}, nil)
-	return b.MatMul(owner, tok), vocab
+	return headValues{
+		seqLogps: b.MatMul(owner, tok), vocab: vocab,
+		logits: logits, lp: lp, targets: targets, tok: tok, owner: owner, ids: ids, mask: mask, vocabAxis: 1,
+	}
 }
 
 // sequenceLogps emits sum_t mask[t] * log softmax(logits[t-1])[ids[t]] over t >= 1, and
@@ -158,11 +288,20 @@ func sparseSequenceLogps(b *onnx.Builder, head lmHead, logitsType onnx.DataType,
 // the last position) rather than to the logits, which would cost a copy forward and a
 // pad in the backward pass.
 func sequenceLogps(b *onnx.Builder, logits, ids, mask string) string {
+	return denseSequenceLogps(b, logits, ids, mask).seqLogps
+}
+
+// denseSequenceLogps is sequenceLogps with its intermediate values (headValues; vocab
+// is left to the caller).
+func denseSequenceLogps(b *onnx.Builder, logits, ids, mask string) headValues {
 	next := shiftLeft(b, ids)
 	nextMask := shiftLeft(b, mask)
 	lp := b.LogSoftmax(logits, -1)
 	tok := b.Squeeze(b.GatherElements(lp, b.Unsqueeze(next, []int64{2}), 2), []int64{2})
-	return b.ReduceSum(b.Mul(tok, nextMask), []int64{1}, false)
+	return headValues{
+		seqLogps: b.ReduceSum(b.Mul(tok, nextMask), []int64{1}, false),
+		logits:   logits, lp: lp, targets: next, tok: tok, nextMask: nextMask, ids: ids, mask: mask, vocabAxis: 2,
+	}
 }
 
 // shiftLeft returns x[:, 1:] followed by a column of zeros: [batch, seq] -> [batch, seq].
@@ -171,6 +310,13 @@ func shiftLeft(b *onnx.Builder, x string) string {
 	first := b.Slice(x, []int64{0}, []int64{1}, []int64{1}, nil)
 	zeroCol := b.Sub(first, first)
 	return b.Concat(1, b.Slice(x, []int64{1}, []int64{end}, []int64{1}, nil), zeroCol)
+}
+
+// shiftRight returns a column of zeros followed by x[:, :-1]: [batch, seq] -> [batch, seq].
+func shiftRight(b *onnx.Builder, x string) string {
+	first := b.Slice(x, []int64{0}, []int64{1}, []int64{1}, nil)
+	zeroCol := b.Sub(first, first)
+	return b.Concat(1, zeroCol, b.Slice(x, []int64{0}, []int64{-1}, []int64{1}, nil))
 }
 
 func addIdentity(g *onnxpb.GraphProto, from, to string) {

@@ -2,13 +2,17 @@ package pipeline
 
 import (
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"ortalign/onnx"
+	"ortalign/onnx/ort"
 )
 
 // oracle is testdata/expected/logps.json, written by testdata/gen_expected_logps.py (PyTorch).
@@ -249,5 +253,177 @@ func TestUnsupportedInputIsNamed(t *testing.T) {
 	}
 	if _, err := BuildTrainingGraph(m, GraphConfig{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}}, nil); err == nil || !strings.Contains(err.Error(), "token_type_ids") {
 		t.Fatalf("training: want an error naming token_type_ids, got %v", err)
+	}
+}
+
+// headRun appends the log-prob head with options o to a copy of m and runs it, and the
+// unmodified model for its logits, on rows.
+func headRun(t *testing.T, m *onnx.Model, o HeadOptions, rows []Sequence, pad int64) (HeadOutputs, map[string]*ort.Tensor, *ort.Tensor) {
+	t.Helper()
+	b := BatchInputs(rows, pad)
+	feeds := map[string]*ort.Tensor{inputIDs: b.IDs}
+	if onnx.Input(m.Graph(), attentionMask) != nil {
+		feeds[attentionMask] = b.AttentionMask
+	}
+	if onnx.Input(m.Graph(), positionIDs) != nil {
+		feeds[positionIDs] = b.PositionIDs
+	}
+	plain, err := newModelSession(m, []string{logitsOutput}, ort.Options{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Destroy()
+	logits, err := plain.Run(feeds, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hm := m.Clone()
+	head, err := AppendLogProbHeadWith(hm, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outs := []string{head.SequenceLogps}
+	for _, n := range []string{head.TokenLogps, head.TokenCorrect, head.TokenWPOLogps} {
+		if n != "" {
+			outs = append(outs, n)
+		}
+	}
+	s, err := newModelSession(hm, outs, ort.Options{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Destroy()
+	feeds[CompletionMaskInput] = b.CompletionMask
+	out, err := s.Run(feeds, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return head, out, logits[logitsOutput]
+}
+
+// TestHeadPerTokenOutputs: on the tiny models (opsets 14 and 17), sparse and dense, with
+// a row whose prompt is empty and right padding, token_logps is log softmax(logits[t-1])
+// [ids[t]] at completion positions t >= 1 and 0 elsewhere (computed in Go from the
+// model's logits) and sums to sequence_logps; token_correct is the number of completion
+// positions whose Go argmax is the target; token_wpo_logps is token_logps − log Σ p².
+func TestHeadPerTokenOutputs(t *testing.T) {
+	var o dpoOracle
+	readOracle(t, "../testdata/expected/dpo_grads_llama.json.gz", &o)
+	pairs, _, _ := oracleBatch(&o)
+	rows := PairRows(pairs)
+	rows = append(rows, Sequence{IDs: []int64{5, 9, 13, 2}, CompletionStart: 0}, Sequence{IDs: []int64{7, 7}, CompletionStart: 1})
+	all := HeadOptions{TokenLogps: true, TokenCorrect: true, TokenWPOLogps: true}
+	for _, file := range []string{"gpt2_opset14", "gpt2_tied_opset17", "llama_opset14", "llama_opset17"} {
+		m, err := onnx.Load("../testdata/models/" + file + ".onnx")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The random tiny models rarely predict a token: a greedy continuation (with one
+		// token changed) gives rows with correct predictions.
+		g := greedy(t, m, []int64{3, 1, 4, 1, 5}, 6)
+		g[7] = (g[7] + 1) % 512
+		rows := append(rows, Sequence{IDs: g, CompletionStart: 5})
+		for _, dense := range []bool{false, true} {
+			o := all
+			o.Dense = dense
+			t.Run(fmt.Sprintf("%s/dense=%v", file, dense), func(t *testing.T) {
+				head, out, logits := headRun(t, m, o, rows, 511)
+				if head.Sparse == dense {
+					t.Fatalf("sparse head %v, asked dense %v", head.Sparse, dense)
+				}
+				width, vocab := int(logits.Shape[1]), int(logits.Shape[2])
+				tok, wpo := out[TokenLogpsOutput].F32, out[TokenWPOLogpsOutput].F32
+				if len(tok) != len(rows)*width || len(wpo) != len(rows)*width {
+					t.Fatalf("per-token outputs have %d and %d values, want %d", len(tok), len(wpo), len(rows)*width)
+				}
+				worst, correctTotal := 0.0, 0
+				for i, r := range rows {
+					var sum float64
+					correct := 0
+					for p := 0; p < width; p++ {
+						got, gotW := float64(tok[i*width+p]), float64(wpo[i*width+p])
+						if p == 0 || p < r.CompletionStart || p >= len(r.IDs) {
+							if got != 0 || gotW != 0 {
+								t.Fatalf("row %d position %d (not a predicted completion token): token_logps %g, token_wpo_logps %g, want 0", i, p, got, gotW)
+							}
+							continue
+						}
+						z := logits.F32[(i*width+p-1)*vocab : (i*width+p)*vocab]
+						mx, arg := math.Inf(-1), 0
+						for v, x := range z {
+							if float64(x) > mx {
+								mx, arg = float64(x), v
+							}
+						}
+						var se, se2 float64
+						for _, x := range z {
+							e := math.Exp(float64(x) - mx)
+							se += e
+							se2 += e * e
+						}
+						lse := mx + math.Log(se)
+						want := float64(z[r.IDs[p]]) - lse
+						wantW := want - (math.Log(se2) + 2*mx - 2*lse)
+						worst = max(worst, math.Abs(got-want), math.Abs(gotW-wantW))
+						if math.Abs(got-want) > 1e-4 || math.Abs(gotW-wantW) > 1e-4 {
+							t.Fatalf("row %d position %d: token_logps %.6f (Go %.6f), token_wpo_logps %.6f (Go %.6f)", i, p, got, want, gotW, wantW)
+						}
+						sum += got
+						if int64(arg) == r.IDs[p] {
+							correct++
+						}
+					}
+					if seq := float64(out[SequenceLogpsOutput].F32[i]); math.Abs(sum-seq) > 1e-4*math.Max(1, math.Abs(seq)) {
+						t.Errorf("row %d: token_logps sum %.6f, sequence_logps %.6f", i, sum, seq)
+					}
+					if got := out[TokenCorrectOutput].F32[i]; got != float32(correct) {
+						t.Errorf("row %d: token_correct %g, Go argmax count %d", i, got, correct)
+					}
+					correctTotal += correct
+				}
+				if correctTotal == 0 {
+					t.Fatal("no correct prediction in the batch: token_correct is not exercised")
+				}
+				t.Logf("worst per-token |diff| vs Go %.1e; %d correct predictions", worst, correctTotal)
+			})
+		}
+	}
+}
+
+// greedy extends prompt by n tokens, each the argmax of the model's next-token logits.
+func greedy(t *testing.T, m *onnx.Model, prompt []int64, n int) []int64 {
+	t.Helper()
+	ids := append([]int64(nil), prompt...)
+	for range n {
+		_, _, logits := headRun(t, m, HeadOptions{}, []Sequence{{IDs: ids, CompletionStart: 1}}, 0)
+		vocab := int(logits.Shape[2])
+		z := logits.F32[(len(ids)-1)*vocab:]
+		arg := 0
+		for v, x := range z {
+			if x > z[arg] {
+				arg = v
+			}
+		}
+		ids = append(ids, int64(arg))
+	}
+	return ids
+}
+
+// TestHeadDefaultsUnchanged: AppendLogProbHeadWith with no options builds
+// AppendLogProbHead's graph, and asking for outputs leaves sequence_logps' value as is.
+func TestHeadDefaultsUnchanged(t *testing.T) {
+	m, err := onnx.Load("../testdata/models/llama_opset17.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := m.Clone(), m.Clone()
+	if _, err := AppendLogProbHead(a); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := AppendLogProbHeadWith(b, HeadOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(a.Proto(), b.Proto()) {
+		t.Fatal("AppendLogProbHeadWith(HeadOptions{}) differs from AppendLogProbHead")
 	}
 }

@@ -40,6 +40,36 @@ type Config struct {
 	// Threads is ONNX Runtime's intra-op thread count for the sample run;
 	// 0 means 1.
 	Threads int
+	// StopGradient lists values of the forward graph whose gradient is not
+	// propagated: the backward pass treats them as constants (PyTorch's
+	// detach), whatever they are computed from. The values listed in the
+	// model's metadata property StopGradientMetadata are added to them.
+	StopGradient []string
+}
+
+// StopGradientMetadata is the key of a model metadata property that lists,
+// comma-separated, values Build treats as constants (Config.StopGradient):
+// a loss head that needs a stop-gradient records it in the graph it builds.
+const StopGradientMetadata = "ortalign.autodiff.stop_gradient"
+
+// stopGradient returns cfg.StopGradient and the values listed in m's
+// StopGradientMetadata property, as a set.
+func stopGradient(m *onnx.Model, cfg Config) map[string]bool {
+	stop := map[string]bool{}
+	for _, s := range cfg.StopGradient {
+		stop[s] = true
+	}
+	for _, p := range m.Proto().GetMetadataProps() {
+		if p.GetKey() != StopGradientMetadata {
+			continue
+		}
+		for _, s := range strings.Split(p.GetValue(), ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				stop[s] = true
+			}
+		}
+	}
+	return stop
 }
 
 // Result is a training model and the names a trainer needs to drive it.
@@ -105,7 +135,7 @@ func Unsupported(m *onnx.Model, loss string, trainable []string) []NodeRef {
 	}
 	g := m.Graph()
 	types := inferTypes(g)
-	p := analyze(g, types, loss, trainable)
+	p := analyze(g, types, loss, trainable, stopGradient(m, Config{}))
 	var out []NodeRef
 	for _, n := range p.active {
 		if _, ok := rules[opKey(n)]; !ok {
@@ -164,11 +194,15 @@ func build(forward *onnx.Model, cfg Config) (*Result, error) {
 	if err := checkConfig(g, cfg); err != nil {
 		return nil, fmt.Errorf("autodiff: %w", err)
 	}
+	stop := stopGradient(m, cfg)
+	if err := checkStopGradient(g, stop); err != nil {
+		return nil, fmt.Errorf("autodiff: %w", err)
+	}
 	types := inferTypes(g)
 	if !types[cfg.Loss].IsFloat() {
 		return nil, fmt.Errorf("autodiff: loss %q has type %s; it must be a floating-point scalar", cfg.Loss, types[cfg.Loss])
 	}
-	p := analyze(g, types, cfg.Loss, cfg.Trainable)
+	p := analyze(g, types, cfg.Loss, cfg.Trainable, stop)
 	var missing []NodeRef
 	for _, n := range p.active {
 		if _, ok := rules[opKey(n)]; !ok {
@@ -300,6 +334,25 @@ func checkConfig(g *onnxpb.GraphProto, cfg Config) error {
 	return nil
 }
 
+// checkStopGradient checks that every stop-gradient value is a value of g.
+func checkStopGradient(g *onnxpb.GraphProto, stop map[string]bool) error {
+	if len(stop) == 0 {
+		return nil
+	}
+	producers := onnx.Producers(g)
+	names := make([]string, 0, len(stop))
+	for s := range stop {
+		names = append(names, s)
+	}
+	slices.Sort(names)
+	for _, s := range names {
+		if producers[s] == nil && onnx.Input(g, s) == nil && onnx.Initializer(g, s) == nil {
+			return fmt.Errorf("stop-gradient value %q is not a value of graph %q", s, g.GetName())
+		}
+	}
+	return nil
+}
+
 // checkGraph checks what the walk relies on before anything runs: every
 // node writes a value, and every value a node reads is a graph input, an
 // initializer or the output of a node.
@@ -354,7 +407,10 @@ type plan struct {
 
 // analyze finds the values that need gradients and the nodes to
 // differentiate.
-func analyze(g *onnxpb.GraphProto, types map[string]onnx.DataType, loss string, trainable []string) plan {
+//
+// A stop-gradient value never requires a gradient and passes none back: what
+// reaches the loss only through it is not differentiated.
+func analyze(g *onnxpb.GraphProto, types map[string]onnx.DataType, loss string, trainable []string, stop map[string]bool) plan {
 	requires, from := map[string]bool{}, map[string]string{}
 	for _, t := range trainable {
 		requires[t], from[t] = true, t
@@ -368,7 +424,7 @@ func analyze(g *onnxpb.GraphProto, types map[string]onnx.DataType, loss string, 
 			continue
 		}
 		for _, o := range n.GetOutput() {
-			if o != "" && types[o].IsFloat() && !requires[o] {
+			if o != "" && types[o].IsFloat() && !requires[o] && !stop[o] {
 				requires[o], from[o] = true, from[n.GetInput()[i]]
 			}
 		}
@@ -383,7 +439,7 @@ func analyze(g *onnxpb.GraphProto, types map[string]onnx.DataType, loss string, 
 		}
 		hit, act := false, false
 		for _, o := range n.GetOutput() {
-			if reaches[o] {
+			if reaches[o] && !stop[o] {
 				hit = true
 				act = act || requires[o]
 			}
