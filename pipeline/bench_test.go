@@ -93,20 +93,20 @@ func BenchmarkDPOStep(b *testing.B) {
 	params := onnx.Summary(m).ParamCount
 	for _, threads := range []int{1, 2} {
 		b.Run(fmt.Sprintf("threads=%d", threads), func(b *testing.B) {
-			cfg := TrainConfig{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}, Optim: OptimConfig{Name: OptimAdamW, WeightDecay: 0.01},
+			cfg := TrainConfig{Optim: OptimConfig{Name: OptimAdamW, WeightDecay: 0.01},
 				LR: 1e-5, BatchSize: pairsN, Threads: threads, Profile: os.Getenv("ORTALIGN_PROFILE")}
-			tr, err := NewTrainer(benchModel, m, cfg, pairs[:2])
+			tr, err := NewEngine(benchModel, m, cfg, DPO{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}})
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer tr.Close()
 			ref := make([]float64, pairsN)
-			if _, err := tr.Step(pairs, ref, ref, cfg.LR); err != nil { // warm-up
+			if _, err := tr.StepOn([][]EncodedPair{WithReference(pairs, ref, ref)}, cfg.LR); err != nil { // warm-up
 				b.Fatal(err)
 			}
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				if _, err := tr.Step(pairs, ref, ref, cfg.LR); err != nil {
+				if _, err := tr.StepOn([][]EncodedPair{WithReference(pairs, ref, ref)}, cfg.LR); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -9,12 +10,18 @@ import (
 	"io"
 	"os"
 	"slices"
+	"sort"
 
 	"ortalign/internal/atomicfile"
 )
 
-// checkpointMagic starts every checkpoint file.
-const checkpointMagic = "ORTALIGN-CHECKPOINT-1\n"
+// checkpointMagic starts every checkpoint file; its number is the format version.
+const (
+	checkpointMagicPrefix = "ORTALIGN-CHECKPOINT-"
+	checkpointVersion     = 2
+)
+
+var checkpointMagic = fmt.Sprintf("%s%d\n", checkpointMagicPrefix, checkpointVersion)
 
 // checkpointHeader describes the float32 arrays that follow it: the parameters, then
 // (AdamW) the first and second moments, each in Names order.
@@ -24,22 +31,20 @@ type checkpointHeader struct {
 	Names     []string `json:"names"`
 	Sizes     []int    `json:"sizes"`
 	Moments   bool     `json:"moments"`
+	// Settings are what decide the data order and the update (see Engine.settings).
+	Settings map[string]string `json:"settings"`
 }
 
 // saveCheckpoint writes parameters and optimizer state atomically (see
 // internal/atomicfile), so an interruption leaves the previous checkpoint intact.
-func (t *Trainer) saveCheckpoint(path string) error {
-	h := checkpointHeader{Step: t.opt.Step, Optimizer: t.cfg.Optim.Name, Names: t.names, Moments: t.opt.M != nil}
-	for _, p := range t.params {
+func (e *Engine[T]) saveCheckpoint(path string, settings map[string]string) error {
+	h := checkpointHeader{Step: e.opt.Step, Optimizer: e.cfg.Optim.Name, Names: e.names, Moments: e.opt.M != nil, Settings: settings}
+	for _, p := range e.params {
 		h.Sizes = append(h.Sizes, len(p))
 	}
 	hdr, err := json.Marshal(h)
 	if err != nil {
 		return err
-	}
-	arrays := slices.Clone(t.params)
-	if h.Moments {
-		arrays = append(append(arrays, t.opt.M...), t.opt.V...)
 	}
 	err = atomicfile.WriteFile(path, func(w io.Writer) error {
 		if _, err := io.WriteString(w, checkpointMagic); err != nil {
@@ -51,7 +56,7 @@ func (t *Trainer) saveCheckpoint(path string) error {
 		if _, err := w.Write(hdr); err != nil {
 			return err
 		}
-		for _, a := range arrays {
+		for _, a := range e.stateArrays(h.Moments) {
 			if err := binary.Write(w, binary.LittleEndian, a); err != nil {
 				return err
 			}
@@ -64,9 +69,19 @@ func (t *Trainer) saveCheckpoint(path string) error {
 	return nil
 }
 
+// stateArrays are the buffers a checkpoint holds, in file order.
+func (e *Engine[T]) stateArrays(moments bool) [][]float32 {
+	arrays := slices.Clone(e.params)
+	if moments {
+		arrays = append(append(arrays, e.opt.M...), e.opt.V...)
+	}
+	return arrays
+}
+
 // loadCheckpoint restores state from path; it reports false when there is none. A
-// checkpoint of another model or optimizer is an error, not silently ignored.
-func (t *Trainer) loadCheckpoint(path string) (bool, error) {
+// checkpoint of another model, optimizer or settings, or a damaged one, is an error
+// naming what differs; nothing is restored then.
+func (e *Engine[T]) loadCheckpoint(path string, settings map[string]string) (bool, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return false, nil
@@ -75,40 +90,163 @@ func (t *Trainer) loadCheckpoint(path string) (bool, error) {
 		return false, fmt.Errorf("checkpoint %s: %w", path, err)
 	}
 	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return false, fmt.Errorf("checkpoint %s: %w", path, err)
+	}
+	bad := func(format string, args ...any) (bool, error) {
+		return false, fmt.Errorf("checkpoint %s: %s; remove it (or use another output directory) to start over", path, fmt.Sprintf(format, args...))
+	}
 	r := bufio.NewReaderSize(f, 1<<20)
 	magic := make([]byte, len(checkpointMagic))
-	if _, err := io.ReadFull(r, magic); err != nil || string(magic) != checkpointMagic {
-		return false, fmt.Errorf("checkpoint %s: not an ortalign checkpoint", path)
+	if _, err := io.ReadFull(r, magic); err != nil || !bytes.HasPrefix(magic, []byte(checkpointMagicPrefix)) {
+		return bad("not an ortalign checkpoint")
+	}
+	if string(magic) != checkpointMagic {
+		return bad("format %q, this ortalign reads version %d", bytes.TrimSpace(magic[len(checkpointMagicPrefix):]), checkpointVersion)
 	}
 	var n uint64
-	if err := binary.Read(r, binary.LittleEndian, &n); err != nil || n > 1<<30 {
-		return false, fmt.Errorf("checkpoint %s: bad header", path)
+	if err := binary.Read(r, binary.LittleEndian, &n); err != nil || n > 1<<30 || int64(n) > st.Size() {
+		return bad("bad header length")
 	}
 	hdr := make([]byte, n)
 	if _, err := io.ReadFull(r, hdr); err != nil {
-		return false, fmt.Errorf("checkpoint %s: truncated header", path)
+		return bad("truncated header")
 	}
 	var h checkpointHeader
 	if err := json.Unmarshal(hdr, &h); err != nil {
+		return bad("header: %v", err)
+	}
+	switch {
+	case len(h.Sizes) != len(h.Names):
+		return bad("header lists %d tensor names but %d sizes", len(h.Names), len(h.Sizes))
+	case h.Step < 0:
+		return bad("negative step %d", h.Step)
+	case h.Optimizer != e.cfg.Optim.Name || h.Moments != (e.opt.M != nil):
+		return bad("written for optimizer %s, this run uses %s", h.Optimizer, e.cfg.Optim.Name)
+	case !slices.Equal(h.Names, e.names):
+		return bad("written for another model or trainable set (%d tensors, this run trains %d)", len(h.Names), len(e.names))
+	}
+	var want int64
+	for i, p := range e.params {
+		if h.Sizes[i] != len(p) {
+			return bad("tensor %q has %d values, the model %d", e.names[i], h.Sizes[i], len(p))
+		}
+		want += int64(len(p))
+	}
+	if h.Moments {
+		want *= 3
+	}
+	if got := st.Size() - int64(len(checkpointMagic)) - 8 - int64(n); got != 4*want {
+		return bad("holds %d bytes of tensor data, its header describes %d (truncated or damaged)", got, 4*want)
+	}
+	if err := compareSettings(h.Settings, settings); err != nil {
 		return false, fmt.Errorf("checkpoint %s: %w", path, err)
 	}
-	if h.Optimizer != t.cfg.Optim.Name || !slices.Equal(h.Names, t.names) || h.Moments != (t.opt.M != nil) {
-		return false, fmt.Errorf("checkpoint %s was written for another model or optimizer (%s, %d tensors); remove it or use another --out", path, h.Optimizer, len(h.Names))
-	}
-	for i, p := range t.params {
-		if h.Sizes[i] != len(p) {
-			return false, fmt.Errorf("checkpoint %s: tensor %q has %d values, the model %d", path, t.names[i], h.Sizes[i], len(p))
+	// Read into scratch buffers first, so a failed read leaves the engine untouched.
+	live := e.stateArrays(h.Moments)
+	read := make([][]float32, len(live))
+	for i, a := range live {
+		read[i] = make([]float32, len(a))
+		if err := binary.Read(r, binary.LittleEndian, read[i]); err != nil {
+			return bad("truncated data: %v", err)
 		}
 	}
-	arrays := slices.Clone(t.params)
-	if h.Moments {
-		arrays = append(append(arrays, t.opt.M...), t.opt.V...)
+	for i, a := range live {
+		copy(a, read[i])
 	}
-	for _, a := range arrays {
-		if err := binary.Read(r, binary.LittleEndian, a); err != nil {
-			return false, fmt.Errorf("checkpoint %s: truncated data: %w", path, err)
-		}
-	}
-	t.opt.Step = h.Step
+	e.opt.Step = h.Step
 	return true, nil
 }
+
+// compareSettings names the first setting (in name order) that differs.
+func compareSettings(saved, now map[string]string) error {
+	keys := make([]string, 0, len(now))
+	for k := range now {
+		keys = append(keys, k)
+	}
+	for k := range saved {
+		if _, ok := now[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		a, okA := saved[k]
+		b, okB := now[k]
+		if okA && okB && a == b {
+			continue
+		}
+		if !okA {
+			a = "(not recorded)"
+		}
+		if !okB {
+			b = "(not set)"
+		}
+		return fmt.Errorf("setting %s was %s when the checkpoint was written and is %s now: resume with the same settings, or remove the checkpoint (or use another output directory) to start over", k, a, b)
+	}
+	return nil
+}
+
+// openMetrics opens the metrics log at path for a run starting after step: a fresh run
+// truncates it; a resumed run first cuts it back (atomically) to the lines of steps up
+// to step, dropping what was logged after the checkpoint. "" logs nowhere.
+func openMetrics(path string, step int) (io.WriteCloser, error) {
+	if path == "" {
+		return nopCloser{io.Discard}, nil
+	}
+	if step > 0 {
+		if err := truncateMetrics(path, step); err != nil {
+			return nil, err
+		}
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, atomicfile.DefaultMode)
+		if err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+		return f, nil
+	}
+	if err := atomicfile.WriteFile(path, func(io.Writer) error { return nil }); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	return f, nil
+}
+
+// truncateMetrics keeps the lines of path whose "step" is at most step. A line cut
+// short by a kill (no newline, not JSON) is dropped too.
+func truncateMetrics(path string, step int) error {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	var keep bytes.Buffer
+	for len(data) > 0 {
+		line, rest, complete := bytes.Cut(data, []byte("\n"))
+		data = rest
+		if !complete {
+			break
+		}
+		var v struct {
+			Step *float64 `json:"step"`
+		}
+		if json.Unmarshal(line, &v) != nil || v.Step == nil || *v.Step > float64(step) {
+			continue
+		}
+		keep.Write(line)
+		keep.WriteByte('\n')
+	}
+	return atomicfile.WriteFile(path, func(w io.Writer) error {
+		_, err := w.Write(keep.Bytes())
+		return err
+	})
+}
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }

@@ -108,11 +108,10 @@ func TestKVCacheModelTrains(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := TrainConfig{
-		Loss:  LossConfig{Type: LossSigmoid, Beta: o.Beta},
 		Optim: OptimConfig{Name: OptimSGD}, LR: 1, Scheduler: "constant",
 		BatchSize: len(pairs), MaxSteps: 1, Threads: 1, PadID: o.PadID,
 	}
-	tr, err := NewTrainer(kvModelFile, m, cfg, pairs)
+	tr, err := NewEngine(kvModelFile, m, cfg, DPO{Loss: LossConfig{Type: LossSigmoid, Beta: o.Beta}})
 	if err != nil {
 		t.Fatalf("NewTrainer on a model with KV-cache inputs: %v", err)
 	}

@@ -251,7 +251,7 @@ func TestUnsupportedInputIsNamed(t *testing.T) {
 	if _, err := NewLogProbModel("m.onnx", m, ModelOptions{}); err == nil || !strings.Contains(err.Error(), "token_type_ids") {
 		t.Fatalf("scoring: want an error naming token_type_ids, got %v", err)
 	}
-	if _, err := BuildTrainingGraph(m, GraphConfig{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}}, nil); err == nil || !strings.Contains(err.Error(), "token_type_ids") {
+	if _, err := BuildTrainingGraph[EncodedPair](m, DPO{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}}, GraphConfig{}); err == nil || !strings.Contains(err.Error(), "token_type_ids") {
 		t.Fatalf("training: want an error naming token_type_ids, got %v", err)
 	}
 }

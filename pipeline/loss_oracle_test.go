@@ -4,113 +4,148 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"ortalign/onnx"
 )
 
 // lossOracle is testdata/expected/loss_oracle_llama.json.gz, written by
-// testdata/gen_loss_oracle.py (PyTorch autograd, float64): the batch and reference
-// log-probs of dpo_grads_llama.json.gz, and per loss case the loss and the gradient of
-// every initializer of the ONNX file.
+// testdata/gen_loss_oracle.py (PyTorch autograd, float64, TRL v1.x's
+// DPOTrainer._compute_loss): the batch of dpo_grads_llama.json.gz, and per loss case its
+// configuration, the reference log-probs to feed, the loss and the gradient of every
+// initializer of the ONNX file.
 type lossOracle struct {
-	dpoOracle // input_ids, prompt_len, seq_len, ref_logps, pad_id
-	Cases     []struct {
-		Name           string  `json:"name"`
-		LossType       string  `json:"loss_type"`
-		Beta           float64 `json:"beta"`
-		LabelSmoothing float64 `json:"label_smoothing"`
-		ActivePairs    *int    `json:"active_pairs"`
-		Loss           float64 `json:"loss_float64"`
-		OnnxGrads      map[string]map[string]struct {
-			Values []float64 `json:"values"`
-		} `json:"onnx_grads"`
-	} `json:"cases"`
+	dpoOracle                  // input_ids, prompt_len, seq_len, ref_logps, pad_id
+	Cases     []lossOracleCase `json:"cases"`
 }
 
-// TestLossOracle: for the sigmoid loss with label smoothing, IPO (length-normalised) and
-// hinge (all pairs active, and half of them past the hinge), the generated training
-// graph's loss equals PyTorch's within 1e-6 relative and every initializer's gradient
-// within 1e-3 relative L2.
+type lossOracleCase struct {
+	Name           string    `json:"name"`
+	LossType       []string  `json:"loss_type"`
+	LossWeights    []float64 `json:"loss_weights"`
+	Beta           float64   `json:"beta"`
+	LabelSmoothing float64   `json:"label_smoothing"`
+	FDivergence    string    `json:"f_divergence_type"`
+	FAlphaCoef     float64   `json:"f_alpha_divergence_coef"`
+	DiscoPopTau    float64   `json:"discopop_tau"`
+	UseWeighting   bool      `json:"use_weighting"`
+	LDAlpha        *float64  `json:"ld_alpha"`
+	ReferenceFree  bool      `json:"reference_free"`
+	RefLogps       []float64 `json:"ref_logps_fed"`
+	PolicyLogps    []float64 `json:"policy_logps"`
+	ActivePairs    *int      `json:"active_pairs"`
+	Loss           float64   `json:"loss_float64"`
+	OnnxGrads      map[string]map[string]struct {
+		Values []float64 `json:"values"`
+	} `json:"onnx_grads"`
+}
+
+// config is the case's LossConfig (TRL's defaults of options that do not apply are left
+// unset, as Validate wants).
+func (c lossOracleCase) config() LossConfig {
+	cfg := LossConfig{
+		Types: c.LossType, Weights: c.LossWeights, Beta: c.Beta, LabelSmoothing: c.LabelSmoothing,
+		UseWeighting: c.UseWeighting, LDAlpha: c.LDAlpha, ReferenceFree: c.ReferenceFree,
+	}
+	if c.FDivergence != FDivReverseKL {
+		cfg.FDivergence = c.FDivergence
+	}
+	if c.FDivergence == FDivAlpha {
+		cfg.FAlphaCoef = c.FAlphaCoef
+	}
+	if slices.Contains(c.LossType, LossDiscoPop) {
+		cfg.DiscoPopTau = c.DiscoPopTau
+	}
+	return cfg
+}
+
+// oracleGradients builds the training graph of loss on the model file through the
+// trainer and runs one forward and backward pass on pairs: the loss, the sequence
+// log-probs, the trained initializers and their gradients. (The one use of the trainer
+// API in the loss tests.)
+func oracleGradients(t *testing.T, file string, m *onnx.Model, loss LossConfig, pairs []EncodedPair, refC, refR []float64, pad int64) (float64, []string, [][]float32) {
+	t.Helper()
+	cfg := TrainConfig{
+		Optim: OptimConfig{Name: OptimSGD}, LR: 1, Scheduler: "constant",
+		BatchSize: len(pairs), MaxSteps: 1, Threads: 1, PadID: pad,
+	}
+	tr, err := NewEngine(file, m, cfg, DPO{Loss: loss})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	metrics, err := tr.ComputeGradients(WithReference(pairs, refC, refR))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return metrics.Value(LossOutput), tr.Trainable(), tr.Grads()
+}
+
+// TestLossOracle: for every case of the oracle (each TRL loss type, several at once with
+// weights, the f-divergences, label smoothing, WPO weighting, LD-DPO, reference-free),
+// the generated training graph's loss equals PyTorch's within 1e-5 relative and every
+// initializer's gradient within 1e-4 relative L2.
 func TestLossOracle(t *testing.T) {
 	var o lossOracle
 	readOracle(t, "../testdata/expected/loss_oracle_llama.json.gz", &o)
-	pairs, refC, refR := oracleBatch(&o.dpoOracle)
+	pairs, _, _ := oracleBatch(&o.dpoOracle)
 	const file = "models/llama_opset17.onnx"
-	cases := []struct {
-		name string
-		loss LossConfig
-	}{
-		{"sigmoid_ls0.1", LossConfig{Type: LossSigmoid, Beta: 0.1, LabelSmoothing: 0.1}},
-		{"ipo", LossConfig{Type: LossIPO, Beta: 0.1}},
-		{"hinge", LossConfig{Type: LossHinge, Beta: 0.1}},
-		{"hinge_beta0.2", LossConfig{Type: LossHinge, Beta: 0.2}},
+	m, err := onnx.Load(filepath.Join("../testdata", file))
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			idx := -1
-			for i, c := range o.Cases {
-				if c.Name == tc.name {
-					idx = i
-				}
+	covered := map[string]bool{}
+	for _, c := range o.Cases {
+		t.Run(c.Name, func(t *testing.T) {
+			cfg := c.config()
+			if err := cfg.Validate(); err != nil {
+				t.Fatal(err)
 			}
-			if idx < 0 {
-				t.Fatalf("no oracle case %q", tc.name)
+			for _, lt := range cfg.LossTypes() {
+				covered[lt] = true
 			}
-			want := o.Cases[idx]
-			if want.LossType != tc.loss.Type || want.Beta != tc.loss.Beta || want.LabelSmoothing != tc.loss.LabelSmoothing {
-				t.Fatalf("oracle case is %s beta %g eps %g, test config %+v", want.LossType, want.Beta, want.LabelSmoothing, tc.loss)
-			}
-			grads, ok := want.OnnxGrads[file]
+			grads, ok := c.OnnxGrads[file]
 			if !ok {
 				t.Fatalf("oracle case has no gradients for %s", file)
 			}
-			m, err := onnx.Load(filepath.Join("../testdata", file))
-			if err != nil {
-				t.Fatal(err)
+			n := len(pairs)
+			loss, names, got := oracleGradients(t, file, m, cfg, pairs, c.RefLogps[:n], c.RefLogps[n:], o.PadID)
+			if len(names) != len(grads) {
+				t.Fatalf("trains %d tensors, oracle has %d", len(names), len(grads))
 			}
-			cfg := TrainConfig{
-				Loss: tc.loss, Optim: OptimConfig{Name: OptimSGD}, LR: 1, Scheduler: "constant",
-				BatchSize: len(pairs), MaxSteps: 1, Threads: 1, PadID: o.PadID,
-			}
-			tr, err := NewTrainer(file, m, cfg, pairs)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tr.Close()
-			if len(tr.Trainable()) != len(grads) {
-				t.Fatalf("trains %d tensors, oracle has %d", len(tr.Trainable()), len(grads))
-			}
-			metrics, err := tr.ComputeGradients(pairs, refC, refR)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if e := math.Abs(metrics.Loss-want.Loss) / math.Abs(want.Loss); e > 1e-6 {
-				t.Errorf("loss %.9f, PyTorch %.9f (relative error %.1e)", metrics.Loss, want.Loss, e)
+			relLoss := math.Abs(loss-c.Loss) / math.Abs(c.Loss)
+			if relLoss > 1e-5 || math.IsNaN(loss) {
+				t.Errorf("loss %.9f, PyTorch %.9f (relative error %.1e)", loss, c.Loss, relLoss)
 			}
 			worst, worstName := 0.0, ""
-			for i, name := range tr.Trainable() {
+			for i, name := range names {
 				w, ok := grads[name]
 				if !ok {
 					t.Fatalf("no oracle gradient for %q", name)
 				}
-				if len(w.Values) != len(tr.Grads()[i]) {
-					t.Fatalf("%s: %d gradient values, oracle %d", name, len(tr.Grads()[i]), len(w.Values))
+				if len(w.Values) != len(got[i]) {
+					t.Fatalf("%s: %d gradient values, oracle %d", name, len(got[i]), len(w.Values))
 				}
-				e := relL2(tr.Grads()[i], w.Values)
-				if e > 1e-3 || math.IsNaN(e) {
+				e := relL2(got[i], w.Values)
+				if e > 1e-4 || math.IsNaN(e) {
 					t.Errorf("%s: gradient relative L2 error %.2e", name, e)
 				}
 				if e > worst {
 					worst, worstName = e, name
 				}
 			}
-			active := "-"
-			if want.ActivePairs != nil {
-				active = fmt.Sprintf("%d/%d", *want.ActivePairs, len(pairs))
+			active := ""
+			if c.ActivePairs != nil {
+				active = fmt.Sprintf("; hinge active pairs %d/%d", *c.ActivePairs, n)
 			}
-			t.Logf("loss %.9f (PyTorch %.9f, rel %.1e); %d tensors, worst gradient relative L2 %.2e (%s); hinge active pairs %s",
-				metrics.Loss, want.Loss, math.Abs(metrics.Loss-want.Loss)/math.Abs(want.Loss), len(tr.Trainable()), worst, worstName, active)
+			t.Logf("loss %.9f (PyTorch %.9f, rel %.1e); worst gradient relative L2 %.2e (%s)%s",
+				loss, c.Loss, relLoss, worst, worstName, active)
 		})
+	}
+	for _, lt := range LossTypes {
+		if !covered[lt] {
+			t.Errorf("loss type %s has no oracle case", lt)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"math"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -44,13 +45,13 @@ func TestLossFormulas(t *testing.T) {
 			name += "+sum"
 		}
 		t.Run(name, func(t *testing.T) {
-			cfg := TrainConfig{Loss: c.cfg, Optim: OptimConfig{Name: OptimSGD}, LR: 1, BatchSize: 4, Threads: 1, PadID: o.PadID}
-			tr, err := NewTrainer("llama", m, cfg, pairs)
+			cfg := TrainConfig{Optim: OptimConfig{Name: OptimSGD}, LR: 1, BatchSize: 4, Threads: 1, PadID: o.PadID}
+			tr, err := NewEngine("llama", m, cfg, DPO{Loss: c.cfg})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer tr.Close()
-			got, err := tr.ComputeGradients(pairs, refC, refR)
+			got, err := tr.ComputeGradients(WithReference(pairs, refC, refR))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -72,24 +73,135 @@ func TestLossFormulas(t *testing.T) {
 				}
 				want += c.loss((pc-pr)-(rc-rr), c.cfg.Beta, c.cfg.LabelSmoothing) / float64(n)
 			}
-			if math.Abs(got.Loss-want) > 1e-5*math.Max(1, math.Abs(want)) {
-				t.Fatalf("loss %.7f, TRL formula %.7f", got.Loss, want)
+			if math.Abs(got.Value("loss")-want) > 1e-5*math.Max(1, math.Abs(want)) {
+				t.Fatalf("loss %.7f, TRL formula %.7f", got.Value("loss"), want)
 			}
 		})
 	}
 }
 
 func TestLossConfigValidate(t *testing.T) {
+	alpha := func(v float64) *float64 { return &v }
 	bad := []LossConfig{
 		{Type: "nope", Beta: 0.1},
+		{Beta: 0.1},
 		{Type: LossSigmoid, Beta: 0},
 		{Type: LossSigmoid, Beta: 0.1, LabelSmoothing: 0.5},
 		{Type: LossHinge, Beta: 0.1, LabelSmoothing: 0.1},
 		{Type: LossSigmoid, Beta: 0.1, IPOSumLogps: true},
+		{Type: LossIPO, Types: []string{LossHinge}, Beta: 0.1},
+		{Types: []string{LossSigmoid, "kto_pair"}, Beta: 0.1},
+		{Types: []string{LossSigmoid, LossSFT}, Weights: []float64{1}, Beta: 0.1},
+		{Types: []string{LossSigmoid}, Weights: []float64{math.NaN()}, Beta: 0.1},
+		{Type: LossExoPair, Beta: 0.1},
+		{Type: LossSigmoid, Beta: 0.1, FDivergence: "kl"},
+		{Type: LossSigmoid, Beta: 0.1, FAlphaCoef: 0.5},
+		{Type: LossSigmoid, Beta: 0.1, DiscoPopTau: 0.1},
+		{Type: LossDiscoPop, Beta: 0.1, DiscoPopTau: -1},
+		{Type: LossAOT, Beta: 0.1, UseWeighting: true},
+		{Type: LossSigmoid, Beta: 0.1, LDAlpha: alpha(1.5)},
 	}
 	for _, c := range bad {
-		if c.Validate() == nil {
+		err := c.Validate()
+		if err == nil {
 			t.Errorf("%+v: want an error", c)
+			continue
+		}
+		if strings.Contains(err.Error(), "--") {
+			t.Errorf("%+v: error %q names a command-line flag", c, err)
+		}
+	}
+	good := []LossConfig{
+		{Type: LossSigmoid, Beta: 0.1},
+		{Types: []string{LossSigmoid, LossSFT}, Weights: []float64{1, 0.5}, Beta: 0.1, UseWeighting: true},
+		{Type: LossExoPair, Beta: 0.1, LabelSmoothing: 1e-3},
+		{Type: LossAOTUnpaired, Beta: 0.1, LabelSmoothing: 0.1, LDAlpha: alpha(0)},
+		{Type: LossNCAPair, Beta: 0.1, FDivergence: FDivAlpha, FAlphaCoef: 0.5, ReferenceFree: true},
+		{Type: LossDiscoPop, Beta: 0.1, DiscoPopTau: 0.1},
+	}
+	for _, c := range good {
+		if err := c.Validate(); err != nil {
+			t.Errorf("%+v: %v", c, err)
+		}
+	}
+}
+
+func TestParseLossTypesAndWeights(t *testing.T) {
+	got, err := ParseLossTypes("sigmoid, sft,apo_zero")
+	if err != nil || !slices.Equal(got, []string{LossSigmoid, LossSFT, LossAPOZero}) {
+		t.Fatalf("ParseLossTypes: %v, %v", got, err)
+	}
+	if _, err := ParseLossTypes("sigmoid,,ipo"); err == nil {
+		t.Error("an empty loss type: want an error")
+	}
+	if _, err := ParseLossTypes("kto_pair"); err == nil || !strings.Contains(err.Error(), "kto_pair") {
+		t.Errorf("unknown loss type: %v", err)
+	}
+	w, err := ParseWeights("1, 0.5")
+	if err != nil || !slices.Equal(w, []float64{1, 0.5}) {
+		t.Fatalf("ParseWeights: %v, %v", w, err)
+	}
+	if w, err := ParseWeights(""); err != nil || w != nil {
+		t.Errorf(`ParseWeights(""): %v, %v`, w, err)
+	}
+	for _, s := range []string{"1,x", "inf", "1,,2"} {
+		if _, err := ParseWeights(s); err == nil {
+			t.Errorf("ParseWeights(%q): want an error", s)
+		}
+	}
+}
+
+func TestLDLogps(t *testing.T) {
+	c, r := LDLogps([]float64{-1, -2, -3, -4}, []float64{-10, -20}, 0.25)
+	if c != -3+0.25*-7 || r != -30 {
+		t.Fatalf("LDLogps = %g, %g; want %g, -30", c, r, -3+0.25*-7)
+	}
+}
+
+// TestPreferenceGraphContract: whatever the loss configuration, the preference graph's
+// inputs are the model's, completion_mask and the two reference inputs, and its outputs
+// loss and sequence_logps (plus the head outputs AppendPreferenceLossWith keeps).
+func TestPreferenceGraphContract(t *testing.T) {
+	m, err := onnx.Load("../testdata/models/llama_opset17.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := func(vs []*onnxpb.ValueInfoProto) []string {
+		var out []string
+		for _, v := range vs {
+			out = append(out, v.GetName())
+		}
+		slices.Sort(out)
+		return out
+	}
+	alpha := 0.5
+	for _, cfg := range []LossConfig{
+		{Type: LossSigmoid, Beta: 0.1},
+		{Types: LossTypes, Beta: 0.1, LabelSmoothing: 0.1, FDivergence: FDivJS, LDAlpha: &alpha, ReferenceFree: true},
+		{Types: []string{LossSigmoid, LossSFT}, Beta: 0.1, UseWeighting: true, LDAlpha: &alpha},
+	} {
+		for _, keep := range []HeadOptions{{}, {TokenCorrect: true, TokenLogps: true}} {
+			fwd := m.Clone()
+			if err := AppendPreferenceLossWith(fwd, cfg, keep); err != nil {
+				t.Fatalf("%+v: %v", cfg, err)
+			}
+			wantIn := []string{attentionMask, CompletionMaskInput, inputIDs, positionIDs, RefChosenInput, RefRejectedInput}
+			wantOut := []string{LossOutput, SequenceLogpsOutput}
+			if keep.TokenCorrect {
+				wantOut = append(wantOut, TokenCorrectOutput, TokenLogpsOutput)
+			}
+			slices.Sort(wantIn)
+			slices.Sort(wantOut)
+			var in []string
+			for _, v := range fwd.Graph().GetInput() {
+				if onnx.Initializer(fwd.Graph(), v.GetName()) == nil {
+					in = append(in, v.GetName())
+				}
+			}
+			slices.Sort(in)
+			if !slices.Equal(in, wantIn) || !slices.Equal(names(fwd.Graph().GetOutput()), wantOut) {
+				t.Errorf("%v %+v: inputs %v outputs %v; want %v and %v", cfg.LossTypes(), keep, in, names(fwd.Graph().GetOutput()), wantIn, wantOut)
+			}
 		}
 	}
 }

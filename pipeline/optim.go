@@ -90,19 +90,28 @@ func (o *Optimizer) Apply(params, grads [][]float32, lr float64) {
 	})
 }
 
-// GradNorm is the L2 norm over all gradients (computed in float64).
+// GradNorm is the L2 norm over all gradients, computed in float64. Partial sums are
+// added in a fixed order, so the norm (and with it clipping) is the same on every run
+// whatever the goroutines' timing: a resumed run must repeat an uninterrupted one bit for bit.
 func GradNorm(grads [][]float32) float64 {
-	var mu sync.Mutex
-	total := 0.0
+	var offsets []int // first chunk index of each buffer
+	n := 0
+	for _, g := range grads {
+		offsets = append(offsets, n)
+		n += (len(g) + chunkSize - 1) / chunkSize
+	}
+	partial := make([]float64, n)
 	parallelChunks(grads, func(i, lo, hi int) {
 		s := 0.0
 		for _, g := range grads[i][lo:hi] {
 			s += float64(g) * float64(g)
 		}
-		mu.Lock()
-		total += s
-		mu.Unlock()
+		partial[offsets[i]+lo/chunkSize] = s
 	})
+	total := 0.0
+	for _, s := range partial {
+		total += s
+	}
 	return math.Sqrt(total)
 }
 
@@ -122,9 +131,12 @@ func ClipGrads(grads [][]float32, norm, maxNorm float64) {
 	})
 }
 
+// chunkSize is the number of values a parallelChunks job covers.
+const chunkSize = 1 << 15
+
 // parallelChunks calls fn on chunks of every buffer, spread over all cores.
 func parallelChunks(bufs [][]float32, fn func(i, lo, hi int)) {
-	const chunk = 1 << 15
+	const chunk = chunkSize
 	type job struct{ i, lo, hi int }
 	jobs := make(chan job, 64)
 	var wg sync.WaitGroup

@@ -18,6 +18,7 @@ type Progress struct {
 	LogEvery time.Duration
 
 	total, done int
+	resumed     int // items done before this run started: not part of the rate
 	start, last time.Time
 }
 
@@ -37,8 +38,18 @@ func (p *Progress) Start(total int) {
 	if p == nil {
 		return
 	}
-	p.total, p.done = total, 0
+	p.total, p.done, p.resumed = total, 0, 0
 	p.start, p.last = time.Now(), time.Time{}
+}
+
+// Resume records n items finished by an earlier run: they count towards the total but
+// not towards this run's rate and ETA.
+func (p *Progress) Resume(n int) {
+	if p == nil {
+		return
+	}
+	p.done += n
+	p.resumed += n
 }
 
 // Add records n more finished items.
@@ -77,10 +88,12 @@ func (p *Progress) line(now time.Time, bar bool) string {
 	elapsed := now.Sub(p.start).Seconds()
 	rate := 0.0
 	if elapsed > 0 {
-		rate = float64(p.done) / elapsed
+		rate = float64(p.done-p.resumed) / elapsed
 	}
 	eta := "?"
-	if rate > 0 && p.total >= p.done {
+	if p.done >= p.total {
+		eta = "0s"
+	} else if rate > 0 {
 		eta = (time.Duration(float64(p.total-p.done)/rate) * time.Second).Round(time.Second).String()
 	}
 	frac := 1.0

@@ -34,7 +34,7 @@ type dpoOracle struct {
 type adamwOracle struct {
 	Files  map[string][]string `json:"curve_onnx_files"`
 	Curves map[string]map[string]struct {
-		Steps []StepMetrics `json:"steps"`
+		Steps []Metrics `json:"steps"`
 	} `json:"curves"`
 }
 
@@ -97,11 +97,10 @@ func TestDPOGradientsAndSGDStepMatchPyTorch(t *testing.T) {
 					t.Fatal(err)
 				}
 				cfg := TrainConfig{
-					Loss:  LossConfig{Type: LossSigmoid, Beta: o.Beta},
 					Optim: OptimConfig{Name: OptimSGD}, LR: 1, Scheduler: "constant",
 					BatchSize: len(pairs), MaxSteps: 1, Threads: 1, PadID: o.PadID,
 				}
-				tr, err := NewTrainer(file, m, cfg, pairs)
+				tr, err := NewEngine(file, m, cfg, DPO{Loss: LossConfig{Type: LossSigmoid, Beta: o.Beta}})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -142,31 +141,30 @@ func TestDPOAdamWCurveMatchesPyTorch(t *testing.T) {
 					t.Fatal(err)
 				}
 				cfg := TrainConfig{
-					Loss:  LossConfig{Type: LossSigmoid, Beta: o.Beta},
 					Optim: OptimConfig{Name: OptimAdamW, WeightDecay: 0.01}, LR: 1e-3, Scheduler: "constant",
 					BatchSize: len(pairs), MaxSteps: len(curve), Threads: 1, PadID: o.PadID,
 				}
-				tr, err := NewTrainer(file, m, cfg, pairs)
+				tr, err := NewEngine(file, m, cfg, DPO{Loss: LossConfig{Type: LossSigmoid, Beta: o.Beta}})
 				if err != nil {
 					t.Fatal(err)
 				}
 				defer tr.Close()
-				var got []StepMetrics
+				var got []Metrics
 				rec := jsonRecorder{&got}
-				if err := tr.Train(context.Background(), pairs, refC, refR, RunConfig{Metrics: rec}); err != nil {
+				if err := tr.Train(context.Background(), WithReference(pairs, refC, refR), RunConfig[EncodedPair]{Metrics: rec}); err != nil {
 					t.Fatal(err)
 				}
 				if len(got) != len(curve) {
 					t.Fatalf("%d steps, want %d", len(got), len(curve))
 				}
 				for k, want := range curve {
-					if e := math.Abs(got[k].Loss-want.Loss) / math.Abs(want.Loss); e > 1e-3 {
-						t.Errorf("step %d: loss %.6f, PyTorch %.6f (rel %.1e)", k+1, got[k].Loss, want.Loss, e)
+					if e := math.Abs(got[k].Value("loss")-want.Value("loss")) / math.Abs(want.Value("loss")); e > 1e-3 {
+						t.Errorf("step %d: loss %.6f, PyTorch %.6f (rel %.1e)", k+1, got[k].Value("loss"), want.Value("loss"), e)
 					}
-					if e := math.Abs(got[k].GradNorm-want.GradNorm) / want.GradNorm; e > 1e-3 {
-						t.Errorf("step %d: grad_norm %.6f, PyTorch %.6f", k+1, got[k].GradNorm, want.GradNorm)
+					if e := math.Abs(got[k].Value("grad_norm")-want.Value("grad_norm")) / want.Value("grad_norm"); e > 1e-3 {
+						t.Errorf("step %d: grad_norm %.6f, PyTorch %.6f", k+1, got[k].Value("grad_norm"), want.Value("grad_norm"))
 					}
-					if got[k].Step != want.Step || math.Abs(got[k].RewardsChosen-want.RewardsChosen) > 1e-4 {
+					if got[k].Value("step") != want.Value("step") || math.Abs(got[k].Value("rewards/chosen")-want.Value("rewards/chosen")) > 1e-4 {
 						t.Errorf("step %d: metrics %+v, PyTorch %+v", k+1, got[k], want)
 					}
 				}
@@ -176,10 +174,10 @@ func TestDPOAdamWCurveMatchesPyTorch(t *testing.T) {
 }
 
 // jsonRecorder decodes the trainer's metrics lines back into structs.
-type jsonRecorder struct{ out *[]StepMetrics }
+type jsonRecorder struct{ out *[]Metrics }
 
 func (r jsonRecorder) Write(b []byte) (int, error) {
-	var m StepMetrics
+	var m Metrics
 	if err := json.Unmarshal(b, &m); err != nil {
 		return 0, err
 	}
@@ -210,29 +208,29 @@ func TestInterruptSavesCheckpointAndResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := TrainConfig{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}, Optim: OptimConfig{Name: OptimAdamW}, LR: 1e-3,
+	cfg := TrainConfig{Optim: OptimConfig{Name: OptimAdamW}, LR: 1e-3,
 		BatchSize: 2, MaxSteps: 8, Threads: 1, PadID: o.PadID}
 	ckpt := filepath.Join(t.TempDir(), "checkpoint.bin")
 	ctx, cancel := context.WithCancel(context.Background())
-	tr, err := NewTrainer("llama", m, cfg, pairs)
+	tr, err := NewEngine("llama", m, cfg, DPO{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	err = tr.Train(ctx, pairs, refC, refR, RunConfig{Checkpoint: ckpt, Metrics: &cancelAfter{n: 3, cancel: cancel}})
+	err = tr.Train(ctx, WithReference(pairs, refC, refR), RunConfig[EncodedPair]{Checkpoint: ckpt, Metrics: &cancelAfter{n: 3, cancel: cancel}})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("want context.Canceled, got %v", err)
 	}
-	tr2, err := NewTrainer("llama", m, cfg, pairs)
+	tr2, err := NewEngine("llama", m, cfg, DPO{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr2.Close()
-	var got []StepMetrics
-	if err := tr2.Train(context.Background(), pairs, refC, refR, RunConfig{Checkpoint: ckpt, Metrics: jsonRecorder{&got}}); err != nil {
+	var got []Metrics
+	if err := tr2.Train(context.Background(), WithReference(pairs, refC, refR), RunConfig[EncodedPair]{Checkpoint: ckpt, Metrics: jsonRecorder{&got}}); err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 5 || got[0].Step != 4 {
+	if len(got) != 5 || got[0].Value("step") != 4 {
 		t.Fatalf("resumed run did %d steps starting at %v, want 5 starting at step 4", len(got), got)
 	}
 }
@@ -243,18 +241,18 @@ func TestCheckpointOfAnotherModelIsAnError(t *testing.T) {
 	readOracle(t, "../testdata/expected/dpo_grads_llama.json.gz", &o)
 	pairs, refC, refR := oracleBatch(&o)
 	ckpt := filepath.Join(t.TempDir(), "checkpoint.bin")
-	cfg := TrainConfig{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}, Optim: OptimConfig{Name: OptimSGD}, LR: 1e-3,
+	cfg := TrainConfig{Optim: OptimConfig{Name: OptimSGD}, LR: 1e-3,
 		BatchSize: 4, MaxSteps: 1, Threads: 1, PadID: o.PadID}
 	for i, file := range []string{"llama_opset14.onnx", "gpt2_opset14.onnx"} {
 		m, err := onnx.Load("../testdata/models/" + file)
 		if err != nil {
 			t.Fatal(err)
 		}
-		tr, err := NewTrainer(file, m, cfg, pairs)
+		tr, err := NewEngine(file, m, cfg, DPO{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = tr.Train(context.Background(), pairs, refC, refR, RunConfig{Checkpoint: ckpt})
+		err = tr.Train(context.Background(), WithReference(pairs, refC, refR), RunConfig[EncodedPair]{Checkpoint: ckpt})
 		tr.Close()
 		if i == 1 && (err == nil || !strings.Contains(err.Error(), "another model")) {
 			t.Fatalf("want an error about another model's checkpoint, got %v", err)
@@ -272,17 +270,17 @@ func TestExportedModelGivesTrainerLogps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := TrainConfig{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}, Optim: OptimConfig{Name: OptimAdamW}, LR: 1e-2,
+	cfg := TrainConfig{Optim: OptimConfig{Name: OptimAdamW}, LR: 1e-2,
 		BatchSize: 4, MaxSteps: 5, Threads: 1, PadID: o.PadID}
-	tr, err := NewTrainer("gpt2", m, cfg, pairs)
+	tr, err := NewEngine("gpt2", m, cfg, DPO{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	if err := tr.Train(context.Background(), pairs, refC, refR, RunConfig{}); err != nil {
+	if err := tr.Train(context.Background(), WithReference(pairs, refC, refR), RunConfig[EncodedPair]{}); err != nil {
 		t.Fatal(err)
 	}
-	after, err := tr.ComputeGradients(pairs, refC, refR) // the trained policy's own log-probs
+	after, err := tr.ComputeGradients(WithReference(pairs, refC, refR)) // the trained policy's own log-probs
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,10 +300,10 @@ func TestExportedModelGivesTrainerLogps(t *testing.T) {
 		chosen += lp[i] / float64(n)
 		rejected += lp[n+i] / float64(n)
 	}
-	if math.Abs(chosen-after.LogpsChosen) > 1e-5 || math.Abs(rejected-after.LogpsRejected) > 1e-5 {
-		t.Fatalf("exported model logps chosen %.7f rejected %.7f; trainer %.7f %.7f", chosen, rejected, after.LogpsChosen, after.LogpsRejected)
+	if math.Abs(chosen-after.Value("logps/chosen")) > 1e-5 || math.Abs(rejected-after.Value("logps/rejected")) > 1e-5 {
+		t.Fatalf("exported model logps chosen %.7f rejected %.7f; trainer %.7f %.7f", chosen, rejected, after.Value("logps/chosen"), after.Value("logps/rejected"))
 	}
-	if math.Abs(after.LogpsChosen-(-46.74454116821289)) < 1e-3 {
+	if math.Abs(after.Value("logps/chosen")-(-46.74454116821289)) < 1e-3 {
 		t.Fatal("training did not change the policy")
 	}
 }
@@ -328,14 +326,14 @@ func TestExportKeepsExternalDataLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := TrainConfig{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}, Optim: OptimConfig{Name: OptimSGD}, LR: 1,
+	cfg := TrainConfig{Optim: OptimConfig{Name: OptimSGD}, LR: 1,
 		BatchSize: 4, MaxSteps: 1, Threads: 1, PadID: o.PadID}
-	tr, err := NewTrainer(in, m, cfg, pairs)
+	tr, err := NewEngine(in, m, cfg, DPO{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	if err := tr.Train(context.Background(), pairs, refC, refR, RunConfig{}); err != nil {
+	if err := tr.Train(context.Background(), WithReference(pairs, refC, refR), RunConfig[EncodedPair]{}); err != nil {
 		t.Fatal(err)
 	}
 	outDir := t.TempDir()
@@ -373,10 +371,10 @@ func TestTiedCopyTrainsAsOneWeight(t *testing.T) {
 		t.Fatal(err)
 	}
 	curve := a.Curves["tied"]["float32"].Steps
-	cfg := TrainConfig{Loss: LossConfig{Type: LossSigmoid, Beta: o.Beta}, Optim: OptimConfig{Name: OptimAdamW, WeightDecay: 0.01},
+	cfg := TrainConfig{Optim: OptimConfig{Name: OptimAdamW, WeightDecay: 0.01},
 		LR: 1e-3, Scheduler: "constant", BatchSize: len(pairs), MaxSteps: len(curve), Threads: 1, PadID: o.PadID,
 		TieTransposedCopies: true}
-	tr, err := NewTrainer("gpt2", m, cfg, pairs)
+	tr, err := NewEngine("gpt2", m, cfg, DPO{Loss: LossConfig{Type: LossSigmoid, Beta: o.Beta}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -385,7 +383,7 @@ func TestTiedCopyTrainsAsOneWeight(t *testing.T) {
 	if len(ties) != 1 || ties[0].Source != "transformer.wte.weight" {
 		t.Fatalf("ties %+v, want the embedding's transposed copy", ties)
 	}
-	if _, err := tr.ComputeGradients(pairs, refC, refR); err != nil {
+	if _, err := tr.ComputeGradients(WithReference(pairs, refC, refR)); err != nil {
 		t.Fatal(err)
 	}
 	want := o.OnnxGrads["models/gpt2_tied_opset17.onnx"]["transformer.wte.weight"].Values
@@ -399,13 +397,13 @@ func TestTiedCopyTrainsAsOneWeight(t *testing.T) {
 			}
 		}
 	}
-	var got []StepMetrics
-	if err := tr.Train(context.Background(), pairs, refC, refR, RunConfig{Metrics: jsonRecorder{&got}}); err != nil {
+	var got []Metrics
+	if err := tr.Train(context.Background(), WithReference(pairs, refC, refR), RunConfig[EncodedPair]{Metrics: jsonRecorder{&got}}); err != nil {
 		t.Fatal(err)
 	}
 	for k, w := range curve {
-		if e := math.Abs(got[k].Loss-w.Loss) / w.Loss; e > 1e-3 {
-			t.Errorf("step %d: loss %.6f, PyTorch tied %.6f", k+1, got[k].Loss, w.Loss)
+		if e := math.Abs(got[k].Value("loss")-w.Value("loss")) / w.Value("loss"); e > 1e-3 {
+			t.Errorf("step %d: loss %.6f, PyTorch tied %.6f", k+1, got[k].Value("loss"), w.Value("loss"))
 		}
 	}
 	exported, err := tr.Model()
@@ -434,15 +432,15 @@ func TestNonFiniteLossStopsAndKeepsWork(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := TrainConfig{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}, Optim: OptimConfig{Name: OptimAdamW}, LR: 1e-3,
+	cfg := TrainConfig{Optim: OptimConfig{Name: OptimAdamW}, LR: 1e-3,
 		BatchSize: 2, MaxSteps: 4, Threads: 1, PadID: o.PadID}
-	tr, err := NewTrainer("llama", m, cfg, pairs)
+	tr, err := NewEngine("llama", m, cfg, DPO{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
 	ckpt := filepath.Join(t.TempDir(), "checkpoint.bin")
-	err = tr.Train(context.Background(), pairs, refC, refR, RunConfig{Checkpoint: ckpt})
+	err = tr.Train(context.Background(), WithReference(pairs, refC, refR), RunConfig[EncodedPair]{Checkpoint: ckpt})
 	if err == nil || !strings.Contains(err.Error(), "step 2") || !strings.Contains(err.Error(), "non-finite") || !strings.Contains(err.Error(), "saved") {
 		t.Fatalf("want a non-finite loss error at step 2 that says the state was saved, got %v", err)
 	}
@@ -462,13 +460,13 @@ func TestNonFiniteLossStopsAndKeepsWork(t *testing.T) {
 // gradient and the move of the exported weights (old − new) both equal the oracle
 // gradient want(name) within 1e-3 relative L2. It returns the step's loss and the worst
 // gradient error.
-func checkSGDStep(t *testing.T, tr *Trainer, pairs []EncodedPair, refC, refR []float64, want func(name string) []float64) (float64, float64) {
+func checkSGDStep(t *testing.T, tr *Engine[EncodedPair], pairs []EncodedPair, refC, refR []float64, want func(name string) []float64) (float64, float64) {
 	t.Helper()
 	start := make([][]float32, len(tr.Params()))
 	for i, p := range tr.Params() {
 		start[i] = append([]float32(nil), p...)
 	}
-	metrics, err := tr.Step(pairs, refC, refR, 1)
+	metrics, err := tr.StepOn([][]EncodedPair{WithReference(pairs, refC, refR)}, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -496,7 +494,7 @@ func checkSGDStep(t *testing.T, tr *Trainer, pairs []EncodedPair, refC, refR []f
 			t.Errorf("%s: SGD step differs from -grad: relative L2 %.2e", name, e)
 		}
 	}
-	return metrics.Loss, worst
+	return metrics.Value("loss"), worst
 }
 
 // pairLogps scores pairs with lm: log-probs of the chosen rows, then the rejected rows.

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 
 	"github.com/spf13/cobra"
 
@@ -18,9 +17,9 @@ import (
 
 // artifactsOptions are the flags of `ortalign artifacts`.
 type artifactsOptions struct {
-	model, out, loss, freeze string
-	untie                    bool
-	beta, labelSmoothing     float64
+	modelFlags
+	lossFlags
+	out string
 }
 
 func newArtifactsCmd(g *globalOptions) *cobra.Command {
@@ -37,39 +36,35 @@ every gradient; apply your optimizer to the parameters and feed them back.`,
 		Example: `  ortalign artifacts --model model.onnx --loss sigmoid --beta 0.1 --out artifacts/`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := g.initORT(); err != nil {
-				return err
-			}
-			return runArtifacts(o, cmd.OutOrStdout())
+			return runArtifacts(g, o, cmd.OutOrStdout())
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.model, "model", "", "causal LM (ONNX)")
+	addModelFlags(f, &o.modelFlags)
 	f.StringVar(&o.out, "out", "", "output directory")
-	f.StringVar(&o.loss, "loss", pipeline.LossSigmoid, "loss: sigmoid (DPO), ipo, hinge, robust")
-	f.Float64Var(&o.beta, "beta", 0.1, "DPO beta")
-	f.Float64Var(&o.labelSmoothing, "label-smoothing", 0, "label noise ε: cDPO (sigmoid loss) or rDPO (robust loss)")
-	f.StringVar(&o.freeze, "freeze", "", "regexp of initializer names to keep frozen")
-	f.BoolVar(&o.untie, "untie", false, "train transposed copies of a weight (GPT-2's exported lm_head) separately instead of as the weight they copy")
+	addLossFlags(f, &o.lossFlags)
 	_ = cmd.MarkFlagRequired("model")
 	_ = cmd.MarkFlagRequired("out")
 	return cmd
 }
 
-func runArtifacts(o *artifactsOptions, stdout io.Writer) error {
-	var freeze *regexp.Regexp
-	if o.freeze != "" {
-		var err error
-		if freeze, err = regexp.Compile(o.freeze); err != nil {
-			return fmt.Errorf("--freeze: %w", err)
-		}
+func runArtifacts(g *globalOptions, o *artifactsOptions, stdout io.Writer) error {
+	freeze, err := o.freezeRegexp()
+	if err != nil {
+		return err
+	}
+	loss, err := o.lossFlags.config()
+	if err != nil {
+		return err
+	}
+	if err := g.initORT(); err != nil {
+		return err
 	}
 	m, err := onnx.Load(o.model)
 	if err != nil {
 		return err
 	}
-	loss := pipeline.LossConfig{Type: o.loss, Beta: o.beta, LabelSmoothing: o.labelSmoothing}
-	res, err := pipeline.BuildTrainingGraph(m, pipeline.GraphConfig{Loss: loss, Freeze: freeze, TieTransposedCopies: !o.untie}, nil)
+	res, err := pipeline.BuildTrainingGraph(m, pipeline.DPO{Loss: loss}, pipeline.GraphConfig{Freeze: freeze, TieTransposedCopies: !o.untie})
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.model, err)
 	}

@@ -21,7 +21,7 @@ func TestArtifactsRunInPlainORT(t *testing.T) {
 	if err := ort.Init(""); err != nil {
 		t.Fatal(err)
 	}
-	if err := runArtifacts(&artifactsOptions{model: tinyLlama, out: out, loss: pipeline.LossSigmoid, beta: 0.1}, &bytes.Buffer{}); err != nil {
+	if err := runArtifacts(&globalOptions{}, &artifactsOptions{modelFlags: modelFlags{model: tinyLlama}, out: out, lossFlags: lossFlags{loss: pipeline.LossSigmoid, beta: 0.1}}, &bytes.Buffer{}); err != nil {
 		t.Fatal(err)
 	}
 	var manifest struct {

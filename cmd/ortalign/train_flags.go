@@ -1,0 +1,141 @@
+package main
+
+import (
+	"fmt"
+	"regexp"
+
+	"github.com/spf13/pflag"
+
+	"ortalign/pipeline"
+)
+
+// trainDefaults are an objective's defaults for the shared training flags (TRL's
+// config classes differ in learning rate and little else).
+type trainDefaults struct {
+	lr float64
+}
+
+// modelFlags choose the model and what of it trains.
+type modelFlags struct {
+	model  string
+	freeze string
+	untie  bool
+}
+
+func addModelFlags(f *pflag.FlagSet, m *modelFlags) {
+	f.StringVar(&m.model, "model", "", "starting policy (ONNX causal LM)")
+	f.StringVar(&m.freeze, "freeze", "", "regexp of initializer names to keep frozen")
+	f.BoolVar(&m.untie, "untie", false, "train transposed copies of a weight (GPT-2's exported lm_head) separately instead of as the weight they copy")
+}
+
+func (m *modelFlags) freezeRegexp() (*regexp.Regexp, error) {
+	if m.freeze == "" {
+		return nil, nil
+	}
+	re, err := regexp.Compile(m.freeze)
+	if err != nil {
+		return nil, fmt.Errorf("--freeze: %w", err)
+	}
+	return re, nil
+}
+
+// optimFlags are the optimizer, schedule and batching flags of every trainer, with the
+// names and defaults of Hugging Face's TrainingArguments.
+type optimFlags struct {
+	optimizer                  string
+	lr, weightDecay            float64
+	beta1, beta2, eps          float64
+	maxGradNorm                float64
+	scheduler                  string
+	warmupSteps                int
+	warmupRatio                float64
+	batchSize, accum           int
+	epochs, maxSteps           int
+	seed                       int64
+	noShuffle                  bool
+	checkpointEvery, evalSteps int
+	evalData                   string
+	evalFraction               float64
+	out                        string
+}
+
+func addOptimFlags(f *pflag.FlagSet, o *optimFlags, d trainDefaults) {
+	f.StringVar(&o.out, "out", "", "output directory: model.onnx, metrics.jsonl, checkpoint.bin (a checkpoint there is resumed)")
+	f.StringVar(&o.optimizer, "optimizer", pipeline.OptimAdamW, "optimizer: adamw or sgd")
+	f.Float64Var(&o.lr, "lr", d.lr, "peak learning rate")
+	f.Float64Var(&o.weightDecay, "weight-decay", 0, "weight decay (decoupled for adamw, L2 for sgd)")
+	f.Float64Var(&o.beta1, "adam-beta1", 0.9, "AdamW β1")
+	f.Float64Var(&o.beta2, "adam-beta2", 0.999, "AdamW β2")
+	f.Float64Var(&o.eps, "adam-epsilon", 1e-8, "AdamW ε")
+	f.Float64Var(&o.maxGradNorm, "max-grad-norm", 1.0, "clip the gradient norm (0 = off)")
+	f.StringVar(&o.scheduler, "lr-scheduler", pipeline.SchedulerLinear, "learning-rate schedule: constant, constant_with_warmup, linear or cosine")
+	f.IntVar(&o.warmupSteps, "warmup-steps", 0, "linear warm-up optimizer steps")
+	f.Float64Var(&o.warmupRatio, "warmup-ratio", 0, "warm-up as a fraction of all optimizer steps (when --warmup-steps is 0)")
+	f.IntVar(&o.batchSize, "batch-size", 8, "items per micro-batch")
+	f.IntVar(&o.accum, "gradient-accumulation-steps", 1, "micro-batches per optimizer step")
+	f.IntVar(&o.epochs, "epochs", 3, "passes over the data")
+	f.IntVar(&o.maxSteps, "max-steps", 0, "optimizer steps to run (overrides --epochs when > 0)")
+	f.Int64Var(&o.seed, "seed", 42, "seed of the data order and of --eval-fraction")
+	f.BoolVar(&o.noShuffle, "no-shuffle", false, "keep the data order")
+	f.IntVar(&o.checkpointEvery, "checkpoint-every", 500, "optimizer steps between checkpoints (also saved at the end and on Ctrl-C)")
+	f.StringVar(&o.evalData, "eval-data", "", "held-out data: metrics before and after training")
+	f.Float64Var(&o.evalFraction, "eval-fraction", 0, "hold out this fraction of --data for evaluation instead of --eval-data")
+	f.IntVar(&o.evalSteps, "eval-steps", 0, "log eval_* metrics to metrics.jsonl every N optimizer steps and after the last (0 = only before and after training)")
+}
+
+// validate checks the flags that need no model, naming the flag.
+func (o *optimFlags) validate() error {
+	switch {
+	case o.out == "":
+		return fmt.Errorf("--out is required")
+	case o.evalData != "" && o.evalFraction > 0:
+		return fmt.Errorf("--eval-data and --eval-fraction exclude each other")
+	case o.evalFraction < 0 || o.evalFraction >= 1:
+		return fmt.Errorf("--eval-fraction must be in [0, 1), got %g", o.evalFraction)
+	case o.evalSteps < 0:
+		return fmt.Errorf("--eval-steps must be >= 0, got %d", o.evalSteps)
+	case o.checkpointEvery < 0:
+		return fmt.Errorf("--checkpoint-every must be >= 0, got %d", o.checkpointEvery)
+	case o.accum <= 0:
+		return fmt.Errorf("--gradient-accumulation-steps must be positive, got %d", o.accum)
+	case o.epochs <= 0:
+		return fmt.Errorf("--epochs must be positive, got %d", o.epochs)
+	}
+	return nil
+}
+
+// trainConfig builds the engine's configuration; errors name the flag at fault.
+func (o *optimFlags) trainConfig(m *modelFlags, threads int, pad int64) (pipeline.TrainConfig, error) {
+	c := pipeline.TrainConfig{
+		Optim:       pipeline.OptimConfig{Name: o.optimizer, WeightDecay: o.weightDecay, Beta1: o.beta1, Beta2: o.beta2, Eps: o.eps},
+		LR:          o.lr,
+		Scheduler:   o.scheduler,
+		WarmupSteps: o.warmupSteps,
+		WarmupRatio: o.warmupRatio,
+		MaxGradNorm: o.maxGradNorm,
+		BatchSize:   o.batchSize,
+		GradAccum:   o.accum,
+		Epochs:      o.epochs,
+		MaxSteps:    o.maxSteps,
+		Seed:        o.seed,
+		Shuffle:     !o.noShuffle,
+		Threads:     threads,
+		PadID:       pad,
+
+		TieTransposedCopies: !m.untie,
+	}
+	if err := o.validate(); err != nil {
+		return c, err
+	}
+	if err := c.Validate(); err != nil {
+		return c, fmt.Errorf("training flags (--optimizer, --lr, --adam-*, --lr-scheduler, --warmup-*, --batch-size, --max-steps): %w", err)
+	}
+	var err error
+	c.Freeze, err = m.freezeRegexp()
+	return c, err
+}
+
+// runOptions are the engine's run settings from the flags.
+func (o *optimFlags) runOptions(label string) pipeline.RunOptions {
+	return pipeline.RunOptions{Out: o.out, CheckpointEvery: o.checkpointEvery, EvalSteps: o.evalSteps, Label: label}
+}

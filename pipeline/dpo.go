@@ -1,0 +1,170 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"hash"
+	"math"
+
+	"ortalign/onnx"
+	"ortalign/onnx/ort"
+)
+
+// DPO is the preference-optimisation objective (DPO, IPO and TRL's other loss types):
+// items are encoded pairs that carry their reference log-probs.
+type DPO struct {
+	Loss LossConfig
+}
+
+// Name implements Objective.
+func (DPO) Name() string { return "dpo" }
+
+// Settings implements Objective: the loss configuration.
+func (d DPO) Settings() map[string]string {
+	b, _ := json.Marshal(d.Loss)
+	return map[string]string{"loss": string(b)}
+}
+
+// AppendLoss implements Objective with the preference-loss head.
+func (d DPO) AppendLoss(m *onnx.Model) error { return AppendPreferenceLoss(m, d.Loss) }
+
+// Outputs implements Objective: the policy's summed completion log-probs per row.
+func (DPO) Outputs() []string { return []string{SequenceLogpsOutput} }
+
+// Weight implements Objective: the loss is a mean over pairs.
+func (DPO) Weight(batch []EncodedPair) float64 { return float64(len(batch)) }
+
+// Feeds implements Objective: chosen rows then rejected rows, and the reference
+// log-probs, which every pair must carry.
+func (d DPO) Feeds(in ModelInputs, pairs []EncodedPair) (map[string]*ort.Tensor, error) {
+	feeds := in.Rows(PairRows(pairs))
+	n := int64(len(pairs))
+	rc, rr := make([]float32, n), make([]float32, n)
+	for i, p := range pairs {
+		if p.RefChosenLogps == nil || p.RefRejectedLogps == nil {
+			return nil, fmt.Errorf("pair of row %d has no reference log-probs", p.Row)
+		}
+		rc[i], rr[i] = float32(*p.RefChosenLogps), float32(*p.RefRejectedLogps)
+	}
+	feeds[RefChosenInput] = &ort.Tensor{Shape: []int64{n}, F32: rc}
+	feeds[RefRejectedInput] = &ort.Tensor{Shape: []int64{n}, F32: rr}
+	return feeds, nil
+}
+
+// Metrics implements Objective with TRL's DPO metric names.
+func (d DPO) Metrics(pairs []EncodedPair, out map[string]*ort.Tensor) (Metrics, error) {
+	lp := out[SequenceLogpsOutput].F32
+	n := len(pairs)
+	if len(lp) != 2*n {
+		return nil, fmt.Errorf("%s has %d values for %d pairs", SequenceLogpsOutput, len(lp), n)
+	}
+	var rewC, rewR, logC, logR, acc float64
+	beta := d.Loss.Beta
+	for i, p := range pairs {
+		pc, pr := float64(lp[i]), float64(lp[n+i])
+		rc, rr := beta*(pc-*p.RefChosenLogps), beta*(pr-*p.RefRejectedLogps)
+		rewC += rc
+		rewR += rr
+		logC += pc
+		logR += pr
+		if rc > rr {
+			acc++
+		}
+	}
+	for _, v := range []*float64{&rewC, &rewR, &logC, &logR, &acc} {
+		*v /= float64(n)
+	}
+	return Metrics{
+		{Name: LossOutput, Value: float64(out[LossOutput].F32[0])},
+		{Name: "rewards/chosen", Value: rewC},
+		{Name: "rewards/rejected", Value: rewR},
+		{Name: "rewards/accuracies", Value: acc},
+		{Name: "rewards/margins", Value: rewC - rewR},
+		{Name: "logps/chosen", Value: logC},
+		{Name: "logps/rejected", Value: logR},
+	}, nil
+}
+
+// Samples implements Objective: pairs of token 0 of a few lengths.
+func (DPO) Samples() (first, second []EncodedPair) {
+	zero := 0.0
+	pair := func(c, cs, r, rs int) EncodedPair {
+		return EncodedPair{
+			Chosen:   Sequence{IDs: make([]int64, c), CompletionStart: cs},
+			Rejected: Sequence{IDs: make([]int64, r), CompletionStart: rs},
+			// The same zero for every pair: samples only teach shapes.
+			RefChosenLogps: &zero, RefRejectedLogps: &zero,
+		}
+	}
+	first = []EncodedPair{pair(5, 2, 4, 2), pair(3, 1, 6, 3)}
+	second = []EncodedPair{pair(7, 1, 2, 1), pair(7, 1, 2, 1), pair(7, 1, 2, 1)}
+	return first, second
+}
+
+// Fingerprint implements Objective: the pair's ids, completion starts and reference.
+func (DPO) Fingerprint(h hash.Hash, p EncodedPair) {
+	for _, s := range []Sequence{p.Chosen, p.Rejected} {
+		binary.Write(h, binary.LittleEndian, int64(s.CompletionStart))
+		binary.Write(h, binary.LittleEndian, int64(len(s.IDs)))
+		binary.Write(h, binary.LittleEndian, s.IDs)
+	}
+	for _, r := range []*float64{p.RefChosenLogps, p.RefRejectedLogps} {
+		v := math.NaN()
+		if r != nil {
+			v = *r
+		}
+		binary.Write(h, binary.LittleEndian, v)
+	}
+}
+
+// WithReference returns a copy of pairs carrying the reference log-probs refC, refR.
+func WithReference(pairs []EncodedPair, refC, refR []float64) []EncodedPair {
+	out := make([]EncodedPair, len(pairs))
+	for i, p := range pairs {
+		c, r := refC[i], refR[i]
+		p.RefChosenLogps, p.RefRejectedLogps = &c, &r
+		out[i] = p
+	}
+	return out
+}
+
+// ReferenceConfig says how FillReference computes reference log-probs.
+type ReferenceConfig struct {
+	BatchSize int
+	// Recompute ignores reference log-probs the pairs carry (from the dataset's
+	// ref_*_logps columns) and computes all of them with the model.
+	Recompute bool
+	Progress  *Progress // advanced per pair; started and ended here
+}
+
+// FillReference returns pairs carrying their reference log-probs: kept from the data
+// when every pair has them (and not Recompute), else computed once with ref. It
+// reports whether the model computed them.
+func FillReference(ctx context.Context, ref *LogProbModel, pairs []EncodedPair, c ReferenceConfig) ([]EncodedPair, bool, error) {
+	fromData := !c.Recompute
+	for _, p := range pairs {
+		if p.RefChosenLogps == nil || p.RefRejectedLogps == nil {
+			fromData = false
+			break
+		}
+	}
+	if fromData {
+		return pairs, false, nil
+	}
+	if ref == nil {
+		return nil, false, fmt.Errorf("pairs lack reference log-probs and no reference model was given")
+	}
+	c.Progress.Start(len(pairs))
+	scores, _, err := ScorePairs(ctx, ref, nil, pairs, ScoreConfig{Beta: 1, BatchSize: c.BatchSize, Progress: c.Progress})
+	c.Progress.Done()
+	if err != nil {
+		return nil, false, fmt.Errorf("reference log-probs: %w", err)
+	}
+	refC, refR := make([]float64, len(pairs)), make([]float64, len(pairs))
+	for i, s := range scores {
+		refC[i], refR[i] = s.ChosenLogps, s.RejectedLogps
+	}
+	return WithReference(pairs, refC, refR), true, nil
+}

@@ -1,0 +1,710 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"hash"
+	"io"
+	"math"
+	"math/rand"
+	"regexp"
+	"strconv"
+
+	"ortalign/onnx"
+	"ortalign/onnx/autodiff"
+	"ortalign/onnx/ort"
+)
+
+// Objective is one training method plugged into the Engine: the loss head it appends to
+// the model's graph, how a micro-batch of its items becomes the graph's inputs, and the
+// metrics it reads back. The Engine owns everything else (parameters, optimizer,
+// schedule, accumulation, clipping, checkpoints, evaluation, metrics file, progress), so
+// a new objective is one file. T is the objective's item: a preference pair, a sequence.
+type Objective[T any] interface {
+	// Name is the method's name in logs and checkpoints ("dpo", "sft").
+	Name() string
+	// Settings are the objective's options that decide the update, recorded in
+	// checkpoints so that a resume with other ones is refused.
+	Settings() map[string]string
+	// AppendLoss turns a copy of the causal LM into the objective's forward graph: its
+	// output LossOutput is the scalar loss, the mean over the micro-batch's Weight units;
+	// the outputs named by Outputs are read for metrics.
+	AppendLoss(m *onnx.Model) error
+	// Outputs lists the forward graph's outputs besides the loss that Metrics reads.
+	Outputs() []string
+	// Feeds builds the graph's data inputs for a micro-batch.
+	Feeds(in ModelInputs, batch []T) (map[string]*ort.Tensor, error)
+	// Weight is the number of units the micro-batch's loss averages over (pairs,
+	// completion tokens): accumulated micro-batches are combined in proportion to it, so
+	// that accumulation equals one large batch.
+	Weight(batch []T) float64
+	// Metrics reads a micro-batch's metrics (loss first) from the run's outputs.
+	Metrics(batch []T, out map[string]*ort.Tensor) (Metrics, error)
+	// Samples returns two tiny made-up batches whose batch and sequence sizes differ,
+	// used to learn the graph's intermediate shapes.
+	Samples() (first, second []T)
+	// Fingerprint writes an item's content (ids, targets) to h: a checkpoint records the
+	// dataset's fingerprint so that a resume on other data is refused.
+	Fingerprint(h hash.Hash, item T)
+}
+
+// Learning-rate schedules, with Hugging Face Trainer's names and formulas.
+const (
+	SchedulerConstant           = "constant"
+	SchedulerConstantWithWarmup = "constant_with_warmup"
+	SchedulerLinear             = "linear"
+	SchedulerCosine             = "cosine"
+)
+
+// TrainConfig configures the engine: what trains, the optimizer and schedule, batching.
+type TrainConfig struct {
+	Optim       OptimConfig
+	LR          float64
+	Scheduler   string  // SchedulerConstant ("" too), SchedulerConstantWithWarmup, SchedulerLinear or SchedulerCosine
+	WarmupSteps int     // linear warm-up optimizer steps
+	WarmupRatio float64 // warm-up as a fraction of all steps (rounded up), when WarmupSteps is 0
+	MaxGradNorm float64 // 0 disables clipping
+	BatchSize   int     // items per micro-batch (HF's per_device_train_batch_size)
+	GradAccum   int     // micro-batches per optimizer step (HF's gradient_accumulation_steps; 0 means 1)
+	Epochs      int     // passes over the data; 0 means 1
+	MaxSteps    int     // optimizer steps; overrides Epochs when > 0
+	Seed        int64
+	Shuffle     bool
+	Threads     int
+	PadID       int64
+	Freeze      *regexp.Regexp // initializers whose names match stay frozen
+	Profile     string         // ORT profile file prefix for the training session ("" = off)
+	// TieTransposedCopies: see GraphConfig.
+	TieTransposedCopies bool
+}
+
+// Validate reports settings out of range. Messages name settings, not CLI flags.
+func (c TrainConfig) Validate() error {
+	switch {
+	case c.Optim.Name != OptimSGD && c.Optim.Name != OptimAdamW:
+		return fmt.Errorf("optimizer must be %s or %s, got %q", OptimSGD, OptimAdamW, c.Optim.Name)
+	case !(c.LR > 0):
+		return fmt.Errorf("learning rate must be positive, got %g", c.LR)
+	case c.Optim.WeightDecay < 0:
+		return fmt.Errorf("weight decay must be >= 0, got %g", c.Optim.WeightDecay)
+	case c.Optim.Beta1 < 0 || c.Optim.Beta1 >= 1 || c.Optim.Beta2 < 0 || c.Optim.Beta2 >= 1:
+		return fmt.Errorf("adam betas must be in [0, 1), got %g and %g", c.Optim.Beta1, c.Optim.Beta2)
+	case c.Optim.Eps < 0:
+		return fmt.Errorf("adam epsilon must be >= 0, got %g", c.Optim.Eps)
+	case c.MaxGradNorm < 0:
+		return fmt.Errorf("max grad norm must be >= 0, got %g", c.MaxGradNorm)
+	case c.BatchSize <= 0:
+		return fmt.Errorf("batch size must be positive, got %d", c.BatchSize)
+	case c.GradAccum < 0:
+		return fmt.Errorf("gradient accumulation steps must be positive, got %d", c.GradAccum)
+	case c.MaxSteps < 0:
+		return fmt.Errorf("max steps must be >= 0, got %d", c.MaxSteps)
+	case c.Epochs < 0:
+		return fmt.Errorf("epochs must be positive, got %d", c.Epochs)
+	case c.WarmupSteps < 0 || c.WarmupRatio < 0 || c.WarmupRatio > 1:
+		return fmt.Errorf("warm-up must be >= 0 steps or a ratio in [0, 1]")
+	}
+	switch c.Scheduler {
+	case "", SchedulerConstant, SchedulerConstantWithWarmup, SchedulerLinear, SchedulerCosine:
+	default:
+		return fmt.Errorf("learning-rate scheduler must be %s, %s, %s or %s, got %q",
+			SchedulerConstant, SchedulerConstantWithWarmup, SchedulerLinear, SchedulerCosine, c.Scheduler)
+	}
+	return nil
+}
+
+func (c TrainConfig) accum() int { return max(1, c.GradAccum) }
+
+// Warmup is the number of warm-up steps of a run of total optimizer steps.
+func (c TrainConfig) Warmup(total int) int {
+	if c.WarmupSteps > 0 {
+		return c.WarmupSteps
+	}
+	return int(math.Ceil(c.WarmupRatio * float64(total)))
+}
+
+// LearningRate is the rate of the 0-based optimizer step of total, as Hugging Face's
+// schedulers (LambdaLR) give it: warm-up from 0 over the warm-up steps, then constant,
+// linear decay to 0 at total, or a half-cosine to 0.
+func (c TrainConfig) LearningRate(step, total int) float64 {
+	warm := c.Warmup(total)
+	if c.Scheduler == SchedulerConstant || c.Scheduler == "" {
+		return c.LR
+	}
+	if step < warm {
+		return c.LR * float64(step) / float64(max(1, warm))
+	}
+	switch c.Scheduler {
+	case SchedulerLinear:
+		return c.LR * math.Max(0, float64(total-step)/float64(max(1, total-warm)))
+	case SchedulerCosine:
+		progress := float64(step-warm) / float64(max(1, total-warm))
+		return c.LR * math.Max(0, 0.5*(1+math.Cos(math.Pi*progress)))
+	}
+	return c.LR
+}
+
+// ModelInputs knows which inputs a causal LM takes, and builds them for right-padded rows.
+type ModelInputs struct {
+	has   map[string]bool
+	pasts []pastInput
+	pad   int64
+}
+
+// Rows returns input_ids, attention_mask and position_ids (those the model takes), the
+// empty KV-cache past, and completion_mask for rows.
+func (in ModelInputs) Rows(rows []Sequence) map[string]*ort.Tensor {
+	b := BatchInputs(rows, in.pad)
+	feeds := map[string]*ort.Tensor{inputIDs: b.IDs, CompletionMaskInput: b.CompletionMask}
+	if in.has[attentionMask] {
+		feeds[attentionMask] = b.AttentionMask
+	}
+	if in.has[positionIDs] {
+		feeds[positionIDs] = b.PositionIDs
+	}
+	addEmptyPast(feeds, in.pasts, b.IDs.Shape[0])
+	return feeds
+}
+
+// GraphConfig says which initializers of a causal LM a training graph trains.
+type GraphConfig struct {
+	Freeze *regexp.Regexp // initializers whose names match stay frozen
+	// TieTransposedCopies trains an initializer that is an exact transposed copy of
+	// another (GPT-2's lm_head as torch.onnx.export writes it) as the same weight, as the
+	// PyTorch model did; without it the copy trains on its own (an untied model).
+	TieTransposedCopies bool
+}
+
+// TrainingGraph is a generated training graph and what it trains.
+type TrainingGraph struct {
+	*autodiff.Result
+	Trainable []string // initializers that became inputs, with grad.<name> outputs
+	Ties      []Tie    // copies folded into their source (with TieTransposedCopies)
+	Outputs   []string // the objective's outputs kept beside the loss
+}
+
+// BuildTrainingGraph appends obj's loss head to a copy of the causal LM m and
+// differentiates it: the result computes the loss, the objective's outputs and
+// grad.<name> for every trainable initializer (TrainableNames), which become inputs.
+// Shapes are learnt from the objective's tiny samples, so building does not depend on
+// the data's sequence lengths.
+func BuildTrainingGraph[T any](m *onnx.Model, obj Objective[T], c GraphConfig) (*TrainingGraph, error) {
+	if err := checkInputs(m.Graph()); err != nil {
+		return nil, err
+	}
+	fwd := m.Clone()
+	var ties []Tie
+	if c.TieTransposedCopies {
+		var err error
+		if ties, err = FindTransposedCopies(fwd); err != nil {
+			return nil, err
+		}
+		if err := tieCopies(fwd, ties); err != nil {
+			return nil, fmt.Errorf("tie weights: %w", err)
+		}
+	}
+	names, err := TrainableNames(fwd, c.Freeze)
+	if err != nil {
+		return nil, err
+	}
+	if len(names) == 0 {
+		return nil, fmt.Errorf("no trainable float initializers")
+	}
+	in, err := modelInputsOf(fwd, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := obj.AppendLoss(fwd); err != nil {
+		return nil, err
+	}
+	first, second := obj.Samples()
+	feeds, err := obj.Feeds(in, first)
+	if err != nil {
+		return nil, err
+	}
+	feeds2, err := obj.Feeds(in, second)
+	if err != nil {
+		return nil, err
+	}
+	res, err := autodiff.Build(fwd, autodiff.Config{
+		Loss: LossOutput, Trainable: names, KeepOutputs: obj.Outputs(),
+		SampleFeeds: feeds, SecondSampleFeeds: feeds2,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("build training graph: %w", err)
+	}
+	return &TrainingGraph{Result: res, Trainable: names, Ties: ties, Outputs: obj.Outputs()}, nil
+}
+
+// modelInputsOf reads which inputs m takes.
+func modelInputsOf(m *onnx.Model, pad int64) (ModelInputs, error) {
+	pasts, err := pastInputs(m.Graph())
+	if err != nil {
+		return ModelInputs{}, err
+	}
+	return ModelInputs{has: modelInputs(m), pasts: pasts, pad: pad}, nil
+}
+
+// Engine trains a model's parameters on one objective: it owns the training graph's
+// session, the parameter and gradient buffers, the optimizer state, and the loop.
+type Engine[T any] struct {
+	cfg    TrainConfig
+	obj    Objective[T]
+	path   string
+	base   *onnx.Model // the user's model; exports write new values into a clone
+	graph  *TrainingGraph
+	in     ModelInputs
+	names  []string // trainable initializers
+	shapes [][]int64
+	params [][]float32
+	grads  [][]float32
+	accum  [][]float32 // sum of scaled micro-batch gradients (only with accumulation)
+	sess   *ort.Session
+	eval   *ort.Session // forward-only graph, opened on first evaluation
+	opt    *Optimizer
+}
+
+// NewEngine builds the training graph of the model at path (already loaded as m) for
+// obj — forward, loss head and generated backward — and opens it in ONNX Runtime.
+func NewEngine[T any](path string, m *onnx.Model, cfg TrainConfig, obj Objective[T]) (*Engine[T], error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	e := &Engine[T]{cfg: cfg, obj: obj, path: path, base: m}
+	var err error
+	if e.in, err = modelInputsOf(m, cfg.PadID); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if e.graph, err = BuildTrainingGraph(m, obj, GraphConfig{Freeze: cfg.Freeze, TieTransposedCopies: cfg.TieTransposedCopies}); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	for _, name := range e.graph.Trainable {
+		init := onnx.Initializer(m.Graph(), name)
+		data, err := onnx.TensorFloats(init)
+		if err != nil {
+			return nil, fmt.Errorf("%s: initializer %q: %w", path, name, err)
+		}
+		if _, ok := e.graph.Grads[name]; !ok {
+			return nil, fmt.Errorf("%s: no gradient for trainable %q", path, name)
+		}
+		e.names = append(e.names, name)
+		e.shapes = append(e.shapes, append([]int64(nil), init.GetDims()...))
+		e.params = append(e.params, data)
+		e.grads = append(e.grads, make([]float32, len(data)))
+	}
+	outputs := append([]string{LossOutput}, e.graph.Outputs...)
+	for _, name := range e.names {
+		outputs = append(outputs, e.graph.Grads[name])
+	}
+	if e.sess, err = newModelSession(e.graph.Model, outputs, ort.Options{Threads: cfg.Threads, ProfilePrefix: cfg.Profile}); err != nil {
+		return nil, fmt.Errorf("%s: training graph: %w", path, err)
+	}
+	sizes := make([]int, len(e.params))
+	for i, p := range e.params {
+		sizes[i] = len(p)
+	}
+	if e.opt, err = NewOptimizer(cfg.Optim, sizes); err != nil {
+		e.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+// Close releases the sessions.
+func (e *Engine[T]) Close() {
+	for _, s := range []**ort.Session{&e.sess, &e.eval} {
+		if *s != nil {
+			(*s).Destroy()
+			*s = nil
+		}
+	}
+}
+
+// Ties returns the transposed copies trained as their source (see GraphConfig).
+func (e *Engine[T]) Ties() []Tie { return e.graph.Ties }
+
+// Trainable returns the names of the trained initializers.
+func (e *Engine[T]) Trainable() []string { return e.names }
+
+// Params returns the live parameter buffers, in Trainable order.
+func (e *Engine[T]) Params() [][]float32 { return e.params }
+
+// Grads returns the last step's gradient buffers (before clipping), in Trainable order.
+func (e *Engine[T]) Grads() [][]float32 { return e.grads }
+
+// Step is the number of optimizer steps applied so far.
+func (e *Engine[T]) Step() int { return e.opt.Step }
+
+// paramFeeds adds the parameters to feeds.
+func (e *Engine[T]) paramFeeds(feeds map[string]*ort.Tensor) {
+	for i, name := range e.names {
+		feeds[name] = &ort.Tensor{Shape: e.shapes[i], F32: e.params[i]}
+	}
+}
+
+// ComputeGradients runs forward and backward on one micro-batch: it fills Grads() with
+// the gradient of the micro-batch's loss and returns its metrics.
+func (e *Engine[T]) ComputeGradients(batch []T) (Metrics, error) {
+	feeds, err := e.obj.Feeds(e.in, batch)
+	if err != nil {
+		return nil, err
+	}
+	e.paramFeeds(feeds)
+	into := map[string]*ort.Tensor{}
+	for i, name := range e.names {
+		into[e.graph.Grads[name]] = &ort.Tensor{Shape: e.shapes[i], F32: e.grads[i]}
+	}
+	out, err := e.sess.Run(feeds, into)
+	if err != nil {
+		return nil, err
+	}
+	return e.obj.Metrics(batch, out)
+}
+
+// StepOn computes the gradient of one optimizer step over micro-batches (combined in
+// proportion to their Weight, so that accumulation equals one batch), clips it, and
+// applies the optimizer with lr. The metrics are the micro-batches' weighted means plus
+// grad_norm (before clipping). A non-finite loss or gradient stops before the update.
+func (e *Engine[T]) StepOn(micro [][]T, lr float64) (Metrics, error) {
+	m, err := e.gradients(micro)
+	if err != nil {
+		return m, err
+	}
+	norm := m.Value("grad_norm")
+	ClipGrads(e.grads, norm, e.cfg.MaxGradNorm)
+	e.opt.Apply(e.params, e.grads, lr)
+	return m, nil
+}
+
+// gradients leaves in Grads() the combined gradient of the micro-batches.
+func (e *Engine[T]) gradients(micro [][]T) (Metrics, error) {
+	weights := make([]float64, len(micro))
+	total := 0.0
+	for k, b := range micro {
+		weights[k] = e.obj.Weight(b)
+		total += weights[k]
+	}
+	parts := make([]Metrics, 0, len(micro))
+	if len(micro) > 1 && e.accum == nil {
+		e.accum = make([][]float32, len(e.grads))
+		for i, g := range e.grads {
+			e.accum[i] = make([]float32, len(g))
+		}
+	}
+	for k, b := range micro {
+		m, err := e.ComputeGradients(b)
+		if err != nil {
+			return nil, err
+		}
+		parts = append(parts, m)
+		if len(micro) == 1 {
+			break
+		}
+		scale := float32(0)
+		if total > 0 {
+			scale = float32(weights[k] / total)
+		}
+		acc, grads, first := e.accum, e.grads, k == 0
+		parallelChunks(grads, func(i, lo, hi int) {
+			a, g := acc[i][lo:hi], grads[i][lo:hi]
+			if first {
+				for j := range a {
+					a[j] = scale * g[j]
+				}
+				return
+			}
+			for j := range a {
+				a[j] += scale * g[j]
+			}
+		})
+	}
+	if len(micro) > 1 {
+		for i := range e.grads {
+			copy(e.grads[i], e.accum[i])
+		}
+	}
+	m := weightedMean(parts, weights)
+	norm := GradNorm(e.grads)
+	m = append(m, Metric{Name: "grad_norm", Value: norm})
+	loss := m.Value(LossOutput)
+	if math.IsNaN(loss) || math.IsInf(loss, 0) || math.IsNaN(norm) || math.IsInf(norm, 0) {
+		return m, fmt.Errorf("non-finite loss %g or gradient norm %g", loss, norm)
+	}
+	return m, nil
+}
+
+// Evaluate computes the objective's metrics on held-out items with the current weights,
+// in micro-batches of the training batch size, each weighted by its Weight. It runs the
+// forward graph only (no backward pass, no gradient buffers touched).
+func (e *Engine[T]) Evaluate(ctx context.Context, items []T) (Metrics, error) {
+	if e.eval == nil {
+		fwd := e.graph.Model.Clone()
+		g := fwd.Graph()
+		keep := map[string]bool{LossOutput: true}
+		for _, o := range e.graph.Outputs {
+			keep[o] = true
+		}
+		outs := g.Output[:0]
+		for _, o := range g.GetOutput() {
+			if keep[o.GetName()] {
+				outs = append(outs, o)
+			}
+		}
+		g.Output = outs
+		onnx.Prune(g, valueNames(g.GetInput()))
+		sess, err := newModelSession(fwd, append([]string{LossOutput}, e.graph.Outputs...), ort.Options{Threads: e.cfg.Threads})
+		if err != nil {
+			return nil, fmt.Errorf("%s: evaluation graph: %w", e.path, err)
+		}
+		e.eval = sess
+	}
+	bs := e.cfg.BatchSize
+	var parts []Metrics
+	var weights []float64
+	for lo := 0; lo < len(items); lo += bs {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		batch := items[lo:min(lo+bs, len(items))]
+		feeds, err := e.obj.Feeds(e.in, batch)
+		if err != nil {
+			return nil, err
+		}
+		e.paramFeeds(feeds)
+		out, err := e.eval.Run(feeds, nil)
+		if err != nil {
+			return nil, fmt.Errorf("evaluate: %w", err)
+		}
+		m, err := e.obj.Metrics(batch, out)
+		if err != nil {
+			return nil, err
+		}
+		parts, weights = append(parts, m), append(weights, e.obj.Weight(batch))
+	}
+	return weightedMean(parts, weights), nil
+}
+
+// Model returns a copy of the user's model holding the current weights: same graph,
+// inputs, outputs, names, opset and external-data layout.
+func (e *Engine[T]) Model() (*onnx.Model, error) {
+	m := e.base.Clone()
+	for i, name := range e.names {
+		init := onnx.Initializer(m.Graph(), name)
+		if err := onnx.SetTensorFloats(init, e.params[i]); err != nil {
+			return nil, fmt.Errorf("set %q: %w", name, err)
+		}
+	}
+	for _, tie := range e.graph.Ties {
+		src := onnx.Initializer(m.Graph(), tie.Source)
+		vals, err := onnx.TensorFloats(src)
+		if err != nil {
+			return nil, err
+		}
+		dims := src.GetDims()
+		if err := onnx.SetTensorFloats(onnx.Initializer(m.Graph(), tie.Copy), transposed(vals, int(dims[0]), int(dims[1]))); err != nil {
+			return nil, fmt.Errorf("set %q: %w", tie.Copy, err)
+		}
+	}
+	return m, nil
+}
+
+// Export writes the user's model with the current weights to path (atomically).
+func (e *Engine[T]) Export(path string) error {
+	m, err := e.Model()
+	if err != nil {
+		return err
+	}
+	if err := m.Save(path, onnx.SaveOptions{}); err != nil {
+		return fmt.Errorf("export %s: %w", path, err)
+	}
+	return nil
+}
+
+// RunConfig says where a training run reports and saves.
+type RunConfig[T any] struct {
+	Checkpoint      string // checkpoint file; "" disables checkpoints
+	CheckpointEvery int    // optimizer steps between checkpoints (0: only at the end or on interrupt)
+	// MetricsPath is metrics.jsonl: one JSON object per step (and per evaluation). A
+	// resumed run first cuts it back to the checkpoint's step, so that it ends up equal,
+	// line for line, to an uninterrupted run's.
+	MetricsPath string
+	// Metrics, when set, also receives every line.
+	Metrics  io.Writer
+	Progress *Progress
+	// Eval, when non-empty, is evaluated every EvalEvery steps and after the last; its
+	// metrics are logged with TRL's "eval_" prefix.
+	Eval      []T
+	EvalEvery int
+}
+
+// Plan is the shape of a run: how items become micro-batches and optimizer steps.
+type Plan struct {
+	Items, BatchSize, Accum int
+	MicroPerEpoch           int // micro-batches in an epoch (the last may be short)
+	StepsPerEpoch           int // optimizer steps in an epoch (the last may have fewer micro-batches)
+	Total                   int // optimizer steps of the run
+}
+
+// Plan returns the run's shape over n items.
+func (c TrainConfig) Plan(n int) (Plan, error) {
+	if n == 0 {
+		return Plan{}, fmt.Errorf("no training items")
+	}
+	p := Plan{Items: n, BatchSize: c.BatchSize, Accum: c.accum()}
+	p.MicroPerEpoch = (n + p.BatchSize - 1) / p.BatchSize
+	p.StepsPerEpoch = (p.MicroPerEpoch + p.Accum - 1) / p.Accum
+	p.Total = c.MaxSteps
+	if p.Total <= 0 {
+		p.Total = max(1, c.Epochs) * p.StepsPerEpoch
+	}
+	return p, nil
+}
+
+// Train runs the configured optimizer steps over items, resuming from rc.Checkpoint
+// when it exists. On ctx cancellation it saves a checkpoint and returns ctx.Err().
+func (e *Engine[T]) Train(ctx context.Context, items []T, rc RunConfig[T]) error {
+	plan, err := e.cfg.Plan(len(items))
+	if err != nil {
+		return err
+	}
+	settings := e.settings(plan, items)
+	if rc.Checkpoint != "" {
+		ok, err := e.loadCheckpoint(rc.Checkpoint, settings)
+		if err != nil {
+			return err
+		}
+		if ok && rc.Progress != nil {
+			fmt.Fprintf(rc.Progress.Out, "resuming from %s at step %d\n", rc.Checkpoint, e.opt.Step)
+		}
+	}
+	log, err := openMetrics(rc.MetricsPath, e.opt.Step)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	w := io.Writer(log)
+	if rc.Metrics != nil {
+		w = io.MultiWriter(log, rc.Metrics)
+	}
+	enc := json.NewEncoder(w)
+	save := func() error {
+		if rc.Checkpoint == "" {
+			return nil
+		}
+		return e.saveCheckpoint(rc.Checkpoint, settings)
+	}
+	rc.Progress.Start(plan.Total)
+	rc.Progress.Resume(e.opt.Step)
+	var order []int
+	orderEpoch := -1
+	for step := e.opt.Step; step < plan.Total; step++ {
+		if err := ctx.Err(); err != nil {
+			if cerr := save(); cerr != nil {
+				return fmt.Errorf("interrupted at step %d; checkpoint failed: %w", step, cerr)
+			}
+			return err
+		}
+		epoch, k := step/plan.StepsPerEpoch, step%plan.StepsPerEpoch
+		if epoch != orderEpoch {
+			order, orderEpoch = epochOrder(len(items), e.cfg.Seed, epoch, e.cfg.Shuffle), epoch
+		}
+		var micro [][]T
+		for j := k * plan.Accum; j < min((k+1)*plan.Accum, plan.MicroPerEpoch); j++ {
+			idx := order[j*plan.BatchSize : min((j+1)*plan.BatchSize, len(items))]
+			batch := make([]T, len(idx))
+			for b, i := range idx {
+				batch[b] = items[i]
+			}
+			micro = append(micro, batch)
+		}
+		lr := e.cfg.LearningRate(step, plan.Total)
+		m, err := e.StepOn(micro, lr)
+		if err != nil {
+			// The failed step changed nothing (a non-finite loss stops before the update):
+			// keep the work done so far.
+			if rc.Checkpoint != "" && e.opt.Step > 0 {
+				if cerr := save(); cerr != nil {
+					return fmt.Errorf("step %d: %w (and saving the checkpoint failed: %v)", step+1, err, cerr)
+				}
+				return fmt.Errorf("step %d: %w (state after step %d saved to %s)", step+1, err, e.opt.Step, rc.Checkpoint)
+			}
+			return fmt.Errorf("step %d: %w", step+1, err)
+		}
+		epochFrac := float64(step+1) / float64(plan.StepsPerEpoch)
+		m = append(m, Metric{Name: "learning_rate", Value: lr}, Metric{Name: "epoch", Value: epochFrac}, Metric{Name: "step", Value: float64(e.opt.Step)})
+		if err := enc.Encode(m); err != nil {
+			return fmt.Errorf("write metrics: %w", err)
+		}
+		rc.Progress.Add(1)
+		if len(rc.Eval) > 0 && rc.EvalEvery > 0 && ((step+1)%rc.EvalEvery == 0 || step+1 == plan.Total) {
+			em, err := e.Evaluate(ctx, rc.Eval)
+			if err != nil {
+				return fmt.Errorf("step %d: %w", step+1, err)
+			}
+			em = append(em.Prefixed("eval_"), Metric{Name: "epoch", Value: epochFrac}, Metric{Name: "step", Value: float64(e.opt.Step)})
+			if err := enc.Encode(em); err != nil {
+				return fmt.Errorf("write metrics: %w", err)
+			}
+		}
+		if rc.CheckpointEvery > 0 && (step+1)%rc.CheckpointEvery == 0 && step+1 < plan.Total {
+			if err := save(); err != nil {
+				return fmt.Errorf("step %d: %w", step+1, err)
+			}
+		}
+	}
+	rc.Progress.Done()
+	return save()
+}
+
+// settings are what a checkpoint records and a resume must match: everything that
+// decides the data order and the update.
+func (e *Engine[T]) settings(p Plan, items []T) map[string]string {
+	f := func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+	s := map[string]string{
+		"objective":                   e.obj.Name(),
+		"optimizer":                   e.cfg.Optim.Name,
+		"weight_decay":                f(e.cfg.Optim.WeightDecay),
+		"adam_beta1":                  f(e.opt.cfg.Beta1),
+		"adam_beta2":                  f(e.opt.cfg.Beta2),
+		"adam_epsilon":                f(e.opt.cfg.Eps),
+		"learning_rate":               f(e.cfg.LR),
+		"lr_scheduler":                e.cfg.Scheduler,
+		"warmup_steps":                strconv.Itoa(e.cfg.Warmup(p.Total)),
+		"max_grad_norm":               f(e.cfg.MaxGradNorm),
+		"batch_size":                  strconv.Itoa(p.BatchSize),
+		"gradient_accumulation_steps": strconv.Itoa(p.Accum),
+		"seed":                        strconv.FormatInt(e.cfg.Seed, 10),
+		"shuffle":                     strconv.FormatBool(e.cfg.Shuffle),
+	}
+	if e.cfg.Scheduler == SchedulerLinear || e.cfg.Scheduler == SchedulerCosine || e.cfg.WarmupRatio > 0 {
+		// The schedule depends on the run's length; with a constant one a finished run
+		// may be extended.
+		s["total_steps"] = strconv.Itoa(p.Total)
+	}
+	for k, v := range e.obj.Settings() {
+		s[e.obj.Name()+"."+k] = v
+	}
+	h := sha256.New()
+	for _, it := range items {
+		e.obj.Fingerprint(h, it)
+	}
+	s["dataset_fingerprint"] = fmt.Sprintf("%d items, sha256 %s", len(items), hex.EncodeToString(h.Sum(nil))[:16])
+	return s
+}
+
+// epochOrder is the item order of an epoch: a seeded shuffle, so a resumed run sees the
+// same batches.
+func epochOrder(n int, seed int64, epoch int, shuffle bool) []int {
+	order := make([]int, n)
+	for i := range order {
+		order[i] = i
+	}
+	if shuffle {
+		r := rand.New(rand.NewSource(seed*1000003 + int64(epoch)))
+		r.Shuffle(n, func(i, j int) { order[i], order[j] = order[j], order[i] })
+	}
+	return order
+}
