@@ -33,12 +33,14 @@ type checkpointHeader struct {
 	Moments   bool     `json:"moments"`
 	// Settings are what decide the data order and the update (see Engine.settings).
 	Settings map[string]string `json:"settings"`
+	// Totals are the engine's running sums of counting metrics.
+	Totals map[string]float64 `json:"totals,omitempty"`
 }
 
 // saveCheckpoint writes parameters and optimizer state atomically (see
 // internal/atomicfile), so an interruption leaves the previous checkpoint intact.
 func (e *Engine[T]) saveCheckpoint(path string, settings map[string]string) error {
-	h := checkpointHeader{Step: e.opt.Step, Optimizer: e.cfg.Optim.Name, Names: e.names, Moments: e.opt.M != nil, Settings: settings}
+	h := checkpointHeader{Step: e.opt.Step, Optimizer: e.cfg.Optim.Name, Names: e.names, Moments: e.opt.M != nil, Settings: settings, Totals: e.totals}
 	for _, p := range e.params {
 		h.Sizes = append(h.Sizes, len(p))
 	}
@@ -156,6 +158,10 @@ func (e *Engine[T]) loadCheckpoint(path string, settings map[string]string) (boo
 		copy(a, read[i])
 	}
 	e.opt.Step = h.Step
+	e.totals = map[string]float64{}
+	for k, v := range h.Totals {
+		e.totals[k] = v
+	}
 	return true, nil
 }
 

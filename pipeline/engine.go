@@ -265,6 +265,9 @@ type Engine[T any] struct {
 	sess   *ort.Session
 	eval   *ort.Session // forward-only graph, opened on first evaluation
 	opt    *Optimizer
+	// totals are the running sums of the objective's counting metrics (Metric.Sum), so a
+	// step logs the count so far, as TRL's num_tokens; checkpoints keep them.
+	totals map[string]float64
 }
 
 // NewEngine builds the training graph of the model at path (already loaded as m) for
@@ -273,7 +276,7 @@ func NewEngine[T any](path string, m *onnx.Model, cfg TrainConfig, obj Objective
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	e := &Engine[T]{cfg: cfg, obj: obj, path: path, base: m}
+	e := &Engine[T]{cfg: cfg, obj: obj, path: path, base: m, totals: map[string]float64{}}
 	var err error
 	if e.in, err = modelInputsOf(m, cfg.PadID); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -632,6 +635,12 @@ func (e *Engine[T]) Train(ctx context.Context, items []T, rc RunConfig[T]) error
 				return fmt.Errorf("step %d: %w (state after step %d saved to %s)", step+1, err, e.opt.Step, rc.Checkpoint)
 			}
 			return fmt.Errorf("step %d: %w", step+1, err)
+		}
+		for i := range m {
+			if m[i].Sum {
+				e.totals[m[i].Name] += m[i].Value
+				m[i].Value = e.totals[m[i].Name]
+			}
 		}
 		epochFrac := float64(step+1) / float64(plan.StepsPerEpoch)
 		m = append(m, Metric{Name: "learning_rate", Value: lr}, Metric{Name: "epoch", Value: epochFrac}, Metric{Name: "step", Value: float64(e.opt.Step)})
