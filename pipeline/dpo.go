@@ -136,6 +136,8 @@ type ReferenceConfig struct {
 	// Recompute ignores reference log-probs the pairs carry (from the dataset's
 	// ref_*_logps columns) and computes all of them with the model.
 	Recompute bool
+	// Loss is the loss the references are for: reference-free losses take them as 0.
+	Loss LossConfig
 	Progress  *Progress // advanced per pair; started and ended here
 }
 
@@ -143,6 +145,10 @@ type ReferenceConfig struct {
 // when every pair has them (and not Recompute), else computed once with ref. It
 // reports whether the model computed them.
 func FillReference(ctx context.Context, ref *LogProbModel, pairs []EncodedPair, c ReferenceConfig) ([]EncodedPair, bool, error) {
+	if c.Loss.ReferenceFree {
+		zeros := make([]float64, len(pairs))
+		return WithReference(pairs, zeros, zeros), false, nil
+	}
 	fromData := !c.Recompute
 	for _, p := range pairs {
 		if p.RefChosenLogps == nil || p.RefRejectedLogps == nil {
@@ -152,6 +158,9 @@ func FillReference(ctx context.Context, ref *LogProbModel, pairs []EncodedPair, 
 	}
 	if fromData {
 		return pairs, false, nil
+	}
+	if c.Loss.LDAlpha != nil {
+		return nil, false, fmt.Errorf("LD-DPO needs per-token reference log-probs, which reference scoring does not compute yet; give LD-weighted ref_chosen_logps/ref_rejected_logps columns")
 	}
 	if ref == nil {
 		return nil, false, fmt.Errorf("pairs lack reference log-probs and no reference model was given")

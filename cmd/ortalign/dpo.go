@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -23,28 +25,94 @@ type dpoOptions struct {
 	ref, dataPath, tokenizer string
 }
 
-// lossFlags choose the preference loss (TRL's DPOConfig names).
+// lossFlags choose the preference loss (TRL's DPOConfig names in kebab case).
 type lossFlags struct {
-	loss           string
-	beta           float64
-	labelSmoothing float64
-	ipoSum         bool
+	loss, lossWeights string
+	beta              float64
+	labelSmoothing    float64
+	ipoSum            bool
+	fDivergence       string
+	fAlpha            float64
+	discoPopTau       float64
+	useWeighting      bool
+	ldAlpha           optionalFloat
+	referenceFree     bool
 }
 
 func addLossFlags(f *pflag.FlagSet, l *lossFlags) {
-	f.StringVar(&l.loss, "loss", pipeline.LossSigmoid, "loss: sigmoid (DPO), ipo, hinge, robust")
-	f.Float64Var(&l.beta, "beta", 0.1, "DPO beta")
-	f.Float64Var(&l.labelSmoothing, "label-smoothing", 0, "label noise ε: cDPO (sigmoid loss) or rDPO (robust loss)")
+	f.StringVar(&l.loss, "loss", pipeline.LossSigmoid, "loss type, or several comma-separated: "+strings.Join(pipeline.LossTypes, ", "))
+	f.StringVar(&l.lossWeights, "loss-weights", "", "weights of the --loss types, comma-separated (default: all 1)")
+	f.Float64Var(&l.beta, "beta", 0.1, "DPO β: the strength of the KL penalty to the reference")
+	f.Float64Var(&l.labelSmoothing, "label-smoothing", 0, "label noise ε: cDPO (sigmoid), robust, exo_pair, aot, aot_unpaired")
 	f.BoolVar(&l.ipoSum, "ipo-sum-logps", false, "ipo loss on summed log-probs (the IPO paper) instead of TRL's per-token average")
+	f.StringVar(&l.fDivergence, "f-divergence", pipeline.FDivReverseKL, "f-divergence of the implicit reward: reverse_kl, forward_kl, js_divergence or alpha_divergence")
+	f.Float64Var(&l.fAlpha, "f-alpha-divergence-coef", pipeline.DefaultFAlphaCoef, "α of --f-divergence alpha_divergence")
+	f.Float64Var(&l.discoPopTau, "discopop-tau", pipeline.DefaultDiscoPopTau, "τ of the discopop loss")
+	f.BoolVar(&l.useWeighting, "use-weighting", false, "WPO: weight each pair by the policy's probability of its completions")
+	f.Var(&l.ldAlpha, "ld-alpha", "LD-DPO α in [0, 1]: the weight of completion tokens beyond the shorter completion of the pair (default: off)")
+	f.BoolVar(&l.referenceFree, "reference-free", false, "no reference model: reference log-probs are 0")
 }
 
 func (l *lossFlags) config() (pipeline.LossConfig, error) {
-	c := pipeline.LossConfig{Type: l.loss, Beta: l.beta, LabelSmoothing: l.labelSmoothing, IPOSumLogps: l.ipoSum}
+	types, err := pipeline.ParseLossTypes(l.loss)
+	if err != nil {
+		return pipeline.LossConfig{}, fmt.Errorf("--loss: %w", err)
+	}
+	weights, err := pipeline.ParseWeights(l.lossWeights)
+	if err != nil {
+		return pipeline.LossConfig{}, fmt.Errorf("--loss-weights: %w", err)
+	}
+	c := pipeline.LossConfig{
+		Types: types, Weights: weights, Beta: l.beta, LabelSmoothing: l.labelSmoothing, IPOSumLogps: l.ipoSum,
+		UseWeighting: l.useWeighting, ReferenceFree: l.referenceFree,
+	}
+	if len(types) == 1 {
+		c.Type, c.Types = types[0], nil // the single-loss form, as checkpoints record it
+	}
+	// Options that only apply to one loss or divergence are set only when it is used, so
+	// their defaults never make a configuration invalid.
+	if l.fDivergence != pipeline.FDivReverseKL {
+		c.FDivergence = l.fDivergence
+	}
+	if c.FDivergence == pipeline.FDivAlpha && l.fAlpha != pipeline.DefaultFAlphaCoef {
+		c.FAlphaCoef = l.fAlpha
+	}
+	if c.Uses(pipeline.LossDiscoPop) && l.discoPopTau != pipeline.DefaultDiscoPopTau {
+		c.DiscoPopTau = l.discoPopTau
+	}
+	if l.ldAlpha.set {
+		a := l.ldAlpha.v
+		c.LDAlpha = &a
+	}
 	if err := c.Validate(); err != nil {
-		return c, fmt.Errorf("loss flags (--loss, --beta, --label-smoothing, --ipo-sum-logps): %w", err)
+		return c, fmt.Errorf("loss flags (--loss, --beta, --label-smoothing, ...): %w", err)
 	}
 	return c, nil
 }
+
+// optionalFloat is a float flag that knows whether it was given.
+type optionalFloat struct {
+	v   float64
+	set bool
+}
+
+func (o *optionalFloat) String() string {
+	if !o.set {
+		return ""
+	}
+	return strconv.FormatFloat(o.v, 'g', -1, 64)
+}
+
+func (o *optionalFloat) Set(s string) error {
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return err
+	}
+	o.v, o.set = v, true
+	return nil
+}
+
+func (o *optionalFloat) Type() string { return "float" }
 
 // newDPOCmd builds the command; runF replaces runDPO in tests of flag parsing.
 func newDPOCmd(g *globalOptions, runF func(*dpoOptions) error) *cobra.Command {
@@ -143,7 +211,7 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 	if len(pairs) == 0 {
 		return fmt.Errorf("%s: no pairs to train on", o.dataPath)
 	}
-	refCfg := pipeline.ReferenceConfig{BatchSize: o.batchSize, Recompute: o.ref != ""}
+	refCfg := pipeline.ReferenceConfig{BatchSize: o.batchSize, Recompute: o.ref != "", Loss: loss}
 	refCfg.Progress = pipeline.NewProgress(stderr, "reference", "pairs")
 	pairs, computed, err := pipeline.FillReference(ctx, ref, pairs, refCfg)
 	if err == nil && len(eval) > 0 {
@@ -155,7 +223,7 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	if !computed {
+	if !computed && !loss.ReferenceFree {
 		fmt.Fprintf(stderr, "reference log-probs: from the dataset's ref_chosen_logps/ref_rejected_logps\n")
 	}
 
@@ -167,7 +235,7 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 	for _, tie := range engine.Ties() {
 		fmt.Fprintf(stderr, "training %q as the transpose of %q, as the exporter copied it (--untie trains it separately)\n", tie.Copy, tie.Source)
 	}
-	fmt.Fprintf(stderr, "training %d tensors of %s on %d pairs (%s loss, %s, lr %g)\n", len(engine.Trainable()), o.model, len(pairs), o.loss, o.optimizer, o.lr)
+	fmt.Fprintf(stderr, "training %d tensors of %s on %d pairs (%s loss, %s, lr %g)\n", len(engine.Trainable()), o.model, len(pairs), o.lossFlags.loss, o.optimizer, o.lr)
 	ro := o.optimFlags.runOptions("dpo")
 	ro.Stderr = stderr
 	res, err := pipeline.RunTraining(ctx, engine, pairs, eval, ro)

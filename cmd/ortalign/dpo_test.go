@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -164,5 +165,43 @@ func TestDPOInterruptBeforeTraining(t *testing.T) {
 	err := runDPO(ctx, dpoOpts(t, t.TempDir()), &bytes.Buffer{}, &bytes.Buffer{})
 	if err == nil || !strings.Contains(err.Error(), "interrupted") {
 		t.Fatalf("want an interruption error, got %v", err)
+	}
+}
+
+// TestDPOLossFlags: TRL's loss options parse into the loss configuration, and bad values
+// are errors naming the flag, before anything is loaded.
+func TestDPOLossFlags(t *testing.T) {
+	o := parseDPO(t, "--model", "m.onnx", "--data", "d.parquet", "--out", "o",
+		"--loss", "sigmoid,sft", "--loss-weights", "1,0.5", "--f-divergence", "alpha_divergence",
+		"--f-alpha-divergence-coef", "0.5", "--ld-alpha", "0.25", "--use-weighting", "--beta", "0.2")
+	c, err := o.lossFlags.config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(c.LossTypes(), []string{"sigmoid", "sft"}) || !slices.Equal(c.LossWeights(), []float64{1, 0.5}) ||
+		c.FDivergence != "alpha_divergence" || c.FAlphaCoef != 0.5 || c.LDAlpha == nil || *c.LDAlpha != 0.25 || !c.UseWeighting || c.Beta != 0.2 {
+		t.Fatalf("loss config %+v", c)
+	}
+	if d, _ := parseDPO(t, "--model", "m", "--data", "d", "--out", "o").lossFlags.config(); d.LDAlpha != nil || d.Type != "sigmoid" || d.FDivergence != "" || d.DiscoPopTau != 0 {
+		t.Fatalf("default loss config %+v", d)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--loss", "nope"}, "--loss"},
+		{[]string{"--loss-weights", "x"}, "--loss-weights"},
+		{[]string{"--loss", "sigmoid,ipo", "--loss-weights", "1"}, "loss weights"},
+		{[]string{"--beta", "0"}, "beta"},
+		{[]string{"--lr-scheduler", "nope"}, "scheduler"},
+		{[]string{"--gradient-accumulation-steps", "0"}, "--gradient-accumulation-steps"},
+		{[]string{"--eval-fraction", "1.5"}, "--eval-fraction"},
+		{[]string{"--eval-data", "x", "--eval-fraction", "0.1"}, "--eval-data"},
+	} {
+		o := parseDPO(t, append([]string{"--model", "/nonexistent.onnx", "--data", "/nonexistent.parquet", "--out", t.TempDir()}, c.args...)...)
+		err := runDPO(context.Background(), o, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "nonexistent") {
+			t.Errorf("%v: want a flag error mentioning %q before loading anything, got %v", c.args, c.want, err)
+		}
 	}
 }
