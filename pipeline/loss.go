@@ -301,6 +301,7 @@ func AppendPreferenceLossWith(m *onnx.Model, cfg LossConfig, keep HeadOptions) e
 			for i, o := range n.GetOutput() {
 				if o == SequenceLogpsOutput {
 					n.Output[i] = b.Name("raw_sequence_logps")
+					n.Name = proto.String(n.Output[i] + "_identity")
 					rawLogps = n.Output[i]
 				}
 			}

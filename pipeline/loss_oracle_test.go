@@ -84,8 +84,9 @@ func oracleGradients(t *testing.T, file string, m *onnx.Model, loss LossConfig, 
 
 // TestLossOracle: for every case of the oracle (each TRL loss type, several at once with
 // weights, the f-divergences, label smoothing, WPO weighting, LD-DPO, reference-free),
-// the generated training graph's loss equals PyTorch's within 1e-5 relative and every
-// initializer's gradient within 1e-4 relative L2.
+// the generated training graph's loss equals PyTorch's within 1e-5 relative and each
+// initializer's gradient the oracle holds (all of them for six cases) within 1e-4
+// relative L2.
 func TestLossOracle(t *testing.T) {
 	var o lossOracle
 	readOracle(t, "../testdata/expected/loss_oracle_llama.json.gz", &o)
@@ -97,13 +98,20 @@ func TestLossOracle(t *testing.T) {
 	}
 	covered := map[string]bool{}
 	for _, c := range o.Cases {
+		for _, lt := range c.LossType {
+			covered[lt] = true
+		}
+	}
+	for _, lt := range LossTypes {
+		if !covered[lt] {
+			t.Errorf("loss type %s has no oracle case", lt)
+		}
+	}
+	for _, c := range o.Cases {
 		t.Run(c.Name, func(t *testing.T) {
 			cfg := c.config()
 			if err := cfg.Validate(); err != nil {
 				t.Fatal(err)
-			}
-			for _, lt := range cfg.LossTypes() {
-				covered[lt] = true
 			}
 			grads, ok := c.OnnxGrads[file]
 			if !ok {
@@ -111,19 +119,22 @@ func TestLossOracle(t *testing.T) {
 			}
 			n := len(pairs)
 			loss, names, got := oracleGradients(t, file, m, cfg, pairs, c.RefLogps[:n], c.RefLogps[n:], o.PadID)
-			if len(names) != len(grads) {
+			// The oracle holds every initializer's gradient for a few cases, and seven
+			// tensors' (the RMSNorm weights, two matrices) for the others.
+			if len(grads) != len(names) && len(grads) != 7 {
 				t.Fatalf("trains %d tensors, oracle has %d", len(names), len(grads))
 			}
 			relLoss := math.Abs(loss-c.Loss) / math.Abs(c.Loss)
 			if relLoss > 1e-5 || math.IsNaN(loss) {
 				t.Errorf("loss %.9f, PyTorch %.9f (relative error %.1e)", loss, c.Loss, relLoss)
 			}
-			worst, worstName := 0.0, ""
+			worst, worstName, compared := 0.0, "", 0
 			for i, name := range names {
 				w, ok := grads[name]
 				if !ok {
-					t.Fatalf("no oracle gradient for %q", name)
+					continue
 				}
+				compared++
 				if len(w.Values) != len(got[i]) {
 					t.Fatalf("%s: %d gradient values, oracle %d", name, len(got[i]), len(w.Values))
 				}
@@ -135,17 +146,15 @@ func TestLossOracle(t *testing.T) {
 					worst, worstName = e, name
 				}
 			}
+			if compared != len(grads) {
+				t.Fatalf("compared %d tensors of the oracle's %d", compared, len(grads))
+			}
 			active := ""
 			if c.ActivePairs != nil {
 				active = fmt.Sprintf("; hinge active pairs %d/%d", *c.ActivePairs, n)
 			}
-			t.Logf("loss %.9f (PyTorch %.9f, rel %.1e); worst gradient relative L2 %.2e (%s)%s",
-				loss, c.Loss, relLoss, worst, worstName, active)
+			t.Logf("loss %.9f (PyTorch %.9f, rel %.1e); %d tensors, worst gradient relative L2 %.2e (%s)%s",
+				loss, c.Loss, relLoss, compared, worst, worstName, active)
 		})
-	}
-	for _, lt := range LossTypes {
-		if !covered[lt] {
-			t.Errorf("loss type %s has no oracle case", lt)
-		}
 	}
 }
