@@ -1,11 +1,13 @@
-// Package data reads and writes preference datasets: Parquet files (as written
-// by pyarrow, TRL / HuggingFace datasets, DuckDB, arrow-rs or Spark) and JSON
-// Lines files.
+// Package data reads and writes datasets for preference training, supervised
+// fine-tuning and generation: Parquet files (as written by pyarrow, TRL /
+// HuggingFace datasets, DuckDB, arrow-rs or Spark) and JSON Lines files.
 //
 // # Layouts
 //
 // The layout of a dataset is detected from its schema (Parquet) or from the
-// keys of its first record (JSONL), using TRL's column names:
+// keys of its records (JSONL: each key's type comes from its first non-null
+// value), using TRL's column names, among the layouts that the caller's use
+// ([Options.Use]) accepts. Preference layouts:
 //
 //   - [Standard]: prompt, chosen and rejected are strings.
 //   - [ImplicitPrompt]: only chosen and rejected, strings that both start
@@ -20,7 +22,50 @@
 // The optional columns margin, ref_chosen_logps and ref_rejected_logps
 // (float64, float32, integers or INT32/INT64 decimals) are read into
 // [Example.Margin], [Example.RefChosenLogps] and [Example.RefRejectedLogps]
-// when present. Other names are mapped with [Options.Columns].
+// when present (preference use only).
+//
+// Supervised fine-tuning and prompt layouts:
+//
+//   - [PromptCompletion]: prompt and completion are strings.
+//   - [ConversationalPromptCompletion]: prompt and completion are lists of
+//     {role, content} messages.
+//   - [TokenizedPromptCompletion]: prompt_input_ids and completion_input_ids
+//     are lists of integers.
+//   - [LanguageModeling]: text is a string (learnt whole).
+//   - [ConversationalLanguageModeling]: messages is a list of messages (the
+//     assistant turns are learnt).
+//   - [PromptOnly], [ConversationalPromptOnly], [TokenizedPromptOnly]: prompt
+//     is a string or a list of messages, or prompt_input_ids a list of ids.
+//
+// Other names are mapped with [Options.Columns], for every field.
+//
+// # Uses
+//
+// [Options.Use] says what the caller needs; detection then looks only at the
+// fields that use reads, and reads only the columns the chosen layout needs:
+//
+//   - [UsePreference] (the zero value): the four preference layouts, exactly
+//     as above; a file without chosen and rejected (or their ids) is a
+//     [*MissingColumnsError].
+//   - [UseSFT]: by the first column present, in this order:
+//     completion_input_ids (with prompt_input_ids), chosen_input_ids (with
+//     prompt_input_ids: the chosen side of a pre-tokenized preference file),
+//     messages, completion (with a prompt of the same type), text, chosen (a
+//     preference file's chosen side, in its preference layout). rejected is
+//     then required only where the prompt is recovered from what chosen and
+//     rejected share (ImplicitPrompt; Conversational without a message-list
+//     prompt); elsewhere it is read when present and may be null.
+//   - [UsePrompts]: prompt_input_ids; else prompt (the layout names the
+//     file's shape: PromptOnly, PromptCompletion, Standard, Conversational, or
+//     their conversational forms, and only prompt is read, except for a
+//     string prompt beside chosen and rejected message lists, whose prompt
+//     messages are what the two share); else chosen and rejected, whose
+//     shared start is the prompt (ImplicitPrompt, Conversational).
+//
+// A file with none of the columns a use reads is a [*MissingColumnsError]
+// whose message lists the column sets accepted and the file's columns. A
+// column whose type fits no field is an error when the chosen layout reads
+// it, and ignored otherwise.
 //
 // # Robustness
 //
@@ -35,8 +80,9 @@
 // Every error is one line naming the file and, where it applies, the column,
 // row group or row.
 //
-// Rows whose prompt, chosen or rejected value is null (or contains a null
-// message or token id) are skipped and reported to the caller as
+// Rows whose required value (prompt, chosen, rejected, completion, text,
+// messages or their ids, as the layout and use need) is null (or contains a
+// null message or token id) are skipped and reported to the caller as
 // [SkippedRow]s, or are a [*RowError] with [Options.Strict]. Empty strings
 // and empty lists are read as they are; encoders that cannot use them report
 // them with the same [SkippedRow] type (see the Reason constants). Error

@@ -13,15 +13,24 @@ type Message struct {
 	Content string `json:"content"`
 }
 
-// Example is one preference pair.
+// Example is one row of a dataset: a preference pair, a prompt and its
+// completion, a conversation, a text or a prompt alone.
 //
-// Which fields are set depends on the dataset's [Layout]:
+// Which fields are set depends on the dataset's [Layout] (and on
+// [Options.Use]: a column the use does not need is not read):
 //   - Standard and ImplicitPrompt: Prompt, Chosen and Rejected. Chosen and
 //     Rejected hold only the completions (the prompt is split off for
 //     ImplicitPrompt).
 //   - Conversational: PromptMessages, ChosenMessages and RejectedMessages;
 //     Prompt also holds the file's prompt when it was a plain string.
 //   - Tokenized: PromptIDs, ChosenIDs and RejectedIDs.
+//   - PromptCompletion: Prompt and Completion.
+//   - ConversationalPromptCompletion: PromptMessages and CompletionMessages.
+//   - TokenizedPromptCompletion: PromptIDs and CompletionIDs.
+//   - LanguageModeling: Text.
+//   - ConversationalLanguageModeling: Messages.
+//   - PromptOnly: Prompt; ConversationalPromptOnly: PromptMessages;
+//     TokenizedPromptOnly: PromptIDs.
 //
 // The pointer fields are nil when the column is absent or the value is null.
 type Example struct {
@@ -33,20 +42,54 @@ type Example struct {
 
 	PromptIDs, ChosenIDs, RejectedIDs []int64
 
+	Completion         string    // prompt-completion layouts
+	CompletionMessages []Message // conversational prompt-completion
+	CompletionIDs      []int64   // pre-tokenized prompt-completion
+	Text               string    // language modeling
+	Messages           []Message // conversational language modeling
+
 	RefChosenLogps, RefRejectedLogps *float64
 	Margin                           *float64
 }
 
-// Layout is the shape of a preference dataset.
+// Layout is the shape of a dataset.
 type Layout int
 
-// The layouts, with TRL's column names; see the package documentation.
+// The layouts, with TRL's column names; see the package documentation. The
+// first four are preference layouts.
 const (
 	Standard Layout = iota
 	ImplicitPrompt
 	Conversational
 	Tokenized
+
+	PromptCompletion               // prompt, completion: strings
+	ConversationalPromptCompletion // prompt, completion: message lists
+	TokenizedPromptCompletion      // prompt_input_ids, completion_input_ids
+	LanguageModeling               // text: a string
+	ConversationalLanguageModeling // messages: a message list
+	PromptOnly                     // prompt: a string
+	ConversationalPromptOnly       // prompt: a message list
+	TokenizedPromptOnly            // prompt_input_ids
 )
+
+// IsPreference reports whether l is a preference layout (chosen and rejected).
+func (l Layout) IsPreference() bool { return l <= Tokenized }
+
+// IsConversational reports whether l holds messages, which a chat template
+// renders.
+func (l Layout) IsConversational() bool {
+	switch l {
+	case Conversational, ConversationalPromptCompletion, ConversationalLanguageModeling, ConversationalPromptOnly:
+		return true
+	}
+	return false
+}
+
+// IsTokenized reports whether l holds token ids (no tokenizer is needed).
+func (l Layout) IsTokenized() bool {
+	return l == Tokenized || l == TokenizedPromptCompletion || l == TokenizedPromptOnly
+}
 
 // String returns the layout's name as used in messages.
 func (l Layout) String() string {
@@ -59,6 +102,22 @@ func (l Layout) String() string {
 		return "conversational"
 	case Tokenized:
 		return "pre-tokenized"
+	case PromptCompletion:
+		return "prompt-completion"
+	case ConversationalPromptCompletion:
+		return "conversational prompt-completion"
+	case TokenizedPromptCompletion:
+		return "pre-tokenized prompt-completion"
+	case LanguageModeling:
+		return "language modeling"
+	case ConversationalLanguageModeling:
+		return "conversational language modeling"
+	case PromptOnly:
+		return "prompt-only"
+	case ConversationalPromptOnly:
+		return "conversational prompt-only"
+	case TokenizedPromptOnly:
+		return "pre-tokenized prompt-only"
 	}
 	return fmt.Sprintf("Layout(%d)", int(l))
 }
@@ -75,25 +134,71 @@ const (
 	FieldMargin           = "margin"
 	FieldRefChosenLogps   = "ref_chosen_logps"
 	FieldRefRejectedLogps = "ref_rejected_logps"
+	FieldCompletion       = "completion"
+	FieldCompletionIDs    = "completion_input_ids"
+	FieldText             = "text"
+	FieldMessages         = "messages"
 )
 
-var canonicalFields = []string{
+// preferenceFields are the fields of the preference layouts, the only ones
+// [UsePreference] looks at.
+var preferenceFields = []string{
 	FieldPrompt, FieldChosen, FieldRejected,
 	FieldPromptIDs, FieldChosenIDs, FieldRejectedIDs,
 	FieldMargin, FieldRefChosenLogps, FieldRefRejectedLogps,
+}
+
+var canonicalFields = append(preferenceFields[:len(preferenceFields):len(preferenceFields)],
+	FieldCompletion, FieldCompletionIDs, FieldText, FieldMessages)
+
+// Use says what a caller reads a dataset for; it decides which layouts
+// [Open] accepts and which columns it reads (see the package documentation).
+type Use int
+
+const (
+	// UsePreference reads preference pairs (DPO, scoring): the Standard,
+	// ImplicitPrompt, Conversational and Tokenized layouts. The zero value.
+	UsePreference Use = iota
+	// UseSFT reads one sequence a row for supervised fine-tuning: the
+	// prompt-completion and language-modeling layouts, or a preference
+	// dataset, whose chosen side is the completion (rejected is then read
+	// when present but may be null or absent where the prompt does not
+	// depend on it).
+	UseSFT
+	// UsePrompts reads prompts alone (generation): the prompt-only layouts,
+	// or the prompt of any prompt-completion or preference dataset.
+	UsePrompts
+)
+
+// String names the use for messages.
+func (u Use) String() string {
+	switch u {
+	case UsePreference:
+		return "preference pairs"
+	case UseSFT:
+		return "supervised fine-tuning"
+	case UsePrompts:
+		return "prompts"
+	}
+	return fmt.Sprintf("Use(%d)", int(u))
 }
 
 // Options controls how a dataset is read.
 type Options struct {
 	// Columns maps canonical field names (prompt, chosen, rejected,
 	// prompt_input_ids, chosen_input_ids, rejected_input_ids, margin,
-	// ref_chosen_logps, ref_rejected_logps) to the file's column names,
+	// ref_chosen_logps, ref_rejected_logps, completion,
+	// completion_input_ids, text, messages) to the file's column names,
 	// e.g. {"prompt": "question", "chosen": "good", "rejected": "bad"}.
 	// Unmapped fields use their canonical name.
 	Columns map[string]string
 
-	// Strict makes a null prompt, chosen or rejected value an error (a
-	// [*RowError]) instead of a skipped row.
+	// Use says what the dataset is read for; the zero value reads
+	// preference pairs.
+	Use Use
+
+	// Strict makes a null required value (prompt, chosen, completion, ...)
+	// an error (a [*RowError]) instead of a skipped row.
 	Strict bool
 }
 
@@ -146,6 +251,9 @@ const (
 	ReasonEmptyList       = "empty list"           // a message or token id list is empty
 	ReasonEmptyCompletion = "empty completion"     // a completion is the empty string
 	ReasonNoTokens        = "no completion tokens" // the completion encodes to no token
+	ReasonEmptyText       = "empty text"           // a language-modeling text is the empty string
+	ReasonNoAssistant     = "no assistant message" // a conversation has no assistant turn to learn
+	ReasonEmptyPrompt     = "empty prompt"         // a prompt to generate from has no token
 )
 
 // SkippedRow is a row left out because a required value cannot be used:

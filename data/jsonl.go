@@ -21,7 +21,7 @@ type jsonlData struct {
 // openJSONL reads a JSON Lines file: one JSON object per line, with the same
 // keys and layouts as Parquet columns. Blank lines are ignored; Example.Row is
 // the 0-based index of the record.
-func openJSONL(path string, names map[string]string, strict bool) (*Dataset, error) {
+func openJSONL(path string, names map[string]string, use Use, strict bool) (*Dataset, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
@@ -79,7 +79,7 @@ func openJSONL(path string, names map[string]string, strict bool) (*Dataset, err
 	}
 	sort.Strings(columns)
 
-	p, err := detectLayout(names, columns, func(field, column string) (fieldKind, bool, error) {
+	p, err := detectLayout(names, columns, use, func(field, column string) (fieldKind, bool, error) {
 		if !seen[column] {
 			return 0, false, nil
 		}
@@ -87,8 +87,10 @@ func openJSONL(path string, names map[string]string, strict bool) (*Dataset, err
 		if !ok {
 			// Only nulls (or empty lists) seen: take the field's natural kind.
 			switch field {
-			case FieldPromptIDs, FieldChosenIDs, FieldRejectedIDs:
+			case FieldPromptIDs, FieldChosenIDs, FieldRejectedIDs, FieldCompletionIDs:
 				k = kindIDs
+			case FieldMessages:
+				k = kindMessages
 			case FieldMargin, FieldRefChosenLogps, FieldRefRejectedLogps:
 				k = kindFloat
 			default:
@@ -104,7 +106,7 @@ func openJSONL(path string, names map[string]string, strict bool) (*Dataset, err
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 
-	d := &Dataset{Path: path, Layout: p.layout, NumRows: int64(len(recs)), strict: strict, plan: p, Columns: map[string]string{}}
+	d := &Dataset{Path: path, Layout: p.layout, Use: use, NumRows: int64(len(recs)), strict: strict, plan: p, Columns: map[string]string{}}
 	for f := range p.kinds {
 		d.Columns[f] = names[f]
 	}

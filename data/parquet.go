@@ -25,6 +25,7 @@ const maxPageSize = 1 << 30
 type Dataset struct {
 	Path    string // as given to Open; errors name it
 	Layout  Layout
+	Use     Use   // as given to Open
 	NumRows int64 // rows in the file, skipped rows included
 
 	// Columns maps each canonical field read (see [Options.Columns]) to the
@@ -45,8 +46,8 @@ type Dataset struct {
 	jsonl *jsonlData
 }
 
-// Open opens a preference dataset and validates its schema against the
-// layouts of the package documentation.
+// Open opens a dataset and validates its schema against the layouts of the
+// package documentation that [Options.Use] accepts.
 //
 // Files ending in .jsonl or .ndjson are JSON Lines (one object per line, the
 // keys named like the columns); they are parsed and checked whole here, and
@@ -60,9 +61,9 @@ func Open(path string, o Options) (*Dataset, error) {
 	}
 	switch strings.ToLower(filepath.Ext(path)) {
 	case ".jsonl", ".ndjson":
-		return openJSONL(path, names, o.Strict)
+		return openJSONL(path, names, o.Use, o.Strict)
 	}
-	d := &Dataset{Path: path, strict: o.Strict}
+	d := &Dataset{Path: path, Use: o.Use, strict: o.Strict}
 	if err := d.safeOpenParquet(names); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
@@ -243,7 +244,7 @@ func (d *Dataset) openParquet(names map[string]string) error {
 		columns = append(columns, c.name())
 	}
 	d.specs = map[string]fieldSpec{}
-	p, err := detectLayout(names, columns, func(field, column string) (fieldKind, bool, error) {
+	p, err := detectLayout(names, columns, d.Use, func(field, column string) (fieldKind, bool, error) {
 		n, ok := top[column]
 		if !ok {
 			return 0, false, nil

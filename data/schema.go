@@ -320,9 +320,13 @@ func classify(n *snode) (fieldSpec, bool) {
 // wantFor says what types a field accepts, for error messages.
 func wantFor(field string) string {
 	switch field {
-	case FieldPrompt, FieldChosen, FieldRejected:
+	case FieldPrompt, FieldChosen, FieldRejected, FieldCompletion:
 		return "string or list<struct<role: string, content: string>>"
-	case FieldPromptIDs, FieldChosenIDs, FieldRejectedIDs:
+	case FieldMessages:
+		return "list<struct<role: string, content: string>>"
+	case FieldText:
+		return "string"
+	case FieldPromptIDs, FieldChosenIDs, FieldRejectedIDs, FieldCompletionIDs:
 		return "list<int64> or list<int32>"
 	}
 	return "double, float or integer"
@@ -331,9 +335,13 @@ func wantFor(field string) string {
 // accepts reports whether a field can hold values of kind k.
 func accepts(field string, k fieldKind) bool {
 	switch field {
-	case FieldPrompt, FieldChosen, FieldRejected:
+	case FieldPrompt, FieldChosen, FieldRejected, FieldCompletion:
 		return k == kindString || k == kindMessages
-	case FieldPromptIDs, FieldChosenIDs, FieldRejectedIDs:
+	case FieldMessages:
+		return k == kindMessages
+	case FieldText:
+		return k == kindString
+	case FieldPromptIDs, FieldChosenIDs, FieldRejectedIDs, FieldCompletionIDs:
 		return k == kindIDs
 	}
 	return k == kindFloat
