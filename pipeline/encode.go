@@ -30,6 +30,10 @@ type EncodeConfig struct {
 	// Columns maps canonical field names to the file's column names, for messages (as
 	// data.Dataset.Columns); unmapped fields are named canonically.
 	Columns map[string]string
+
+	// PromptSpecialTokens makes EncodePrompts add the tokenizer's special tokens (e.g.
+	// BOS) to text prompts; TRL's generation trainers do not (add_special_tokens=False).
+	PromptSpecialTokens bool
 }
 
 // EncodeStats counts what encoding dropped, skipped or noticed.
@@ -47,18 +51,19 @@ type EncodeStats struct {
 	Truncated          int // pairs with at least one truncated sequence
 }
 
-// CheckEncodable returns the errors of EncodePairs that are not about one row: a text
-// layout without a tokenizer, a conversational dataset whose tokenizer has no chat
-// template, a standard or implicit-prompt one whose tokenizer has no EOS token (it ends
-// every completion). Callers may call it before any row is read.
+// CheckEncodable returns the errors of EncodePairs (and EncodeSequences) that are not
+// about one row: a text layout without a tokenizer, a conversational dataset whose
+// tokenizer has no chat template, a text one (standard, implicit prompt,
+// prompt-completion, language modeling) whose tokenizer has no EOS token (it ends every
+// completion). Callers may call it before any row is read.
 func CheckEncodable(path string, layout data.Layout, tok *tokenize.Tokenizer) error {
-	if layout == data.Tokenized {
+	if layout.IsTokenized() {
 		return nil
 	}
 	if tok == nil {
 		return fmt.Errorf("%s: the %s layout holds text: a tokenizer is needed", path, layout)
 	}
-	if layout == data.Conversational {
+	if layout.IsConversational() {
 		if !tok.HasChatTemplate() {
 			return fmt.Errorf("conversational dataset %s needs a chat template: tokenizer_config.json next to %s has none; add one or pre-render the text", path, tok.Path())
 		}

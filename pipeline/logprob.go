@@ -334,14 +334,40 @@ func valueNames(vs []*onnxpb.ValueInfoProto) []string {
 	return out
 }
 
-// Sequence is one tokenized row: its ids and the index of its first completion token.
+// Sequence is one tokenized row: its ids and which of its tokens' log-probs count.
 type Sequence struct {
-	IDs             []int64
+	IDs []int64
+	// CompletionStart is the index of the first completion token. When Mask is nil the
+	// tokens from it on count.
 	CompletionStart int
+	// Mask, when non-nil, holds one entry per id and marks the tokens whose log-probs
+	// count, in place of CompletionStart (which then is the first marked token): a
+	// conversation learns only its assistant turns. Nil means "from CompletionStart on".
+	Mask []bool
 }
 
-// CompletionTokens is the number of tokens whose log-probs count.
-func (s Sequence) CompletionTokens() int { return len(s.IDs) - s.CompletionStart }
+// Counts reports whether the log-prob of token t (the completion mask at t) counts.
+func (s Sequence) Counts(t int) bool {
+	if s.Mask != nil {
+		return t < len(s.Mask) && s.Mask[t]
+	}
+	return t >= s.CompletionStart && t < len(s.IDs)
+}
+
+// CompletionTokens is the number of tokens whose log-probs count. Token 0 never does:
+// nothing before it predicts it (the log-prob head reads the mask from position 1).
+func (s Sequence) CompletionTokens() int {
+	if s.Mask != nil {
+		n := 0
+		for t := 1; t < len(s.Mask) && t < len(s.IDs); t++ {
+			if s.Mask[t] {
+				n++
+			}
+		}
+		return n
+	}
+	return max(0, len(s.IDs)-max(s.CompletionStart, 1))
+}
 
 // ModelOptions configures a LogProbModel.
 type ModelOptions struct {
@@ -515,7 +541,8 @@ type Batch struct {
 }
 
 // BatchInputs right-pads rows to the longest and builds input_ids, attention_mask,
-// position_ids (0..len-1) and the completion mask.
+// position_ids (0..len-1) and the completion mask (Sequence.Counts: the row's Mask when
+// it has one, else the tokens from CompletionStart on).
 func BatchInputs(rows []Sequence, padID int64) Batch {
 	width := 0
 	for _, r := range rows {
@@ -534,7 +561,7 @@ func BatchInputs(rows []Sequence, padID int64) Batch {
 			if t < len(r.IDs) {
 				ids[base+t] = r.IDs[t]
 				mask[base+t] = 1
-				if t >= r.CompletionStart {
+				if r.Counts(t) {
 					comp[base+t] = 1
 				}
 			} else {

@@ -371,6 +371,24 @@ func (t *Tokenizer) RenderConversation(prompt, completion []Message) (promptText
 	return joint[:n], joint[n:], nil
 }
 
+// RenderPrompt renders prompt messages for generation as TRL's maybe_apply_chat_template
+// does for a prompt-only example: with the generation prompt when the last message is
+// from "user" or "tool", continuing the final message (transformers'
+// continue_final_message) when it is from "assistant"; another last role is an error.
+func (t *Tokenizer) RenderPrompt(prompt []Message) (string, error) {
+	if len(prompt) == 0 {
+		return "", errors.New("tokenize: conversation has no prompt messages")
+	}
+	switch last := prompt[len(prompt)-1].Role; last {
+	case "user", "tool":
+		return t.ApplyChatTemplate(prompt, true)
+	case "assistant":
+		return t.continueFinalMessage(prompt)
+	default:
+		return "", fmt.Errorf("tokenize: the prompt's last message has role %q; want user, tool or assistant", last)
+	}
+}
+
 // continueFinalMessage renders msgs without the generation prompt and cuts the text after
 // the final message's content, as transformers' continue_final_message=True.
 func (t *Tokenizer) continueFinalMessage(msgs []Message) (string, error) {
