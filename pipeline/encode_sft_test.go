@@ -1,8 +1,10 @@
 package pipeline
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -506,4 +508,44 @@ func TestEncodePrompts(t *testing.T) {
 			t.Error("messages layout accepted for prompts")
 		}
 	})
+}
+
+// TestEncodeSequencesBundledOracle encodes the bundled SFT dataset and compares every
+// row with the ids HuggingFace's Rust tokenizer gives under TRL's SFTTrainer rules
+// (testdata/gen_sft_dataset.mjs).
+func TestEncodeSequencesBundledOracle(t *testing.T) {
+	raw, err := os.ReadFile("../testdata/expected/sft_ids.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []struct {
+		InputIDs        []int64 `json:"input_ids"`
+		CompletionStart int     `json:"completion_start"`
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		var w struct {
+			InputIDs        []int64 `json:"input_ids"`
+			CompletionStart int     `json:"completion_start"`
+		}
+		if err := json.Unmarshal([]byte(line), &w); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, w)
+	}
+	tok := textTokenizer(t)
+	for _, file := range []string{"../testdata/data/sft_train.parquet", "../testdata/data/sft_train.jsonl"} {
+		path, layout, examples := readUse(t, file, data.UseSFT)
+		if layout != data.PromptCompletion || len(examples) != 400 || len(want) != 400 {
+			t.Fatalf("%s: %v, %d rows, %d expected", file, layout, len(examples), len(want))
+		}
+		seqs, stats, err := EncodeSequences(path, layout, examples, tok, EncodeConfig{}, int64(tok.VocabSize()))
+		if err != nil || len(seqs) != 400 || stats.BoundaryMismatches != 0 || len(stats.Skipped) != 0 {
+			t.Fatalf("%s: %v, %d sequences, %+v", file, err, len(seqs), stats)
+		}
+		for i, s := range seqs {
+			if !slices.Equal(s.IDs, want[i].InputIDs) || s.CompletionStart != want[i].CompletionStart {
+				t.Fatalf("%s: row %d: %v start %d\nwant %v start %d", file, i, s.IDs, s.CompletionStart, want[i].InputIDs, want[i].CompletionStart)
+			}
+		}
+	}
 }

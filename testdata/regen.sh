@@ -15,6 +15,7 @@ export TESTDATA_NODE_DIR
 $PY testdata/gen_dataset.py                 # data/{train,test}.jsonl
 node testdata/gen_tokenizer.mjs 2>/dev/null # tokenizer/* (stderr: the trainer's progress bar)
 node testdata/gen_parquet.mjs               # data/*.parquet, data/train_tokenized.jsonl
+node testdata/gen_sft_dataset.mjs           # data/sft_train.*, expected/sft_ids.jsonl
 $PY testdata/gen_models.py                  # models/*
 node testdata/check_onnx.mjs                # ORT vs PyTorch logits (writes nothing)
 $PY testdata/gen_expected_logps.py          # expected/logps.json
