@@ -124,8 +124,10 @@ func (e *Engine[T]) loadCheckpoint(path string, settings map[string]string) (boo
 		return bad("header lists %d tensor names but %d sizes", len(h.Names), len(h.Sizes))
 	case h.Step < 0:
 		return bad("negative step %d", h.Step)
-	case h.Optimizer != e.cfg.Optim.Name || h.Moments != (e.opt.M != nil):
+	case h.Optimizer != e.cfg.Optim.Name:
 		return bad("written for optimizer %s, this run uses %s", h.Optimizer, e.cfg.Optim.Name)
+	case h.Moments != (e.opt.M != nil):
+		return bad("optimizer %s state: moments recorded %v, expected %v", h.Optimizer, h.Moments, e.opt.M != nil)
 	case !slices.Equal(h.Names, e.names):
 		return bad("written for another model or trainable set (%d tensors, this run trains %d)", len(h.Names), len(e.names))
 	}

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -579,6 +580,9 @@ func (e *Engine[T]) Train(ctx context.Context, items []T, rc RunConfig[T]) error
 		if err != nil {
 			return err
 		}
+		if ok && e.opt.Step > plan.Total {
+			return fmt.Errorf("checkpoint %s is at step %d, beyond this run's %d steps: raise the step count, or use another output directory", rc.Checkpoint, e.opt.Step, plan.Total)
+		}
 		if ok && rc.Progress != nil {
 			fmt.Fprintf(rc.Progress.Out, "resuming from %s at step %d\n", rc.Checkpoint, e.opt.Step)
 		}
@@ -680,7 +684,7 @@ func (e *Engine[T]) settings(p Plan, items []T) map[string]string {
 		"adam_beta2":                  f(e.opt.cfg.Beta2),
 		"adam_epsilon":                f(e.opt.cfg.Eps),
 		"learning_rate":               f(e.cfg.LR),
-		"lr_scheduler":                e.cfg.Scheduler,
+		"lr_scheduler":                cmp.Or(e.cfg.Scheduler, SchedulerConstant),
 		"warmup_steps":                strconv.Itoa(e.cfg.Warmup(p.Total)),
 		"max_grad_norm":               f(e.cfg.MaxGradNorm),
 		"batch_size":                  strconv.Itoa(p.BatchSize),

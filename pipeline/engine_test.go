@@ -488,7 +488,7 @@ func TestDamagedCheckpointIsAnError(t *testing.T) {
 			fmt.Sprintf("another model or trainable set (%d tensors, this run trains %d)", len(names)-1, len(names))},
 		{"a size changed", setHeader("sizes", bumped), fmt.Sprintf("tensor %q has %d values, the model %d", name0, size0+1, size0)},
 		{"other optimizer", ckpt.edit(func(h map[string]any) { h["optimizer"], h["moments"] = "sgd", false }).bytes(t), "written for optimizer sgd, this run uses adamw"},
-		{"moments missing", setHeader("moments", false), "written for optimizer adamw"},
+		{"moments missing", setHeader("moments", false), "moments recorded false"},
 		{"truncated data", valid[:len(valid)-100], fmt.Sprintf("holds %d bytes of tensor data, its header describes %d (truncated or damaged)", len(ckpt.data)-100, len(ckpt.data))},
 		{"no data", valid[:len(valid)-len(ckpt.data)], fmt.Sprintf("holds 0 bytes of tensor data, its header describes %d", len(ckpt.data))},
 		{"extra trailing bytes", append(slices.Clone(valid), 1, 2, 3, 4, 5, 6, 7, 8), fmt.Sprintf("holds %d bytes of tensor data, its header describes %d (truncated or damaged)", len(ckpt.data)+8, len(ckpt.data))},
@@ -757,4 +757,32 @@ func TestProgressRateCountsOnlyThisRun(t *testing.T) {
 	nilProgress.Resume(1)
 	nilProgress.Add(1)
 	nilProgress.Done()
+}
+
+// TestProgressETARounds: 2 steps left at 2 steps per 2.8 s is 2.8 s: ETA 3s.
+func TestProgressETARounds(t *testing.T) {
+	var buf bytes.Buffer
+	p := &Progress{Label: "dpo", Unit: "steps", Out: &buf}
+	p.Start(4)
+	p.start = time.Now().Add(-2800 * time.Millisecond)
+	p.Add(2)
+	if want := "dpo: 2/4 steps (50%), 0.7 steps/s, ETA 3s\n"; buf.String() != want {
+		t.Errorf("progress %q, want %q", buf.String(), want)
+	}
+}
+
+// TestResumePastMaxStepsIsAnError: a checkpoint at step 2 resumed with max steps 1.
+func TestResumePastMaxStepsIsAnError(t *testing.T) {
+	pairs, pad := enginePairs(t)
+	base := TrainConfig{Optim: OptimConfig{Name: OptimAdamW}, LR: 1e-3, BatchSize: 2, MaxSteps: 2, Seed: 1, Shuffle: true, PadID: pad}
+	dir, _ := trainCheckpoint(t, base, 0.1, pairs)
+	c := base
+	c.MaxSteps = 1
+	e := newEngine(t, c, 0.1)
+	var buf bytes.Buffer
+	err := e.Train(context.Background(), pairs, RunConfig[EncodedPair]{Checkpoint: filepath.Join(dir, "checkpoint.bin"), Progress: &Progress{Label: "dpo", Unit: "steps", Out: &buf}})
+	t.Logf("err %v, step %d, progress %q", err, e.Step(), buf.String())
+	if err == nil {
+		t.Fatal("a checkpoint beyond the run's max steps resumed silently")
+	}
 }

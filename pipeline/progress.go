@@ -94,7 +94,7 @@ func (p *Progress) line(now time.Time, bar bool) string {
 	if p.done >= p.total {
 		eta = "0s"
 	} else if rate > 0 {
-		eta = (time.Duration(float64(p.total-p.done)/rate) * time.Second).Round(time.Second).String()
+		eta = time.Duration(float64(p.total-p.done) / rate * float64(time.Second)).Round(time.Second).String()
 	}
 	frac := 1.0
 	if p.total > 0 {
