@@ -56,6 +56,9 @@ const (
 	FinishLength = "length"
 )
 
+// Check reports whether the options are valid (zero values take their defaults).
+func (o SampleOptions) Check() error { return o.normalize() }
+
 func (o *SampleOptions) normalize() error {
 	if o.NumReturnSequences == 0 {
 		o.NumReturnSequences = 1

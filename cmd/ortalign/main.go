@@ -37,6 +37,7 @@ tokenizer.json files.`,
 	root.PersistentFlags().IntVar(&g.threads, "threads", 0, "ONNX Runtime intra-op threads (0 = all cores)")
 	root.AddCommand(newScoreCmd(g), newDPOCmd(g, nil), newTokenizeCmd(), newArtifactsCmd(g), newInspectCmd(g))
 	root.AddCommand(newReportCmd(g, nil))
+	root.AddCommand(newGenerateCmd(g))
 	return root
 }
 
