@@ -10,6 +10,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"ortalign/onnx"
+	"ortalign/onnx/onnxpb"
 )
 
 var genModels = []string{"gpt2_opset17", "llama_opset17", "llama_kv_opset17"}
@@ -383,5 +388,85 @@ func TestGenerateFinishReasons(t *testing.T) {
 	cancel()
 	if _, err := gen.Generate(ctx, mixedPrompts(), SampleOptions{MaxNewTokens: 5}); err == nil {
 		t.Error("cancelled context: no error")
+	}
+}
+
+// TestDerivedCacheFallsBack: when no cache can be derived (the attention's Softmax written
+// as Exp(LogSoftmax)), or the derived one is wrong (GPT-2's positions hidden behind an
+// Identity, so the decode graph would restart them at 0), the generator says so in one
+// notice and decodes without a cache, giving the plain model's tokens.
+func TestDerivedCacheFallsBack(t *testing.T) {
+	ref := generate(t, loadGen(t, "gpt2_opset17", CacheOff, 1), mixedPrompts(), SampleOptions{MaxNewTokens: 8})
+	edits := map[string]func(g *onnxpb.GraphProto){
+		"no softmax": func(g *onnxpb.GraphProto) {
+			var nodes []*onnxpb.NodeProto
+			for _, n := range g.GetNode() {
+				if n.GetOpType() == "Softmax" {
+					mid := n.GetOutput()[0] + "_log"
+					nodes = append(nodes,
+						&onnxpb.NodeProto{OpType: proto.String("LogSoftmax"), Input: n.Input, Output: []string{mid}, Attribute: n.Attribute},
+						&onnxpb.NodeProto{OpType: proto.String("Exp"), Input: []string{mid}, Output: n.Output})
+					continue
+				}
+				nodes = append(nodes, n)
+			}
+			g.Node = nodes
+		},
+		"hidden positions": func(g *onnxpb.GraphProto) {
+			var nodes []*onnxpb.NodeProto
+			for _, n := range g.GetNode() {
+				nodes = append(nodes, n)
+				if n.GetOpType() == "Range" {
+					out := n.GetOutput()[0]
+					n.Output[0] = out + "_pre"
+					nodes = append(nodes, &onnxpb.NodeProto{OpType: proto.String("Identity"), Input: []string{out + "_pre"}, Output: []string{out}})
+				}
+			}
+			g.Node = nodes
+		},
+	}
+	for label, edit := range edits {
+		m, err := onnx.Load(genModelPath("gpt2_opset17"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		edit(m.Graph())
+		var notices []string
+		gen, err := NewGenerator(label, m, GeneratorOptions{Threads: 1, Notice: func(s string) { notices = append(notices, s) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer gen.Close()
+		if gen.CacheMode() != "none" || len(notices) != 1 || !strings.Contains(notices[0], "without a cache") {
+			t.Errorf("%s: mode %q, notices %q", label, gen.CacheMode(), notices)
+		}
+		t.Logf("%s: %s", label, notices)
+		got := generate(t, gen, mixedPrompts(), SampleOptions{MaxNewTokens: 8})
+		for i := range ref {
+			if !slices.Equal(got[i].IDs, ref[i].IDs) {
+				t.Errorf("%s prompt %d: %v, want %v", label, i, got[i].IDs, ref[i].IDs)
+			}
+		}
+	}
+}
+
+// TestFindAttentionPoints: the cache goes where the task wants it: after the projection
+// and the head split, after rotary for Llama's keys and before GQA's repeat_kv (2 KV heads
+// of 8, not the 4 query heads); GPT-2 gets a position_ids input.
+func TestFindAttentionPoints(t *testing.T) {
+	gen := loadGen(t, "llama_opset17", CacheAuto, 1)
+	if len(gen.pasts) != 4 {
+		t.Fatalf("%d pasts, want 4", len(gen.pasts))
+	}
+	for _, p := range gen.pasts {
+		dims := slices.Clone(p.dims)
+		dims[p.batchAxis], dims[p.seqAxis] = -1, -1
+		if n := dims[0] * dims[1] * dims[2] * dims[3]; n != 16 { // 2 heads · 8, batch and seq as -1·-1
+			t.Errorf("%s: dims %v (batch axis %d, seq axis %d): want 2 KV heads of 8", p.name, p.dims, p.batchAxis, p.seqAxis)
+		}
+	}
+	g2 := loadGen(t, "gpt2_opset17", CacheAuto, 1)
+	if !g2.hasPos || len(g2.pasts) != 4 {
+		t.Errorf("gpt2: position_ids %v, %d pasts", g2.hasPos, len(g2.pasts))
 	}
 }
