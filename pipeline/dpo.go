@@ -105,11 +105,8 @@ func (DPO) Samples() (first, second []EncodedPair) {
 
 // Fingerprint implements Objective: the pair's ids, completion starts and reference.
 func (DPO) Fingerprint(h hash.Hash, p EncodedPair) {
-	for _, s := range []Sequence{p.Chosen, p.Rejected} {
-		binary.Write(h, binary.LittleEndian, int64(s.CompletionStart))
-		binary.Write(h, binary.LittleEndian, int64(len(s.IDs)))
-		binary.Write(h, binary.LittleEndian, s.IDs)
-	}
+	fingerprintSequence(h, p.Chosen)
+	fingerprintSequence(h, p.Rejected)
 	for _, r := range []*float64{p.RefChosenLogps, p.RefRejectedLogps} {
 		v := math.NaN()
 		if r != nil {
@@ -137,8 +134,8 @@ type ReferenceConfig struct {
 	// ref_*_logps columns) and computes all of them with the model.
 	Recompute bool
 	// Loss is the loss the references are for: reference-free losses take them as 0.
-	Loss LossConfig
-	Progress  *Progress // advanced per pair; started and ended here
+	Loss     LossConfig
+	Progress *Progress // advanced per pair; started and ended here
 }
 
 // FillReference returns pairs carrying their reference log-probs: kept from the data

@@ -51,7 +51,7 @@ func (SFT) Feeds(in ModelInputs, batch []Sequence) (map[string]*ort.Tensor, erro
 func (SFT) Weight(batch []Sequence) float64 {
 	n := 0
 	for _, s := range batch {
-		n += predictedTokens(s)
+		n += s.CompletionTokens()
 	}
 	return float64(n)
 }
@@ -66,7 +66,7 @@ func (SFT) Metrics(batch []Sequence, out map[string]*ort.Tensor) (Metrics, error
 	}
 	predicted, tokens := 0, 0
 	for _, s := range batch {
-		predicted += predictedTokens(s)
+		predicted += s.CompletionTokens()
 		tokens += len(s.IDs)
 	}
 	acc := 0.0
@@ -88,18 +88,14 @@ func (SFT) Samples() (first, second []Sequence) {
 }
 
 // Fingerprint implements Objective.
-func (SFT) Fingerprint(h hash.Hash, s Sequence) {
+func (SFT) Fingerprint(h hash.Hash, s Sequence) { fingerprintSequence(h, s) }
+
+// fingerprintSequence writes a sequence's ids and which of its tokens count.
+func fingerprintSequence(h hash.Hash, s Sequence) {
 	binary.Write(h, binary.LittleEndian, int64(s.CompletionStart))
 	binary.Write(h, binary.LittleEndian, int64(len(s.IDs)))
 	binary.Write(h, binary.LittleEndian, s.IDs)
-}
-
-// predictedTokens is the number of s's completion tokens that have a prediction (every
-// position but the first).
-func predictedTokens(s Sequence) int {
-	n := s.CompletionTokens()
-	if s.CompletionStart == 0 && len(s.IDs) > 0 {
-		n--
+	if s.Mask != nil {
+		binary.Write(h, binary.LittleEndian, s.Mask)
 	}
-	return n
 }

@@ -160,14 +160,11 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	if err := o.dataFlags.validate(); err != nil {
-		return err
-	}
-	tok, err := loadTokenizer(o.tokenizer)
+	data, err := o.dataFlags.options(o.tokenizer)
 	if err != nil {
 		return err
 	}
-	cfg, err := o.optimFlags.trainConfig(&o.modelFlags, o.threads, padID(tok))
+	cfg, err := o.optimFlags.trainConfig(&o.modelFlags, o.threads, padID(data.Tokenizer))
 	if err != nil {
 		return err
 	}
@@ -194,22 +191,10 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 			return fmt.Errorf("--ref %s has vocabulary %d but --model %s has %d", o.ref, ref.VocabSize(), o.model, start.VocabSize())
 		}
 	}
-	train, err := loadPairs(o.dataPath, o.dataFlags, tok, o.tokenizer, start.VocabSize(), 0, 1, stderr)
+	data.Vocab, data.Warn = start.VocabSize(), stderr
+	pairs, eval, err := loadTrainEval(pipeline.LoadPairs, &o.optimFlags, o.dataPath, data)
 	if err != nil {
 		return err
-	}
-	pairs, eval := train.pairs, []pipeline.EncodedPair(nil)
-	if o.evalData != "" {
-		held, err := loadPairs(o.evalData, o.dataFlags, tok, o.tokenizer, start.VocabSize(), 0, 1, stderr)
-		if err != nil {
-			return err
-		}
-		eval = held.pairs
-	} else if pairs, eval, err = pipeline.SplitEval(pairs, o.evalFraction, o.seed); err != nil {
-		return fmt.Errorf("--eval-fraction: %w", err)
-	}
-	if len(pairs) == 0 {
-		return fmt.Errorf("%s: no pairs to train on", o.dataPath)
 	}
 	refCfg := pipeline.ReferenceConfig{BatchSize: o.batchSize, Recompute: o.ref != "", Loss: loss}
 	refCfg.Progress = pipeline.NewProgress(stderr, "reference", "pairs")

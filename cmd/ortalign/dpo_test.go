@@ -62,11 +62,11 @@ func heldOutAccuracy(t *testing.T, policy, ref string) float64 {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	lp, err := loadPairs(tinyData, dataFlags{maxLength: 128, truncation: "keep_end"}, tok, tinyTok, p.VocabSize(), 0, 1, &bytes.Buffer{})
+	lp, err := pipeline.LoadPairs(tinyData, pipeline.DataOptions{MaxLength: 128, Truncation: "keep_end", Tokenizer: tok, Vocab: p.VocabSize()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, sum, err := pipeline.ScorePairs(context.Background(), p, r, lp.pairs, pipeline.ScoreConfig{Beta: 0.1, BatchSize: 16})
+	_, sum, err := pipeline.ScorePairs(context.Background(), p, r, lp.Items, pipeline.ScoreConfig{Beta: 0.1, BatchSize: 16})
 	if err != nil {
 		t.Fatal(err)
 	}

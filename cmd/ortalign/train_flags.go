@@ -139,3 +139,27 @@ func (o *optimFlags) trainConfig(m *modelFlags, threads int, pad int64) (pipelin
 func (o *optimFlags) runOptions(label string) pipeline.RunOptions {
 	return pipeline.RunOptions{Out: o.out, CheckpointEvery: o.checkpointEvery, EvalSteps: o.evalSteps, Label: label}
 }
+
+// loadTrainEval reads the training items of dataPath and the held-out ones: --eval-data,
+// or a seeded --eval-fraction of the training items.
+func loadTrainEval[T any](load func(string, pipeline.DataOptions) (*pipeline.Loaded[T], error), o *optimFlags, dataPath string, data pipeline.DataOptions) (train, eval []T, err error) {
+	l, err := load(dataPath, data)
+	if err != nil {
+		return nil, nil, flagHints(err)
+	}
+	train = l.Items
+	if o.evalData != "" {
+		held, err := load(o.evalData, data)
+		if err != nil {
+			return nil, nil, flagHints(err)
+		}
+		return train, held.Items, nil
+	}
+	if train, eval, err = pipeline.SplitEval(train, o.evalFraction, o.seed); err != nil {
+		return nil, nil, fmt.Errorf("--eval-fraction: %w", err)
+	}
+	if len(train) == 0 {
+		return nil, nil, fmt.Errorf("%s: nothing to train on", dataPath)
+	}
+	return train, eval, nil
+}
