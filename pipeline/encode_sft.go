@@ -481,3 +481,12 @@ func EncodePrompts(path string, layout data.Layout, examples []data.Example, tok
 	}
 	return out, stats, nil
 }
+
+// SequencesOf returns the sequences of encoded rows, the SFT objective's items.
+func SequencesOf(rows []EncodedSequence) []Sequence {
+	out := make([]Sequence, len(rows))
+	for i, r := range rows {
+		out[i] = r.Sequence
+	}
+	return out
+}

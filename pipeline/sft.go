@@ -99,3 +99,27 @@ func fingerprintSequence(h hash.Hash, s Sequence) {
 		binary.Write(h, binary.LittleEndian, s.Mask)
 	}
 }
+
+// StaticVocabSize reads a causal LM's vocabulary size from its graph without running it:
+// the logits' last dimension when the export fixes it, else the width of the final
+// projection's weight. It returns 0 when neither says (ids are then not checked up front).
+func StaticVocabSize(m *onnx.Model) int64 {
+	g := m.Graph()
+	if _, dims, ok := onnx.TensorType(onnx.Output(g, logitsOutput)); ok && len(dims) == 3 && dims[2].IsKnown() {
+		return dims[2].Value
+	}
+	head, ok := findLMHead(g)
+	if !ok {
+		return 0
+	}
+	if w := onnx.Initializer(g, head.weight); w != nil {
+		return w.GetDims()[1]
+	}
+	// A tied head: the Transpose of the [vocab, hidden] embedding.
+	if tr := onnx.Producers(g)[head.weight]; tr != nil {
+		if w := onnx.Initializer(g, tr.GetInput()[0]); w != nil {
+			return w.GetDims()[0]
+		}
+	}
+	return 0
+}

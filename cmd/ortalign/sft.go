@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"ortalign/onnx"
+	"ortalign/pipeline"
+)
+
+// sftOptions are the flags of `ortalign sft`.
+type sftOptions struct {
+	*globalOptions
+	dataFlags
+	modelFlags
+	optimFlags
+	dataPath, tokenizer string
+}
+
+// newSFTCmd builds the command; runF replaces runSFT in tests of flag parsing.
+func newSFTCmd(g *globalOptions, runF func(*sftOptions) error) *cobra.Command {
+	o := &sftOptions{globalOptions: g}
+	cmd := &cobra.Command{
+		Use:   "sft --model M.onnx --data D.parquet --out DIR",
+		Short: "Supervised fine-tuning: the usual first stage before DPO or RLHF",
+		Long: `sft trains the model's float initializers on prompt–completion data (prompt and
+completion columns, text or messages), conversational messages (the loss covers the
+assistant turns), plain text, or the chosen side of preference pairs. The loss is the
+cross-entropy of the completion tokens, averaged over all completion tokens of a batch
+(TRL's SFTTrainer with completion_only_loss); metrics loss, mean_token_accuracy and
+num_tokens. Same engine, outputs and resume as dpo.`,
+		Example: `  ortalign sft --model model.onnx --data sft.parquet --tokenizer tokenizer.json \
+      --out sft1 --lr 2e-5 --epochs 1 --eval-fraction 0.1`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if runF != nil {
+				return runF(o)
+			}
+			return runSFT(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	f := cmd.Flags()
+	addModelFlags(f, &o.modelFlags)
+	f.StringVar(&o.dataPath, "data", "", "training data (.parquet or .jsonl): prompt/completion, messages, text, or preference pairs")
+	f.StringVar(&o.tokenizer, "tokenizer", "", "HuggingFace tokenizer.json (needed for text datasets)")
+	addOptimFlags(f, &o.optimFlags, trainDefaults{lr: 2e-5})
+	addDataFlags(f, &o.dataFlags)
+	for _, name := range []string{"model", "data", "out"} {
+		_ = cmd.MarkFlagRequired(name)
+	}
+	return cmd
+}
+
+func runSFT(ctx context.Context, o *sftOptions, stdout, stderr io.Writer) error {
+	data, err := o.dataFlags.options(o.tokenizer)
+	if err != nil {
+		return err
+	}
+	cfg, err := o.optimFlags.trainConfig(&o.modelFlags, o.threads, padID(data.Tokenizer))
+	if err != nil {
+		return err
+	}
+	if err := o.initORT(); err != nil {
+		return err
+	}
+	base, err := onnx.Load(o.model)
+	if err != nil {
+		return err
+	}
+	data.Vocab, data.Warn = pipeline.StaticVocabSize(base), stderr
+	train, eval, err := loadTrainEval(pipeline.LoadSequences, &o.optimFlags, o.dataPath, data)
+	if err != nil {
+		return err
+	}
+	engine, err := pipeline.NewEngine(o.model, base, cfg, pipeline.SFT{})
+	if err != nil {
+		return err
+	}
+	defer engine.Close()
+	fmt.Fprintf(stderr, "training %d tensors of %s on %d sequences (%s, lr %g)\n", len(engine.Trainable()), o.model, len(train), o.optimizer, o.lr)
+	ro := o.optimFlags.runOptions("sft")
+	ro.Stderr = stderr
+	res, err := pipeline.RunTraining(ctx, engine, pipeline.SequencesOf(train), pipeline.SequencesOf(eval), ro)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s and %s\n", res.ModelPath, res.MetricsPath)
+	if res.EvalAfter != nil {
+		fmt.Fprintf(stdout, "held-out metrics (%d sequences):\n", len(eval))
+		pipeline.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
+	}
+	return nil
+}

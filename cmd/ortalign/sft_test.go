@@ -1,0 +1,82 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"ortalign/pipeline"
+)
+
+const sftData = "../../testdata/data/sft_train.parquet"
+
+// parseSFT parses an sft command line into its options, as the CLI does.
+func parseSFT(t *testing.T, args ...string) *sftOptions {
+	t.Helper()
+	var got *sftOptions
+	cmd := newSFTCmd(&globalOptions{threads: 1}, func(o *sftOptions) error { got = o; return nil })
+	cmd.SetArgs(args)
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	if err := cmd.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// metricLines reads the training lines (not eval_) of a metrics.jsonl.
+func metricLines(t *testing.T, path string) []pipeline.Metrics {
+	t.Helper()
+	var out []pipeline.Metrics
+	for _, line := range strings.Split(strings.TrimSpace(readFile(t, path)), "\n") {
+		var m pipeline.Metrics
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatal(err)
+		}
+		if _, eval := m.Get("eval_loss"); !eval {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// TestSFTThenDPO is the usual pipeline on the bundled data: SFT on the chosen
+// completions, then DPO (sigmoid and IPO) from the SFT model; the SFT loss falls, and
+// each DPO run takes held-out reward accuracy to at least 90%.
+func TestSFTThenDPO(t *testing.T) {
+	sftDir := t.TempDir()
+	o := parseSFT(t, "--model", tinyLlama, "--data", sftData, "--tokenizer", tinyTok, "--out", sftDir,
+		"--max-length", "128", "--lr", "1e-3", "--epochs", "1", "--eval-fraction", "0.1", "--eval-steps", "20")
+	var stdout bytes.Buffer
+	if err := runSFT(context.Background(), o, &stdout, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	lines := metricLines(t, filepath.Join(sftDir, "metrics.jsonl"))
+	first, last := lines[0], lines[len(lines)-1]
+	if len(lines) != 45 || !(last.Value("loss") < 0.8*first.Value("loss")) || last.Value("num_tokens") <= first.Value("num_tokens") {
+		t.Fatalf("sft: %d steps, loss %.3f -> %.3f, num_tokens %v -> %v", len(lines), first.Value("loss"), last.Value("loss"), first.Value("num_tokens"), last.Value("num_tokens"))
+	}
+	if !strings.Contains(stdout.String(), "mean_token_accuracy") {
+		t.Fatalf("sft summary has no held-out table: %s", stdout.String())
+	}
+	sftModel := filepath.Join(sftDir, "model.onnx")
+	for _, loss := range []string{"sigmoid", "ipo"} {
+		t.Run(loss, func(t *testing.T) {
+			out := t.TempDir()
+			o := parseDPO(t, "--model", sftModel, "--data", trainData, "--tokenizer", tinyTok, "--out", out,
+				"--max-length", "128", "--lr", "1e-3", "--epochs", "1", "--loss", loss, "--eval-data", tinyData)
+			if err := runDPO(context.Background(), o, io.Discard, io.Discard); err != nil {
+				t.Fatal(err)
+			}
+			acc := heldOutAccuracy(t, filepath.Join(out, "model.onnx"), sftModel)
+			t.Logf("%s after SFT: held-out reward accuracy %.1f%%", loss, 100*acc)
+			if acc < 0.9 {
+				t.Fatalf("held-out reward accuracy %.1f%%, want >= 90%%", 100*acc)
+			}
+		})
+	}
+}
