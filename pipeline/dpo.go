@@ -127,50 +127,83 @@ func WithReference(pairs []EncodedPair, refC, refR []float64) []EncodedPair {
 	return out
 }
 
-// ReferenceConfig says how FillReference computes reference log-probs.
+// ReferenceConfig says how AttachReference finds reference log-probs.
 type ReferenceConfig struct {
-	BatchSize int
-	// Recompute ignores reference log-probs the pairs carry (from the dataset's
-	// ref_*_logps columns) and computes all of them with the model.
-	Recompute bool
-	// Loss is the loss the references are for: reference-free losses take them as 0.
-	Loss     LossConfig
-	Progress *Progress // advanced per pair; started and ended here
+	BatchSize int        // pairs per forward pass of a separate reference model
+	Loss      LossConfig // reference-free losses take the references as 0
+	Progress  *Progress  // advanced per pair; started and ended here
 }
 
-// FillReference returns pairs carrying their reference log-probs: kept from the data
-// when every pair has them (and not Recompute), else computed once with ref. It
-// reports whether the model computed them.
-func FillReference(ctx context.Context, ref *LogProbModel, pairs []EncodedPair, c ReferenceConfig) ([]EncodedPair, bool, error) {
+// Where reference log-probs came from (AttachReference).
+const (
+	RefFromNothing = "none (reference-free)"
+	RefFromData    = "the dataset's ref_chosen_logps/ref_rejected_logps"
+	RefFromModel   = "the reference model"
+	RefFromPolicy  = "the starting model"
+)
+
+// AttachReference returns pairs carrying their reference log-probs, and where they came
+// from: zeros for a reference-free loss; the dataset's ref_*_logps columns when every
+// pair has them and no reference model is given; the reference model ref when given;
+// else the engine's own forward graph with its starting weights — before training the
+// policy is the reference, so no second copy of the model is loaded. Call it before
+// training (and before a resume restores trained weights: Train does that).
+func AttachReference(ctx context.Context, e *Engine[EncodedPair], ref *LogProbModel, pairs []EncodedPair, c ReferenceConfig) ([]EncodedPair, string, error) {
 	if c.Loss.ReferenceFree {
 		zeros := make([]float64, len(pairs))
-		return WithReference(pairs, zeros, zeros), false, nil
-	}
-	fromData := !c.Recompute
-	for _, p := range pairs {
-		if p.RefChosenLogps == nil || p.RefRejectedLogps == nil {
-			fromData = false
-			break
-		}
-	}
-	if fromData {
-		return pairs, false, nil
-	}
-	if c.Loss.LDAlpha != nil {
-		return nil, false, fmt.Errorf("LD-DPO needs per-token reference log-probs, which reference scoring does not compute yet; give LD-weighted ref_chosen_logps/ref_rejected_logps columns")
+		return WithReference(pairs, zeros, zeros), RefFromNothing, nil
 	}
 	if ref == nil {
-		return nil, false, fmt.Errorf("pairs lack reference log-probs and no reference model was given")
+		fromData := len(pairs) > 0
+		for _, p := range pairs {
+			if p.RefChosenLogps == nil || p.RefRejectedLogps == nil {
+				fromData = false
+				break
+			}
+		}
+		if fromData {
+			return pairs, RefFromData, nil
+		}
+		out, err := ReferenceFromPolicy(ctx, e, pairs, c.Progress)
+		return out, RefFromPolicy, err
+	}
+	if c.Loss.LDAlpha != nil {
+		return nil, "", fmt.Errorf("LD-DPO with a separate reference model needs its per-token log-probs, which reference scoring does not compute; use the starting model as the reference or give LD-weighted ref_chosen_logps/ref_rejected_logps columns")
 	}
 	c.Progress.Start(len(pairs))
 	scores, _, err := ScorePairs(ctx, ref, nil, pairs, ScoreConfig{Beta: 1, BatchSize: c.BatchSize, Progress: c.Progress})
 	c.Progress.Done()
 	if err != nil {
-		return nil, false, fmt.Errorf("reference log-probs: %w", err)
+		return nil, "", fmt.Errorf("reference log-probs: %w", err)
 	}
 	refC, refR := make([]float64, len(pairs)), make([]float64, len(pairs))
 	for i, s := range scores {
 		refC[i], refR[i] = s.ChosenLogps, s.RejectedLogps
 	}
-	return WithReference(pairs, refC, refR), true, nil
+	return WithReference(pairs, refC, refR), RefFromModel, nil
+}
+
+// ReferenceFromPolicy returns pairs carrying reference log-probs computed by the engine's
+// forward graph with its current weights: before training, the starting model is the
+// reference, so no second copy of the model is loaded. The log-probs are those the loss
+// compares (LD-weighted with LDAlpha), so LD-DPO's reference comes out right.
+func ReferenceFromPolicy(ctx context.Context, e *Engine[EncodedPair], pairs []EncodedPair, progress *Progress) ([]EncodedPair, error) {
+	zeros := make([]float64, len(pairs))
+	in := WithReference(pairs, zeros, zeros)
+	refC, refR := make([]float64, 0, len(pairs)), make([]float64, 0, len(pairs))
+	progress.Start(len(pairs))
+	err := e.Forward(ctx, in, func(batch []EncodedPair, out map[string]*ort.Tensor) error {
+		lp := out[SequenceLogpsOutput].F32
+		n := len(batch)
+		for i := 0; i < n; i++ {
+			refC, refR = append(refC, float64(lp[i])), append(refR, float64(lp[n+i]))
+		}
+		progress.Add(n)
+		return nil
+	})
+	progress.Done()
+	if err != nil {
+		return nil, fmt.Errorf("reference log-probs: %w", err)
+	}
+	return WithReference(pairs, refC, refR), nil
 }

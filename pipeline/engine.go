@@ -444,6 +444,26 @@ func (e *Engine[T]) gradients(micro [][]T) (Metrics, error) {
 // in micro-batches of the training batch size, each weighted by its Weight. It runs the
 // forward graph only (no backward pass, no gradient buffers touched).
 func (e *Engine[T]) Evaluate(ctx context.Context, items []T) (Metrics, error) {
+	var parts []Metrics
+	var weights []float64
+	err := e.Forward(ctx, items, func(batch []T, out map[string]*ort.Tensor) error {
+		m, err := e.obj.Metrics(batch, out)
+		if err != nil {
+			return err
+		}
+		parts, weights = append(parts, m), append(weights, e.obj.Weight(batch))
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return weightedMean(parts, weights), nil
+}
+
+// Forward runs the objective's forward graph (loss and the objective's outputs, no
+// backward pass) with the current weights over items, in micro-batches of the training
+// batch size, handing each batch's outputs to read. The session is opened on first use.
+func (e *Engine[T]) Forward(ctx context.Context, items []T, read func(batch []T, out map[string]*ort.Tensor) error) error {
 	if e.eval == nil {
 		fwd := e.graph.Model.Clone()
 		g := fwd.Graph()
@@ -461,34 +481,30 @@ func (e *Engine[T]) Evaluate(ctx context.Context, items []T) (Metrics, error) {
 		onnx.Prune(g, valueNames(g.GetInput()))
 		sess, err := newModelSession(fwd, append([]string{LossOutput}, e.graph.Outputs...), ort.Options{Threads: e.cfg.Threads})
 		if err != nil {
-			return nil, fmt.Errorf("%s: evaluation graph: %w", e.path, err)
+			return fmt.Errorf("%s: forward graph: %w", e.path, err)
 		}
 		e.eval = sess
 	}
 	bs := e.cfg.BatchSize
-	var parts []Metrics
-	var weights []float64
 	for lo := 0; lo < len(items); lo += bs {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return err
 		}
 		batch := items[lo:min(lo+bs, len(items))]
 		feeds, err := e.obj.Feeds(e.in, batch)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		e.paramFeeds(feeds)
 		out, err := e.eval.Run(feeds, nil)
 		if err != nil {
-			return nil, fmt.Errorf("evaluate: %w", err)
+			return fmt.Errorf("forward: %w", err)
 		}
-		m, err := e.obj.Metrics(batch, out)
-		if err != nil {
-			return nil, err
+		if err := read(batch, out); err != nil {
+			return err
 		}
-		parts, weights = append(parts, m), append(weights, e.obj.Weight(batch))
 	}
-	return weightedMean(parts, weights), nil
+	return nil
 }
 
 // Model returns a copy of the user's model holding the current weights: same graph,

@@ -175,43 +175,21 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	mo := pipeline.ModelOptions{Threads: o.threads, PadID: cfg.PadID}
-	start, err := pipeline.NewLogProbModel(o.model, base, mo)
-	if err != nil {
-		return err
-	}
-	defer start.Close()
-	ref := start
+	data.Vocab, data.Warn = pipeline.StaticVocabSize(base), stderr
+	var ref *pipeline.LogProbModel
 	if o.ref != "" {
-		if ref, err = pipeline.LoadLogProbModel(o.ref, mo); err != nil {
+		if ref, err = pipeline.LoadLogProbModel(o.ref, pipeline.ModelOptions{Threads: o.threads, PadID: cfg.PadID}); err != nil {
 			return err
 		}
 		defer ref.Close()
-		if ref.VocabSize() != start.VocabSize() {
-			return fmt.Errorf("--ref %s has vocabulary %d but --model %s has %d", o.ref, ref.VocabSize(), o.model, start.VocabSize())
+		if data.Vocab > 0 && ref.VocabSize() != data.Vocab {
+			return fmt.Errorf("--ref %s has vocabulary %d but --model %s has %d", o.ref, ref.VocabSize(), o.model, data.Vocab)
 		}
 	}
-	data.Vocab, data.Warn = start.VocabSize(), stderr
 	pairs, eval, err := loadTrainEval(pipeline.LoadPairs, &o.optimFlags, o.dataPath, data)
 	if err != nil {
 		return err
 	}
-	refCfg := pipeline.ReferenceConfig{BatchSize: o.batchSize, Recompute: o.ref != "", Loss: loss}
-	refCfg.Progress = pipeline.NewProgress(stderr, "reference", "pairs")
-	pairs, computed, err := pipeline.FillReference(ctx, ref, pairs, refCfg)
-	if err == nil && len(eval) > 0 {
-		eval, _, err = pipeline.FillReference(ctx, ref, eval, refCfg)
-	}
-	if errors.Is(err, context.Canceled) {
-		return fmt.Errorf("interrupted before training started; nothing was saved")
-	}
-	if err != nil {
-		return err
-	}
-	if !computed && !loss.ReferenceFree {
-		fmt.Fprintf(stderr, "reference log-probs: from the dataset's ref_chosen_logps/ref_rejected_logps\n")
-	}
-
 	engine, err := pipeline.NewEngine(o.model, base, cfg, pipeline.DPO{Loss: loss})
 	if err != nil {
 		return err
@@ -220,6 +198,18 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 	for _, tie := range engine.Ties() {
 		fmt.Fprintf(stderr, "training %q as the transpose of %q, as the exporter copied it (--untie trains it separately)\n", tie.Copy, tie.Source)
 	}
+	refCfg := pipeline.ReferenceConfig{BatchSize: o.batchSize, Loss: loss, Progress: pipeline.NewProgress(stderr, "reference", "pairs")}
+	pairs, from, err := pipeline.AttachReference(ctx, engine, ref, pairs, refCfg)
+	if err == nil && len(eval) > 0 {
+		eval, _, err = pipeline.AttachReference(ctx, engine, ref, eval, refCfg)
+	}
+	if errors.Is(err, context.Canceled) {
+		return fmt.Errorf("interrupted before training started; nothing was saved")
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "reference log-probs: %s\n", from)
 	fmt.Fprintf(stderr, "training %d tensors of %s on %d pairs (%s loss, %s, lr %g)\n", len(engine.Trainable()), o.model, len(pairs), o.lossFlags.loss, o.optimizer, o.lr)
 	ro := o.optimFlags.runOptions("dpo")
 	ro.Stderr = stderr
