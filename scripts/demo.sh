@@ -9,6 +9,9 @@ rm -rf "$out"
 mkdir -p "$out"
 tok=testdata/tokenizer/tokenizer.json
 model=testdata/models/llama_opset17.onnx
+# The tiny random model needs a far larger learning rate and far shorter sequences than
+# TRL's defaults (1e-6 / 2e-5, 1024 tokens), which suit real models.
+common=(--tokenizer "$tok" --max-length 128 --lr 1e-3 --epochs 1)
 
 echo "== 1. inspect: the bundled tiny Llama-style model (RoPE, RMSNorm, SwiGLU, GQA)"
 $bin inspect "$model" | sed -n '1,11p;$p'
@@ -20,15 +23,33 @@ $bin score --model "$model" --ref testdata/models/gpt2_opset17.onnx \
   --out "$out/scores.parquet" 2>/dev/null
 
 echo
-echo "== 3. dpo: align the Llama model on 400 training pairs (1 epoch, AdamW), held-out accuracy before and after"
-$bin dpo --model "$model" --data testdata/data/train.parquet --eval-data testdata/data/test.parquet \
-  --tokenizer "$tok" --max-length 128 --out "$out/dpo" \
-  --loss sigmoid --beta 0.1 --optimizer adamw --lr 1e-3 --batch-size 8 --epochs 1 2>/dev/null
-echo "last step of $out/dpo/metrics.jsonl:"
-tail -n 1 "$out/dpo/metrics.jsonl"
+echo "== 3. sft: supervised fine-tuning on the chosen completions (360 train, 10% held out)"
+$bin sft --model "$model" --data testdata/data/sft_train.parquet "${common[@]}" \
+  --eval-fraction 0.1 --eval-steps 15 --out "$out/sft" 2>/dev/null
 
 echo
-echo "== 4. score: the aligned model (an ordinary ONNX file) against the starting model"
-$bin score --model "$out/dpo/model.onnx" --ref "$model" \
+echo "== 4. dpo: align the SFT model on 400 training pairs; held-out metrics before and after"
+$bin dpo --model "$out/sft/model.onnx" --data testdata/data/train.parquet --eval-data testdata/data/test.parquet \
+  "${common[@]}" --eval-steps 10 --loss sigmoid --beta 0.1 --out "$out/dpo" 2>/dev/null
+
+echo
+echo "== 5. dpo --loss ipo: the same from the SFT model with TRL's IPO loss"
+$bin dpo --model "$out/sft/model.onnx" --data testdata/data/train.parquet --eval-data testdata/data/test.parquet \
+  "${common[@]}" --eval-steps 10 --loss ipo --beta 0.1 --out "$out/ipo" 2>/dev/null | grep -E "accuracies|margins"
+
+echo
+echo "== 6. score: the aligned model (an ordinary ONNX file) against the SFT model"
+$bin score --model "$out/dpo/model.onnx" --ref "$out/sft/model.onnx" \
   --data testdata/data/test.parquet --tokenizer "$tok" --max-length 128 \
   --out "$out/aligned_scores.parquet" 2>/dev/null
+
+echo
+echo "== 7. generate: greedy completions of 3 held-out prompts from the aligned model (KV cache)"
+head -n 3 testdata/data/test.jsonl > "$out/prompts.jsonl"
+$bin generate --model "$out/dpo/model.onnx" --prompts "$out/prompts.jsonl" --tokenizer "$tok" \
+  --temperature 0 --max-new-tokens 24 --out "$out/completions.jsonl" 2>/dev/null
+head -c 600 "$out/completions.jsonl"; echo
+
+echo
+echo "== 8. report: plots of the three runs"
+$bin report "$out/sft" "$out/dpo" "$out/ipo" --out "$out/report" 2>/dev/null
