@@ -11,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"ortalign/onnx"
 	"ortalign/pipeline"
 )
 
@@ -160,22 +159,11 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	data, err := o.dataFlags.options(o.tokenizer)
+	data, cfg, base, err := prepareTraining(o.globalOptions, &o.dataFlags, &o.modelFlags, &o.optimFlags, o.tokenizer)
 	if err != nil {
 		return err
 	}
-	cfg, err := o.optimFlags.trainConfig(&o.modelFlags, o.threads, padID(data.Tokenizer))
-	if err != nil {
-		return err
-	}
-	if err := o.initORT(); err != nil {
-		return err
-	}
-	base, err := onnx.Load(o.model)
-	if err != nil {
-		return err
-	}
-	data.Vocab, data.Warn = pipeline.StaticVocabSize(base), stderr
+	data.Warn = stderr
 	var ref *pipeline.LogProbModel
 	if o.ref != "" {
 		if ref, err = pipeline.LoadLogProbModel(o.ref, pipeline.ModelOptions{Threads: o.threads, PadID: cfg.PadID}); err != nil {

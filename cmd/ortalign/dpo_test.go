@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/cobra"
+
 	"ortalign/onnx"
 	"ortalign/pipeline"
 )
@@ -22,11 +24,12 @@ const (
 	trainData = "../../testdata/data/train.parquet"
 )
 
-// parseDPO parses a dpo command line into its options, as the CLI does.
-func parseDPO(t *testing.T, args ...string) *dpoOptions {
+// parseFlags parses a command line into a command's options, as the CLI does, without
+// running the command.
+func parseFlags[O any](t *testing.T, newCmd func(*globalOptions, func(*O) error) *cobra.Command, args ...string) *O {
 	t.Helper()
-	var got *dpoOptions
-	cmd := newDPOCmd(&globalOptions{threads: 1}, func(o *dpoOptions) error { got = o; return nil })
+	var got *O
+	cmd := newCmd(&globalOptions{threads: 1}, func(o *O) error { got = o; return nil })
 	cmd.SetArgs(args)
 	cmd.SetOut(io.Discard)
 	cmd.SetErr(io.Discard)
@@ -35,6 +38,8 @@ func parseDPO(t *testing.T, args ...string) *dpoOptions {
 	}
 	return got
 }
+
+func parseDPO(t *testing.T, args ...string) *dpoOptions { return parseFlags(t, newDPOCmd, args...) }
 
 // dpoOpts is the bundled DPO run: the tiny Llama on the synthetic pairs.
 func dpoOpts(t *testing.T, out string, extra ...string) *dpoOptions {

@@ -7,7 +7,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"ortalign/onnx"
 	"ortalign/pipeline"
 )
 
@@ -55,22 +54,11 @@ num_tokens. Same engine, outputs and resume as dpo.`,
 }
 
 func runSFT(ctx context.Context, o *sftOptions, stdout, stderr io.Writer) error {
-	data, err := o.dataFlags.options(o.tokenizer)
+	data, cfg, base, err := prepareTraining(o.globalOptions, &o.dataFlags, &o.modelFlags, &o.optimFlags, o.tokenizer)
 	if err != nil {
 		return err
 	}
-	cfg, err := o.optimFlags.trainConfig(&o.modelFlags, o.threads, padID(data.Tokenizer))
-	if err != nil {
-		return err
-	}
-	if err := o.initORT(); err != nil {
-		return err
-	}
-	base, err := onnx.Load(o.model)
-	if err != nil {
-		return err
-	}
-	data.Vocab, data.Warn = pipeline.StaticVocabSize(base), stderr
+	data.Warn = stderr
 	train, eval, err := loadTrainEval(pipeline.LoadSequences, &o.optimFlags, o.dataPath, data)
 	if err != nil {
 		return err

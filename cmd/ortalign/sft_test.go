@@ -14,19 +14,7 @@ import (
 
 const sftData = "../../testdata/data/sft_train.parquet"
 
-// parseSFT parses an sft command line into its options, as the CLI does.
-func parseSFT(t *testing.T, args ...string) *sftOptions {
-	t.Helper()
-	var got *sftOptions
-	cmd := newSFTCmd(&globalOptions{threads: 1}, func(o *sftOptions) error { got = o; return nil })
-	cmd.SetArgs(args)
-	cmd.SetOut(io.Discard)
-	cmd.SetErr(io.Discard)
-	if err := cmd.Execute(); err != nil {
-		t.Fatal(err)
-	}
-	return got
-}
+func parseSFT(t *testing.T, args ...string) *sftOptions { return parseFlags(t, newSFTCmd, args...) }
 
 // metricLines reads the training lines (not eval_) of a metrics.jsonl.
 func metricLines(t *testing.T, path string) []pipeline.Metrics {

@@ -1,0 +1,28 @@
+package main
+
+import (
+	"ortalign/onnx"
+	"ortalign/pipeline"
+)
+
+// prepareTraining is the common start of every trainer: the flags are checked and the
+// tokenizer loaded before anything heavy, then ONNX Runtime and the model are loaded.
+func prepareTraining(g *globalOptions, d *dataFlags, m *modelFlags, o *optimFlags, tokPath string) (pipeline.DataOptions, pipeline.TrainConfig, *onnx.Model, error) {
+	data, err := d.options(tokPath)
+	if err != nil {
+		return data, pipeline.TrainConfig{}, nil, err
+	}
+	cfg, err := o.trainConfig(m, g.threads, padID(data.Tokenizer))
+	if err != nil {
+		return data, cfg, nil, err
+	}
+	if err := g.initORT(); err != nil {
+		return data, cfg, nil, err
+	}
+	base, err := onnx.Load(m.model)
+	if err != nil {
+		return data, cfg, nil, err
+	}
+	data.Vocab = pipeline.StaticVocabSize(base)
+	return data, cfg, base, nil
+}
