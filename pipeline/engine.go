@@ -80,6 +80,11 @@ type TrainConfig struct {
 	Profile     string         // ORT profile file prefix for the training session ("" = off)
 	// TieTransposedCopies: see GraphConfig.
 	TieTransposedCopies bool
+	// Adapter, when set, trains a parameter-efficient adapter (LoRA) instead of the
+	// model's weights: the training forward is Adapter.Apply's model, only its Trainable
+	// initializers train (Freeze still applies to them; ties are not looked for),
+	// checkpoints hold only them, and Model/Export fold them into the user's graph.
+	Adapter Adapter
 }
 
 // Validate reports settings out of range. Messages name settings, not CLI flags.
@@ -177,6 +182,9 @@ type GraphConfig struct {
 	// another (GPT-2's lm_head as torch.onnx.export writes it) as the same weight, as the
 	// PyTorch model did; without it the copy trains on its own (an untied model).
 	TieTransposedCopies bool
+	// Trainable, when non-nil, lists the initializers that train (minus those matching
+	// Freeze) instead of TrainableNames' choice.
+	Trainable []string
 }
 
 // TrainingGraph is a generated training graph and what it trains.
@@ -210,6 +218,14 @@ func BuildTrainingGraph[T any](m *onnx.Model, obj Objective[T], c GraphConfig) (
 	names, err := TrainableNames(fwd, c.Freeze)
 	if err != nil {
 		return nil, err
+	}
+	if c.Trainable != nil {
+		names = nil
+		for _, name := range c.Trainable {
+			if c.Freeze == nil || !c.Freeze.MatchString(name) {
+				names = append(names, name)
+			}
+		}
 	}
 	if len(names) == 0 {
 		return nil, fmt.Errorf("no trainable float initializers")
@@ -269,6 +285,8 @@ type Engine[T any] struct {
 	// totals are the running sums of the objective's counting metrics (Metric.Sum), so a
 	// step logs the count so far, as TRL's num_tokens; checkpoints keep them.
 	totals map[string]float64
+	// adapted is the adapter's training forward and how it folds back (TrainConfig.Adapter).
+	adapted *Adapted
 }
 
 // NewEngine builds the training graph of the model at path (already loaded as m) for
@@ -282,11 +300,18 @@ func NewEngine[T any](path string, m *onnx.Model, cfg TrainConfig, obj Objective
 	if e.in, err = modelInputsOf(m, cfg.PadID); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if e.graph, err = BuildTrainingGraph(m, obj, GraphConfig{Freeze: cfg.Freeze, TieTransposedCopies: cfg.TieTransposedCopies}); err != nil {
+	train, gc := m, GraphConfig{Freeze: cfg.Freeze, TieTransposedCopies: cfg.TieTransposedCopies}
+	if cfg.Adapter != nil {
+		if e.adapted, err = cfg.Adapter.Apply(m); err != nil {
+			return nil, fmt.Errorf("%s: %s: %w", path, cfg.Adapter.Name(), err)
+		}
+		train, gc.Trainable, gc.TieTransposedCopies = e.adapted.Model, e.adapted.Trainable, false
+	}
+	if e.graph, err = BuildTrainingGraph(train, obj, gc); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	for _, name := range e.graph.Trainable {
-		init := onnx.Initializer(m.Graph(), name)
+		init := onnx.Initializer(train.Graph(), name)
 		data, err := onnx.TensorFloats(init)
 		if err != nil {
 			return nil, fmt.Errorf("%s: initializer %q: %w", path, name, err)
@@ -511,6 +536,12 @@ func (e *Engine[T]) Forward(ctx context.Context, items []T, read func(batch []T,
 // inputs, outputs, names, opset and external-data layout.
 func (e *Engine[T]) Model() (*onnx.Model, error) {
 	m := e.base.Clone()
+	if e.adapted != nil {
+		if err := e.adapted.Fold(m, e.values()); err != nil {
+			return nil, fmt.Errorf("merge %s: %w", e.cfg.Adapter.Name(), err)
+		}
+		return m, nil
+	}
 	for i, name := range e.names {
 		init := onnx.Initializer(m.Graph(), name)
 		if err := onnx.SetTensorFloats(init, e.params[i]); err != nil {
@@ -531,7 +562,9 @@ func (e *Engine[T]) Model() (*onnx.Model, error) {
 	return m, nil
 }
 
-// Export writes the user's model with the current weights to path (atomically).
+// Export writes the user's model with the current weights to path (atomically); with an
+// adapter, the adapter is merged into it, and also saved on its own when the adapter asks
+// for that (Adapted.SaveDir).
 func (e *Engine[T]) Export(path string) error {
 	m, err := e.Model()
 	if err != nil {
@@ -540,7 +573,19 @@ func (e *Engine[T]) Export(path string) error {
 	if err := m.Save(path, onnx.SaveOptions{}); err != nil {
 		return fmt.Errorf("export %s: %w", path, err)
 	}
+	if e.adapted != nil && e.adapted.SaveDir != "" {
+		return e.SaveAdapter(e.adapted.SaveDir)
+	}
 	return nil
+}
+
+// values maps the trainable initializers to their live buffers.
+func (e *Engine[T]) values() map[string][]float32 {
+	v := make(map[string][]float32, len(e.names))
+	for i, name := range e.names {
+		v[name] = e.params[i]
+	}
+	return v
 }
 
 // RunConfig says where a training run reports and saves.
@@ -715,6 +760,11 @@ func (e *Engine[T]) settings(p Plan, items []T) map[string]string {
 	}
 	for k, v := range e.obj.Settings() {
 		s[e.obj.Name()+"."+k] = v
+	}
+	if e.cfg.Adapter != nil {
+		for k, v := range e.cfg.Adapter.Settings() {
+			s[e.cfg.Adapter.Name()+"."+k] = v
+		}
 	}
 	h := sha256.New()
 	for _, it := range items {
