@@ -45,6 +45,15 @@ type Config struct {
 	// detach), whatever they are computed from. The values listed in the
 	// model's metadata property StopGradientMetadata are added to them.
 	StopGradient []string
+	// GradientCheckpointing recomputes the forward of each decoder layer in
+	// the backward pass instead of keeping its intermediate values alive
+	// from the forward pass: activation memory falls from all layers'
+	// intermediates to the layers' inputs plus one layer's intermediates, for
+	// about one more forward pass of compute. The gradients are the same.
+	// Layers are found from the node names torch.onnx.export writes
+	// ("/model/layers.N/", "/transformer/h.N/"); without them nothing is
+	// recomputed and Result.Notices says so. See checkpoint.go.
+	GradientCheckpointing bool
 }
 
 // StopGradientMetadata is the key of a model metadata property that lists,
@@ -82,6 +91,12 @@ type Result struct {
 	Grads map[string]string
 	// Manifest lists the training model's inputs and outputs.
 	Manifest Manifest
+	// Checkpointed names the decoder layers recomputed in the backward pass
+	// (Config.GradientCheckpointing), in graph order: "/model/layers.0", ...
+	Checkpointed []string
+	// Notices say what gradient checkpointing could not do: no layers
+	// found, a layer kept because it has a random operator.
+	Notices []string
 }
 
 // NodeRef names a node of a graph.
@@ -252,7 +267,11 @@ func build(forward *onnx.Model, cfg Config) (*Result, error) {
 		consts: constValues(g),
 		index:  index,
 	}
-	grads, err := e.backward(p, cfg)
+	var ck *checkpoints
+	if cfg.GradientCheckpointing {
+		ck = findSegments(g, cfg.Trainable, append([]string{cfg.Loss}, cfg.KeepOutputs...))
+	}
+	grads, err := e.backward(p, cfg, ck)
 	if err != nil {
 		return nil, fmt.Errorf("autodiff: %w", err)
 	}
@@ -281,6 +300,9 @@ func build(forward *onnx.Model, cfg Config) (*Result, error) {
 		}
 	}
 	res := &Result{Model: m, Grads: map[string]string{}}
+	if ck != nil {
+		res.Checkpointed, res.Notices = ck.names(), ck.notices
+	}
 	used := onnx.Names(g)
 	for i, name := range cfg.Trainable {
 		out := uniqueIn(used, GradPrefix+name)

@@ -81,7 +81,10 @@ func (n *node) attrInts(name string) ([]int64, bool) {
 // A parameter with no path to the loss (or only paths through operators
 // without a gradient, such as Shape) gets a zero gradient. A failure of a
 // rule or of the emitter's helpers is returned as an error naming the node.
-func (e *emitter) backward(p plan, cfg Config) (grads map[string]string, err error) {
+//
+// With checkpoints (ck not nil), the rules of the nodes of each segment read
+// the segment's forward recomputed right before its backward (checkpoint.go).
+func (e *emitter) backward(p plan, cfg Config, ck *checkpoints) (grads map[string]string, err error) {
 	at := fmt.Sprintf("the loss %q", cfg.Loss)
 	defer func() {
 		if r := recover(); r != nil {
@@ -129,13 +132,19 @@ func (e *emitter) backward(p plan, cfg Config) (grads map[string]string, err err
 			// loss only through operators without a gradient (Shape, ...).
 			continue
 		}
-		if src, dx, ok := e.fusedLogSoftmaxGather(n, producers, uses); ok {
+		rn := n
+		if ck != nil && ck.of[n.NodeProto] != nil {
+			rn = e.recomputed(ck, n)
+		} else if src, dx, ok := e.fusedLogSoftmaxGather(n, producers, uses); ok {
 			contrib[src] = append(contrib[src], dx)
 			continue
 		}
-		gx, err := e.apply(n)
+		gx, err := e.apply(rn)
 		if err != nil {
 			return nil, err
+		}
+		if rn != n {
+			ck.applied(n.NodeProto)
 		}
 		if err := e.checkGrads(n, gx, p); err != nil {
 			return nil, err
