@@ -16,6 +16,8 @@ type EncodedPair struct {
 	Chosen, Rejected Sequence
 	RefChosenLogps   *float64
 	RefRejectedLogps *float64
+	// Margin is the dataset's margin column (reward modelling), nil where it has none.
+	Margin *float64
 }
 
 // EncodeConfig controls how text examples become token sequences (TRL v1.x semantics).
@@ -180,6 +182,7 @@ func EncodePairs(path string, layout data.Layout, examples []data.Example, tok *
 			Rejected:         Sequence{IDs: rejected.IDs, CompletionStart: rejected.CompletionStart},
 			RefChosenLogps:   ex.RefChosenLogps,
 			RefRejectedLogps: ex.RefRejectedLogps,
+			Margin:           ex.Margin,
 		}
 		if vocab > 0 {
 			for _, c := range []struct {
