@@ -3,9 +3,11 @@ package main
 import (
 	"fmt"
 	"regexp"
+	"strings"
 
 	"github.com/spf13/pflag"
 
+	"ortalign/onnx/lora"
 	"ortalign/pipeline"
 )
 
@@ -20,12 +22,55 @@ type modelFlags struct {
 	model  string
 	freeze string
 	untie  bool
+	loraFlags
+}
+
+// loraFlags train LoRA adapters instead of the model's weights (PEFT's LoraConfig names).
+type loraFlags struct {
+	loraR         int
+	loraAlpha     float64
+	loraDropout   float64
+	loraTargets   string
+	loraBaseModel string
+	saveAdapter   bool
 }
 
 func addModelFlags(f *pflag.FlagSet, m *modelFlags) {
 	f.StringVar(&m.model, "model", "", "starting policy (ONNX causal LM)")
 	f.StringVar(&m.freeze, "freeze", "", "regexp of initializer names to keep frozen")
 	f.BoolVar(&m.untie, "untie", false, "train transposed copies of a weight (GPT-2's exported lm_head) separately instead of as the weight they copy")
+	f.IntVar(&m.loraR, "lora-r", 0, "LoRA rank: train low-rank adapters on --lora-target-modules instead of the weights, merged into model.onnx at the end (0 = off)")
+	f.Float64Var(&m.loraAlpha, "lora-alpha", pipeline.DefaultLoRAAlpha, "LoRA alpha: the adapters' update is scaled by alpha/r")
+	f.Float64Var(&m.loraDropout, "lora-dropout", 0, "LoRA dropout (only 0 is supported: the training graph has no training-mode Dropout)")
+	f.StringVar(&m.loraTargets, "lora-target-modules", "", "comma-separated module names to adapt, PEFT's matching (a module path equal to or ending in .NAME), or all-linear (default: "+strings.Join(lora.DefaultTargetModules, ",")+")")
+	f.StringVar(&m.loraBaseModel, "lora-base-model", "", "base_model_name_or_path written to adapter_config.json (--save-adapter)")
+	f.BoolVar(&m.saveAdapter, "save-adapter", false, "also write the LoRA adapter alone to --out as PEFT does (adapter_model.safetensors, adapter_config.json)")
+}
+
+// lora returns the LoRA adapter the flags ask for (nil without --lora-r); errors name
+// the flag.
+func (l *loraFlags) lora(out string, seed int64) (*pipeline.LoRA, error) {
+	switch {
+	case l.loraR < 0:
+		return nil, fmt.Errorf("--lora-r must be >= 0, got %d", l.loraR)
+	case l.loraR == 0 && (l.saveAdapter || l.loraTargets != "" || l.loraDropout != 0 || l.loraBaseModel != ""):
+		return nil, fmt.Errorf("--save-adapter, --lora-target-modules, --lora-dropout and --lora-base-model need --lora-r")
+	case l.loraR == 0:
+		return nil, nil
+	}
+	c := &pipeline.LoRA{R: l.loraR, Alpha: l.loraAlpha, Dropout: l.loraDropout, Seed: seed, BaseModel: l.loraBaseModel}
+	for _, name := range strings.Split(l.loraTargets, ",") {
+		if name = strings.TrimSpace(name); name != "" {
+			c.TargetModules = append(c.TargetModules, name)
+		}
+	}
+	if l.saveAdapter {
+		c.SaveDir = out
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("LoRA flags (--lora-r, --lora-alpha, --lora-dropout, --lora-target-modules): %w", err)
+	}
+	return c, nil
 }
 
 func (m *modelFlags) freezeRegexp() (*regexp.Regexp, error) {
@@ -130,7 +175,13 @@ func (o *optimFlags) trainConfig(m *modelFlags, threads int, pad int64) (pipelin
 	if err := c.Validate(); err != nil {
 		return c, fmt.Errorf("training flags (--optimizer, --lr, --adam-*, --lr-scheduler, --warmup-*, --batch-size, --max-steps): %w", err)
 	}
-	var err error
+	l, err := m.lora(o.out, o.seed)
+	if err != nil {
+		return c, err
+	}
+	if l != nil {
+		c.Adapter = *l
+	}
 	c.Freeze, err = m.freezeRegexp()
 	return c, err
 }
