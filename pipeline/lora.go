@@ -6,12 +6,16 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+
+	"google.golang.org/protobuf/proto"
 
 	"ortalign/internal/atomicfile"
 	"ortalign/onnx"
 	"ortalign/onnx/lora"
+	"ortalign/onnx/onnxpb"
 )
 
 // Adapter is a parameter-efficient method (LoRA) plugged into the Engine through
@@ -128,7 +132,7 @@ func (l LoRA) Apply(m *onnx.Model) (*Adapted, error) {
 	if err != nil {
 		return nil, err
 	}
-	fwd := m.Clone()
+	fwd := shareWeights(m)
 	cfg := lora.Config{R: l.R, Alpha: l.Alpha, Seed: l.Seed}
 	adapters, err := lora.Insert(fwd, targets, cfg)
 	if err != nil {
@@ -258,4 +262,17 @@ func peftTargets(all, chosen []lora.Target) []string {
 		paths[i] = t.Module
 	}
 	return paths
+}
+
+// shareWeights returns a copy of m that shares m's initializer tensors instead of copying
+// them: the adapted forward adds nodes and initializers but changes none of m's, and the
+// training graph is built from a copy of it, so the weights are not held once more.
+func shareWeights(m *onnx.Model) *onnx.Model {
+	g := m.Graph()
+	inits := g.Initializer
+	g.Initializer = nil
+	p := proto.Clone(m.Proto()).(*onnxpb.ModelProto)
+	g.Initializer = inits
+	p.Graph.Initializer = slices.Clone(inits)
+	return onnx.NewModel(p)
 }
