@@ -162,6 +162,7 @@ func readExternal(files map[string]*os.File, dir string, t *onnxpb.TensorProto, 
 type externalPlacement struct {
 	t   *onnxpb.TensorProto
 	loc ExternalLocation // Offset is the wanted one; -1 to append
+	raw []byte           // the tensor's data, kept here while the plan is applied
 }
 
 // placeFile assigns final offsets to the tensors of one data file, given in
@@ -181,11 +182,11 @@ func placeFile(items []*externalPlacement) {
 	var end int64
 	for _, it := range fixed {
 		it.loc.Offset = max(it.loc.Offset, end)
-		it.loc.Length = int64(len(it.t.RawData))
+		it.loc.Length = int64(len(it.raw))
 		end = it.loc.Offset + it.loc.Length
 	}
 	for _, it := range appended {
-		it.loc.Length = int64(len(it.t.RawData))
+		it.loc.Length = int64(len(it.raw))
 		if it.loc.Length >= 4096 {
 			end = (end + 4095) &^ 4095
 		}

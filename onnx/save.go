@@ -1,6 +1,7 @@
 package onnx
 
 import (
+	"bufio"
 	"cmp"
 	"errors"
 	"fmt"
@@ -9,7 +10,9 @@ import (
 	"path/filepath"
 	"slices"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"ortalign/internal/atomicfile"
 	"ortalign/onnx/onnxpb"
@@ -175,8 +178,8 @@ func (m *Model) save(target string, opts SaveOptions) error {
 		addNew()
 	}
 
-	// Serialize with the plan applied; in ExternalAuto, move more tensors out
-	// if the model is too large for protobuf.
+	// Apply the plan (the planned tensors' data leaves the proto) and check the size; in
+	// ExternalAuto, move more tensors out if the model is too large for protobuf.
 	ordered := func() []*externalPlacement {
 		var out []*externalPlacement
 		for _, r := range all {
@@ -186,18 +189,14 @@ func (m *Model) save(target string, opts SaveOptions) error {
 		}
 		return out
 	}
-	modelBytes, files, err := m.serializeWithPlan(ordered())
-	if err != nil {
-		return err
-	}
-	if modelBytes == nil && opts.ExternalData == ExternalAuto {
+	files, restore := m.applyPlan(ordered())
+	defer func() { restore() }()
+	if proto.Size(m.proto) > maxProtoSize && opts.ExternalData == ExternalAuto {
+		restore()
 		addNew()
-		modelBytes, files, err = m.serializeWithPlan(ordered())
-		if err != nil {
-			return err
-		}
+		files, restore = m.applyPlan(ordered())
 	}
-	if modelBytes == nil {
+	if proto.Size(m.proto) > maxProtoSize {
 		if opts.ExternalData == ExternalNever {
 			return fmt.Errorf("model exceeds the protobuf limit of %d bytes with all data inline; save with ExternalAuto or ExternalAlways", maxProtoSize)
 		}
@@ -207,6 +206,8 @@ func (m *Model) save(target string, opts SaveOptions) error {
 	// Write and sync every file before replacing any, so that a failed write
 	// (a full disk) leaves all old files in place; then commit the data files
 	// and the model last, so the model never points at data not yet in place.
+	// Tensor data is written from memory as it is, and the model is serialized
+	// straight into its file (marshalTo): no second copy of the weights.
 	var pending []*atomicfile.File
 	defer func() {
 		for _, p := range pending {
@@ -238,7 +239,7 @@ func (m *Model) save(target string, opts SaveOptions) error {
 		return err
 	}
 	pending = append(pending, mf) // the model goes last
-	if _, err := mf.Write(modelBytes); err != nil {
+	if err := marshalTo(mf, m.proto); err != nil {
 		return err
 	}
 	if err := mf.Sync(); err != nil {
@@ -249,6 +250,8 @@ func (m *Model) save(target string, opts SaveOptions) error {
 			return err
 		}
 	}
+	restore()
+	restore = func() {}
 
 	// Remember the new layout.
 	m.ext = map[*onnxpb.TensorProto]ExternalLocation{}
@@ -268,17 +271,16 @@ type dataFile struct {
 	items    []*externalPlacement // sorted by offset
 }
 
-// serializeWithPlan assigns offsets, temporarily moves the planned tensors'
-// data out of the proto, marshals it, and restores the tensors. It returns
-// nil bytes (and no error) if the result would exceed maxProtoSize. plan is
-// in the tensors' order in the model, which is the order new tensors are
-// appended to their files.
-func (m *Model) serializeWithPlan(plan []*externalPlacement) ([]byte, []dataFile, error) {
+// applyPlan assigns offsets and moves the planned tensors' data out of the proto
+// (into their placements' raw, which writeDataFile writes), pointing them at their
+// external files instead; restore puts every tensor back as it was. plan is in the
+// tensors' order in the model, which is the order new tensors are appended to their files.
+func (m *Model) applyPlan(plan []*externalPlacement) (files []dataFile, restore func()) {
 	byFile := map[string][]*externalPlacement{}
 	for _, pl := range plan {
+		pl.raw = pl.t.RawData
 		byFile[pl.loc.Location] = append(byFile[pl.loc.Location], pl)
 	}
-	var files []dataFile
 	for loc, items := range byFile {
 		placeFile(items) // items are in model order, as placeFile expects
 		slices.SortStableFunc(items, func(a, b *externalPlacement) int {
@@ -289,11 +291,6 @@ func (m *Model) serializeWithPlan(plan []*externalPlacement) ([]byte, []dataFile
 	slices.SortFunc(files, func(a, b dataFile) int { return cmp.Compare(a.location, b.location) })
 
 	saved := make(map[*onnxpb.TensorProto]placementState, len(plan))
-	defer func() {
-		for t, s := range saved {
-			t.RawData, t.ExternalData, t.DataLocation = s.raw, s.external, s.location
-		}
-	}()
 	for _, pl := range plan {
 		t := pl.t
 		saved[t] = placementState{t.RawData, t.ExternalData, t.DataLocation}
@@ -301,14 +298,12 @@ func (m *Model) serializeWithPlan(plan []*externalPlacement) ([]byte, []dataFile
 		t.ExternalData = externalEntries(pl.loc)
 		t.DataLocation = onnxpb.TensorProto_EXTERNAL.Enum()
 	}
-	if proto.Size(m.proto) > maxProtoSize {
-		return nil, files, nil
+	return files, func() {
+		for t, s := range saved {
+			t.RawData, t.ExternalData, t.DataLocation = s.raw, s.external, s.location
+		}
+		saved = nil
 	}
-	b, err := proto.Marshal(m.proto)
-	if err != nil {
-		return nil, nil, fmt.Errorf("marshal model: %w", err)
-	}
-	return b, files, nil
 }
 
 // writeDataFile writes the placed tensors, zero-filling gaps.
@@ -323,10 +318,91 @@ func writeDataFile(w io.Writer, items []*externalPlacement) error {
 			}
 			pos += n
 		}
-		if _, err := w.Write(it.t.RawData); err != nil {
+		if _, err := w.Write(it.raw); err != nil {
 			return err
 		}
-		pos += int64(len(it.t.RawData))
+		pos += int64(len(it.raw))
 	}
 	return nil
+}
+
+// streamMin is the size from which marshalTo streams a message field by field instead
+// of marshalling it whole; tests lower it.
+var streamMin = 1 << 20
+
+// marshalTo writes m's protobuf encoding to w without building it in memory: messages
+// of streamMin bytes or more are written field by field, in field-number order as
+// proto.Marshal writes them, and bytes fields (raw_data) straight from the message, so
+// saving a model holds no second copy of its weights. The bytes are proto.Marshal's.
+func marshalTo(w io.Writer, m proto.Message) error {
+	bw := bufio.NewWriterSize(w, 1<<20)
+	if err := writeMessage(bw, m.ProtoReflect(), proto.Size(m)); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+func writeMessage(w *bufio.Writer, m protoreflect.Message, size int) error {
+	if size < streamMin {
+		b, err := proto.Marshal(m.Interface())
+		if err != nil {
+			return fmt.Errorf("marshal model: %w", err)
+		}
+		_, err = w.Write(b)
+		return err
+	}
+	var fields []protoreflect.FieldDescriptor
+	m.Range(func(fd protoreflect.FieldDescriptor, _ protoreflect.Value) bool {
+		fields = append(fields, fd)
+		return true
+	})
+	slices.SortFunc(fields, func(a, b protoreflect.FieldDescriptor) int { return cmp.Compare(a.Number(), b.Number()) })
+	var hdr []byte
+	lenField := func(num protoreflect.FieldNumber, sub protoreflect.Message) error {
+		n := proto.Size(sub.Interface())
+		hdr = protowire.AppendVarint(protowire.AppendTag(hdr[:0], num, protowire.BytesType), uint64(n))
+		if _, err := w.Write(hdr); err != nil {
+			return err
+		}
+		return writeMessage(w, sub, n)
+	}
+	for _, fd := range fields {
+		v := m.Get(fd)
+		switch {
+		case fd.IsMap():
+			return fmt.Errorf("marshal model: map field %s is not supported", fd.FullName())
+		case fd.Kind() == protoreflect.MessageKind && fd.IsList():
+			l := v.List()
+			for i := 0; i < l.Len(); i++ {
+				if err := lenField(fd.Number(), l.Get(i).Message()); err != nil {
+					return err
+				}
+			}
+		case fd.Kind() == protoreflect.MessageKind:
+			if err := lenField(fd.Number(), v.Message()); err != nil {
+				return err
+			}
+		case fd.Kind() == protoreflect.BytesKind && !fd.IsList():
+			b := v.Bytes()
+			hdr = protowire.AppendVarint(protowire.AppendTag(hdr[:0], fd.Number(), protowire.BytesType), uint64(len(b)))
+			if _, err := w.Write(hdr); err != nil {
+				return err
+			}
+			if _, err := w.Write(b); err != nil {
+				return err
+			}
+		default: // scalars, strings, packed numbers: small, marshalled alone
+			one := m.New()
+			one.Set(fd, v)
+			b, err := proto.Marshal(one.Interface())
+			if err != nil {
+				return fmt.Errorf("marshal model: %w", err)
+			}
+			if _, err := w.Write(b); err != nil {
+				return err
+			}
+		}
+	}
+	_, err := w.Write(m.GetUnknown())
+	return err
 }
