@@ -1,11 +1,16 @@
 package pipeline
 
 import (
+	"context"
 	"fmt"
 	"math/rand"
 	"os"
+	"runtime"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -160,4 +165,132 @@ func BenchmarkMatMul(b *testing.B) {
 			b.ReportMetric(2*M*K*N*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 		})
 	}
+}
+
+// realModel is the model of the real-size benchmarks (testdata/gen_bench_real.py export
+// smollm2 makes testdata/bench/smollm2.onnx); ORTALIGN_BENCH_MODEL overrides it.
+func realModel(tb testing.TB) string {
+	p := os.Getenv("ORTALIGN_BENCH_MODEL")
+	if p == "" {
+		p = "../testdata/bench/smollm2.onnx"
+	}
+	if _, err := os.Stat(p); err != nil {
+		tb.Skip("no real-size benchmark model: scripts/bench.sh --real makes it (needs python3-torch)")
+	}
+	return p
+}
+
+// envInt is the integer in the environment variable name, or def.
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
+		return v
+	}
+	return def
+}
+
+// procStatusMB reads a VmRSS/VmHWM-style line of /proc/self/status in MiB.
+func procStatusMB(key string) float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, key+":") {
+			f := strings.Fields(line[len(key)+1:])
+			if len(f) > 0 {
+				kb, _ := strconv.ParseFloat(f[0], 64)
+				return kb / 1024
+			}
+		}
+	}
+	return 0
+}
+
+// TestRealMemoryPhases walks the phases of an `ortalign dpo` run on the real-size model
+// (load, training graph, sessions, reference, step, export, checkpoint) and logs, after
+// each, its seconds, the process's RSS and peak, and Go's heap (before and after a GC:
+// garbage vs live). Runs only with ORTALIGN_BENCH_PHASES=1 (minutes, GBs):
+//
+//	ORTALIGN_BENCH_PHASES=1 ORTALIGN_BENCH_SEQ=128 go test ./pipeline -run RealMemoryPhases -v -timeout 30m
+func TestRealMemoryPhases(t *testing.T) {
+	if os.Getenv("ORTALIGN_BENCH_PHASES") == "" {
+		t.Skip("set ORTALIGN_BENCH_PHASES=1 (and make the model with scripts/bench.sh --real)")
+	}
+	path := realModel(t)
+	seq := envInt("ORTALIGN_BENCH_SEQ", 128)
+	threads := envInt("ORTALIGN_BENCH_THREADS", 2)
+	last := time.Now()
+	phase := func(name string) {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		heap := ms.HeapAlloc
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		t.Logf("%-28s %6.1fs  RSS %6.0f MB  peak %6.0f MB  Go heap %6.0f MB (live %6.0f MB)",
+			name, time.Since(last).Seconds(), procStatusMB("VmRSS"), procStatusMB("VmHWM"),
+			float64(heap)/(1<<20), float64(ms.HeapAlloc)/(1<<20))
+		last = time.Now()
+	}
+	phase("start")
+	m, err := onnx.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	phase("onnx.Load")
+	vocab := StaticVocabSize(m)
+	r := rand.New(rand.NewSource(1))
+	ids := func(n int) []int64 {
+		out := make([]int64, n)
+		for i := range out {
+			out[i] = 3 + r.Int63n(int64(vocab-3))
+		}
+		return out
+	}
+	pairs := make([]EncodedPair, 2)
+	for i := range pairs {
+		p := ids(seq / 2)
+		pairs[i] = EncodedPair{Index: i,
+			Chosen:   Sequence{IDs: append(append([]int64{}, p...), ids(seq/2)...), CompletionStart: seq / 2},
+			Rejected: Sequence{IDs: append(append([]int64{}, p...), ids(seq/2)...), CompletionStart: seq / 2}}
+	}
+	cfg := TrainConfig{Optim: OptimConfig{Name: OptimAdamW}, LR: 1e-6, BatchSize: 2, Threads: threads,
+		MaxGradNorm: 1, TieTransposedCopies: true, Profile: os.Getenv("ORTALIGN_PROFILE")}
+	obj := DPO{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}}
+	g, err := BuildTrainingGraph(m, obj, GraphConfig{TieTransposedCopies: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	phase("BuildTrainingGraph")
+	t.Logf("training graph: %d nodes, %d initializers, %d trainable, proto %d MB",
+		len(g.Model.Graph().Node), len(g.Model.Graph().Initializer), len(g.Trainable), proto.Size(g.Model.Proto())>>20)
+	g = nil
+	phase("drop graph")
+	e, err := NewEngine(path, m, cfg, obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	phase("NewEngine (graph+session)")
+	pairs, err = ReferenceFromPolicy(context.Background(), e, pairs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	phase("reference (eval session)")
+	for s := 0; s < envInt("ORTALIGN_BENCH_STEPS", 2); s++ {
+		mt, err := e.StepOn([][]EncodedPair{pairs}, cfg.LR)
+		if err != nil {
+			t.Fatal(err)
+		}
+		phase(fmt.Sprintf("step %d (loss %.4f)", s+1, mt.Value(LossOutput)))
+	}
+	dir := t.TempDir()
+	if err := e.Export(dir + "/model.onnx"); err != nil {
+		t.Fatal(err)
+	}
+	phase("Export")
+	if err := e.saveCheckpoint(dir+"/checkpoint.bin", map[string]string{}); err != nil {
+		t.Fatal(err)
+	}
+	phase("checkpoint")
+	t.Logf("Go heap objects: params+grads+moments of %d tensors", len(e.names))
 }
