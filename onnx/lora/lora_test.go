@@ -5,11 +5,16 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"math"
+	"math/rand"
 	"slices"
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"ortalign/onnx"
+	"ortalign/onnx/onnxpb"
+	"ortalign/onnx/ort"
 )
 
 func load(t *testing.T, file string) *onnx.Model {
@@ -165,5 +170,90 @@ func TestSafetensorsRoundTrip(t *testing.T) {
 	}
 	if err := WriteSafetensors(&buf, []Tensor{{Name: "x", Shape: []int64{2}, Data: []float32{1}}}, nil); err == nil {
 		t.Fatal("want an error for a shape that does not match the data")
+	}
+}
+
+// TestInsertThenMergeGemmAndMatMul: on a graph with a Gemm (transB, alpha 0.5, bias) and
+// a MatMul, the adapted graph with non-zero adapters computes what the original graph
+// computes after Merge; a weight read by two nodes is no target.
+func TestInsertThenMergeGemmAndMatMul(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	vals := func(n int) []float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = float32(rng.NormFloat64())
+		}
+		return v
+	}
+	g := &onnxpb.GraphProto{Name: proto.String("g")}
+	g.Input = []*onnxpb.ValueInfoProto{onnx.TensorValueInfo("x", onnx.Float, onnx.Dims(2, 3))}
+	g.Output = []*onnxpb.ValueInfoProto{onnx.TensorValueInfo("y", onnx.Float, onnx.Dims(2, 2)), onnx.TensorValueInfo("z", onnx.Float, onnx.Dims(2, 2))}
+	g.Initializer = []*onnxpb.TensorProto{
+		onnx.FloatTensor("fc1.weight", []int64{4, 3}, vals(12)), onnx.FloatTensor("fc1.bias", []int64{4}, vals(4)),
+		onnx.FloatTensor("onnx::MatMul_7", []int64{4, 2}, vals(8)), onnx.FloatTensor("shared", []int64{4, 2}, vals(8)),
+	}
+	node := func(name, op string, in []string, out string, attrs ...*onnxpb.AttributeProto) *onnxpb.NodeProto {
+		return &onnxpb.NodeProto{Name: proto.String(name), OpType: proto.String(op), Input: in, Output: []string{out}, Attribute: attrs}
+	}
+	g.Node = []*onnxpb.NodeProto{
+		node("/fc1/Gemm", "Gemm", []string{"x", "fc1.weight", "fc1.bias"}, "h", onnx.AttrInt("transB", 1), onnx.AttrFloat("alpha", 0.5)),
+		node("/act/Relu", "Relu", []string{"h"}, "a"),
+		node("/head/fc2/MatMul", "MatMul", []string{"a", "onnx::MatMul_7"}, "y"),
+		node("/s1/MatMul", "MatMul", []string{"a", "shared"}, "s1"),
+		node("/s2/MatMul", "MatMul", []string{"a", "shared"}, "s2"),
+		node("/sum/Add", "Add", []string{"s1", "s2"}, "z"),
+	}
+	m := onnx.NewModel(&onnxpb.ModelProto{IrVersion: proto.Int64(8), Graph: g, OpsetImport: []*onnxpb.OperatorSetIdProto{{Version: proto.Int64(17)}}})
+	targets, err := FindTargets(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := modules(targets); !slices.Equal(got, []string{"fc1", "head.fc2"}) || !targets[0].Gemm || !targets[0].TransB || targets[0].In != 3 || targets[0].Out != 4 || !targets[1].OutputLayer {
+		t.Fatalf("targets %+v", targets)
+	}
+	adapted := m.Clone()
+	c := Config{R: 2, Alpha: 3, Seed: 9}
+	ads, err := Insert(adapted, targets, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	values := map[string][]float32{}
+	for _, a := range ads {
+		for _, name := range []string{a.A, a.B} {
+			init := onnx.Initializer(adapted.Graph(), name)
+			n, _ := onnx.NumElements(init)
+			values[name] = vals(int(n))
+			if err := onnx.SetTensorFloats(init, values[name]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := Merge(m, ads, c.Scale(), values); err != nil {
+		t.Fatal(err)
+	}
+	run := func(m *onnx.Model) []float32 {
+		b, err := m.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ort.NewSession(b, []string{"y"}, ort.Options{Threads: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Destroy()
+		out, err := s.Run(map[string]*ort.Tensor{"x": {Shape: []int64{2, 3}, F32: []float32{1, -2, 0.5, 0.25, 3, -1}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out["y"].F32
+	}
+	got, want := run(adapted), run(m)
+	for i := range want {
+		if math.Abs(float64(got[i]-want[i])) > 1e-5*math.Max(1, math.Abs(float64(want[i]))) {
+			t.Fatalf("adapted graph gives %v, merged %v", got, want)
+		}
+	}
+	if len(m.Graph().GetNode()) != 6 {
+		t.Fatal("merge changed the graph")
 	}
 }
