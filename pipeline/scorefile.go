@@ -13,12 +13,16 @@ type ScoreFileConfig struct {
 	Out         string // output file, .parquet or .jsonl (written atomically)
 	Data        DataOptions
 	Policy, Ref *LogProbModel // Ref may be nil: then ref_*_logps columns, if the file has them
-	Beta        float64
-	BatchSize   int
+	// Reward, when set, scores rewards instead of log-probs (Policy, Ref and Beta are
+	// unused): rewards_chosen, rewards_rejected and margin for preference pairs, reward
+	// for one sequence a row (a dataset opened for data.UseSFT).
+	Reward    *RewardModel
+	Beta      float64
+	BatchSize int
 	// Shard and Shards pick the row groups g with g mod Shards == Shard (Shards 0 or 1:
 	// all), so a batch system can fan a file out over workers.
 	Shard, Shards int
-	Progress      *Progress // advanced per pair; started and ended here
+	Progress      *Progress // advanced per pair (or sequence); started and ended here
 }
 
 // ScoreFileSummary is a scored file's summary.
@@ -26,20 +30,107 @@ type ScoreFileSummary struct {
 	ScoreSummary
 	Layout                      data.Layout
 	Skipped, Dropped, Truncated int
+	// Sequences and MeanReward summarise reward scoring of one sequence a row.
+	Sequences  int
+	MeanReward float64
 }
 
 // ScoreWindow is about how many rows ScoreFile reads, encodes and scores at a time.
 var ScoreWindow = 8192
 
-// ScoreFile scores every pair of ds and writes one output row per input row, in file
+// ScoreFile scores every row of ds and writes one output row per input row, in file
 // order: the input's own columns, then the scores (null where a row was skipped or
-// dropped). The file is streamed a window of row groups at a time, so memory stays
-// bounded; within a window, pairs are batched by length.
+// dropped). Without Reward it scores preference pairs' log-probs (ScorePairs); with it,
+// rewards (ScorePairRewards, or ScoreSequenceRewards when ds was opened for
+// data.UseSFT). The file is streamed a window of row groups at a time, so memory stays
+// bounded; within a window, items are batched by length.
 func ScoreFile(ctx context.Context, ds *data.Dataset, c ScoreFileConfig) (ScoreFileSummary, error) {
+	switch {
+	case c.Reward != nil && ds.Use == data.UseSFT:
+		return scoreSequenceRewardsFile(ctx, ds, c)
+	case c.Reward != nil:
+		return scorePairRewardsFile(ctx, ds, c)
+	case ds.Use != data.UsePreference:
+		return ScoreFileSummary{Layout: ds.Layout}, fmt.Errorf("%s: log-prob scoring reads preference pairs; the dataset was opened for %s", ds.Path, ds.Use)
+	}
+	hasRef := c.Ref != nil || (ds.HasField(data.FieldRefChosenLogps) && ds.HasField(data.FieldRefRejectedLogps))
+	cols := []data.Column{
+		{Name: "chosen_logps", Kind: data.Float64}, {Name: "rejected_logps", Kind: data.Float64},
+		{Name: "chosen_tokens", Kind: data.Int64}, {Name: "rejected_tokens", Kind: data.Int64},
+	}
+	if hasRef {
+		for _, n := range []string{"ref_chosen_logps", "ref_rejected_logps", "rewards_chosen", "rewards_rejected", "margin"} {
+			cols = append(cols, data.Column{Name: n, Kind: data.Float64})
+		}
+	}
+	sum, err := streamScores(ctx, ds, c, cols, EncodePairsOf(c.Data), pairRow,
+		func(pairs []EncodedPair) ([][]any, ScoreFileSummary, error) {
+			scores, part, err := ScorePairs(ctx, c.Policy, c.Ref, pairs, ScoreConfig{Beta: c.Beta, BatchSize: c.BatchSize, Progress: c.Progress})
+			if err != nil {
+				return nil, ScoreFileSummary{}, err
+			}
+			vals := make([][]any, len(scores))
+			for i, s := range scores {
+				vals[i] = []any{s.ChosenLogps, s.RejectedLogps, int64(s.ChosenTokens), int64(s.RejectedTokens)}
+				if hasRef && s.HasRef {
+					vals[i] = append(vals[i], s.RefChosenLogps, s.RefRejectedLogps, s.RewardsChosen, s.RewardsRejected, s.Margin)
+				}
+			}
+			return vals, ScoreFileSummary{ScoreSummary: part}, nil
+		})
+	sum.HasRef = sum.HasRef && hasRef
+	return sum, err
+}
+
+// scorePairRewardsFile is ScoreFile for preference pairs under a reward model.
+func scorePairRewardsFile(ctx context.Context, ds *data.Dataset, c ScoreFileConfig) (ScoreFileSummary, error) {
+	cols := []data.Column{{Name: "rewards_chosen", Kind: data.Float64}, {Name: "rewards_rejected", Kind: data.Float64}, {Name: "margin", Kind: data.Float64}}
+	return streamScores(ctx, ds, c, cols, EncodePairsOf(c.Data), pairRow,
+		func(pairs []EncodedPair) ([][]any, ScoreFileSummary, error) {
+			scores, part, err := ScorePairRewards(ctx, c.Reward, pairs, RewardScoreConfig{BatchSize: c.BatchSize, Progress: c.Progress})
+			if err != nil {
+				return nil, ScoreFileSummary{}, err
+			}
+			vals := make([][]any, len(scores))
+			for i, s := range scores {
+				vals[i] = []any{s.Chosen, s.Rejected, s.Chosen - s.Rejected}
+			}
+			return vals, ScoreFileSummary{ScoreSummary: part}, nil
+		})
+}
+
+// scoreSequenceRewardsFile is ScoreFile for one sequence a row under a reward model.
+func scoreSequenceRewardsFile(ctx context.Context, ds *data.Dataset, c ScoreFileConfig) (ScoreFileSummary, error) {
+	encode := func(ds *data.Dataset, ex []data.Example) ([]EncodedSequence, EncodeStats, error) {
+		return EncodeSequences(ds.Path, ds.Layout, ex, c.Data.Tokenizer, c.Data.encodeConfig(ds), c.Data.Vocab)
+	}
+	cols := []data.Column{{Name: "reward", Kind: data.Float64}}
+	return streamScores(ctx, ds, c, cols, encode, func(s EncodedSequence) int64 { return s.Row },
+		func(seqs []EncodedSequence) ([][]any, ScoreFileSummary, error) {
+			rewards, part, err := ScoreSequenceRewards(ctx, c.Reward, SequencesOf(seqs), RewardScoreConfig{BatchSize: c.BatchSize, Progress: c.Progress})
+			if err != nil {
+				return nil, ScoreFileSummary{}, err
+			}
+			vals := make([][]any, len(rewards))
+			for i, r := range rewards {
+				vals[i] = []any{r}
+			}
+			return vals, ScoreFileSummary{ScoreSummary: ScoreSummary{Tokens: part.Tokens, Elapsed: part.Elapsed}, Sequences: len(rewards), MeanReward: part.MeanReward}, nil
+		})
+}
+
+func pairRow(p EncodedPair) int64 { return p.Row }
+
+// streamScores is ScoreFile's loop, shared by every kind of score: it reads the
+// shard's row groups a window at a time, encodes each window, scores its items (score
+// returns each item's values for the score columns cols, and the window's summary) and
+// writes the window's rows.
+func streamScores[T any](ctx context.Context, ds *data.Dataset, c ScoreFileConfig, cols []data.Column,
+	encode func(*data.Dataset, []data.Example) ([]T, EncodeStats, error), rowOf func(T) int64,
+	score func([]T) ([][]any, ScoreFileSummary, error)) (ScoreFileSummary, error) {
 	shards := max(1, c.Shards)
 	sum := ScoreFileSummary{Layout: ds.Layout}
-	hasRef := c.Ref != nil || (ds.HasField(data.FieldRefChosenLogps) && ds.HasField(data.FieldRefRejectedLogps))
-	w, err := newScoreWriter(c.Out, ds.Layout, hasRef)
+	w, err := newScoreWriter(c.Out, ds.Layout, cols)
 	if err != nil {
 		return sum, err
 	}
@@ -49,8 +140,10 @@ func ScoreFile(ctx context.Context, ds *data.Dataset, c ScoreFileConfig) (ScoreF
 	for g := c.Shard; g < ds.NumRowGroups(); g += shards {
 		groups = append(groups, g)
 	}
-	encode := EncodePairsOf(c.Data)
 	for len(groups) > 0 {
+		if err := ctx.Err(); err != nil {
+			return sum, err
+		}
 		var ex []data.Example
 		var skip []data.SkippedRow
 		for len(groups) > 0 && len(ex) < ScoreWindow {
@@ -64,67 +157,118 @@ func ScoreFile(ctx context.Context, ds *data.Dataset, c ScoreFileConfig) (ScoreF
 		if err != nil {
 			return sum, err
 		}
-		scores, part, err := ScorePairs(ctx, c.Policy, c.Ref, lp.Items, ScoreConfig{Beta: c.Beta, BatchSize: c.BatchSize, Progress: c.Progress})
+		vals, part, err := score(lp.Items)
 		if err != nil {
 			return sum, err
 		}
-		if err := w.write(lp, scores); err != nil {
+		if err := writeWindow(w, lp, rowOf, vals); err != nil {
 			return sum, err
 		}
-		sum.Merge(part)
+		sum.merge(part)
 		sum.Skipped, sum.Dropped, sum.Truncated = sum.Skipped+len(lp.Skipped), sum.Dropped+lp.Stats.Dropped, sum.Truncated+lp.Stats.Truncated
 	}
 	c.Progress.Done()
 	if err := w.close(); err != nil {
 		return sum, err
 	}
-	sum.HasRef = sum.HasRef && hasRef
 	return sum, nil
 }
 
+// merge adds a window's scores to s.
+func (s *ScoreFileSummary) merge(o ScoreFileSummary) {
+	s.ScoreSummary.Merge(o.ScoreSummary)
+	if o.Pairs == 0 { // Merge counts only pairs' tokens
+		s.Tokens += o.Tokens
+	}
+	if n := s.Sequences + o.Sequences; n > 0 {
+		s.MeanReward = (s.MeanReward*float64(s.Sequences) + o.MeanReward*float64(o.Sequences)) / float64(n)
+		s.Sequences = n
+	}
+}
+
 // scoreWriter writes score's output: one row per input row, in file order, with the
-// input's own columns, then the scores (null where a row was skipped or dropped, and
-// reference columns null where a pair had no reference).
+// input's own columns, then the score columns (null where a row was skipped or dropped,
+// and where a row's values stop short).
 type scoreWriter struct {
 	path   string
 	layout data.Layout
-	hasRef bool
 	ncols  int
 	w      *data.Writer
 }
 
-func newScoreWriter(path string, layout data.Layout, hasRef bool) (*scoreWriter, error) {
-	var cols []data.Column
+// inputColumns are the columns of a layout that score's output copies from its input.
+func inputColumns(layout data.Layout) []data.Column {
+	str := func(names ...string) []data.Column {
+		cols := make([]data.Column, len(names))
+		for i, n := range names {
+			cols[i] = data.Column{Name: n, Kind: data.String}
+		}
+		return cols
+	}
+	kind := func(k data.Kind, names ...string) []data.Column {
+		cols := str(names...)
+		for i := range cols {
+			cols[i].Kind = k
+		}
+		return cols
+	}
 	switch layout {
 	case data.Tokenized:
-		cols = []data.Column{{Name: "prompt_input_ids", Kind: data.Int64List}, {Name: "chosen_input_ids", Kind: data.Int64List}, {Name: "rejected_input_ids", Kind: data.Int64List}}
+		return kind(data.Int64List, "prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
 	case data.Conversational:
-		cols = []data.Column{{Name: "prompt", Kind: data.Messages}, {Name: "chosen", Kind: data.Messages}, {Name: "rejected", Kind: data.Messages}}
-	default:
-		cols = []data.Column{{Name: "prompt", Kind: data.String}, {Name: "chosen", Kind: data.String}, {Name: "rejected", Kind: data.String}}
+		return kind(data.Messages, "prompt", "chosen", "rejected")
+	case data.PromptCompletion:
+		return str("prompt", "completion")
+	case data.ConversationalPromptCompletion:
+		return kind(data.Messages, "prompt", "completion")
+	case data.TokenizedPromptCompletion:
+		return kind(data.Int64List, "prompt_input_ids", "completion_input_ids")
+	case data.LanguageModeling:
+		return str("text")
+	case data.ConversationalLanguageModeling:
+		return kind(data.Messages, "messages")
 	}
-	cols = append(cols,
-		data.Column{Name: "chosen_logps", Kind: data.Float64}, data.Column{Name: "rejected_logps", Kind: data.Float64},
-		data.Column{Name: "chosen_tokens", Kind: data.Int64}, data.Column{Name: "rejected_tokens", Kind: data.Int64})
-	if hasRef {
-		for _, n := range []string{"ref_chosen_logps", "ref_rejected_logps", "rewards_chosen", "rewards_rejected", "margin"} {
-			cols = append(cols, data.Column{Name: n, Kind: data.Float64})
-		}
+	return str("prompt", "chosen", "rejected")
+}
+
+// inputValues are an example's values for inputColumns(layout).
+func inputValues(layout data.Layout, ex *data.Example) []any {
+	switch layout {
+	case data.Tokenized:
+		return []any{ex.PromptIDs, ex.ChosenIDs, ex.RejectedIDs}
+	case data.Conversational:
+		return []any{ex.PromptMessages, ex.ChosenMessages, ex.RejectedMessages}
+	case data.PromptCompletion:
+		return []any{ex.Prompt, ex.Completion}
+	case data.ConversationalPromptCompletion:
+		return []any{ex.PromptMessages, ex.CompletionMessages}
+	case data.TokenizedPromptCompletion:
+		return []any{ex.PromptIDs, ex.CompletionIDs}
+	case data.LanguageModeling:
+		return []any{ex.Text}
+	case data.ConversationalLanguageModeling:
+		return []any{ex.Messages}
 	}
+	return []any{ex.Prompt, ex.Chosen, ex.Rejected}
+}
+
+func newScoreWriter(path string, layout data.Layout, scores []data.Column) (*scoreWriter, error) {
+	cols := append(inputColumns(layout), scores...)
 	w, err := data.Create(path, cols)
 	if err != nil {
 		return nil, err
 	}
-	return &scoreWriter{path: path, layout: layout, hasRef: hasRef, ncols: len(cols), w: w}, nil
+	return &scoreWriter{path: path, layout: layout, ncols: len(cols), w: w}, nil
 }
 
-// write appends the rows of one window in row order: its examples (with scores where they
-// were encoded and scored, null scores where the encoder skipped or dropped them) and the
-// rows the reader skipped (null values, written as nulls).
-func (sw *scoreWriter) write(lp *Loaded[EncodedPair], scores []PairScore) error {
-	byRow := map[int64]int{} // file row -> index in scores
-	for i, p := range lp.Items {
-		byRow[p.Row] = i
+// writeWindow appends the rows of one window in row order: its examples (with their
+// items' score values vals, in item order, where they were encoded and scored; null
+// scores where the encoder skipped or dropped them) and the rows the reader skipped
+// (null values, written as nulls).
+func writeWindow[T any](sw *scoreWriter, lp *Loaded[T], rowOf func(T) int64, vals [][]any) error {
+	byRow := map[int64]int{} // file row -> item index
+	for i, it := range lp.Items {
+		byRow[rowOf(it)] = i
 	}
 	type outRow struct {
 		row int64
@@ -143,29 +287,21 @@ func (sw *scoreWriter) write(lp *Loaded[EncodedPair], scores []PairScore) error 
 		}
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].row < rows[j].row })
+	nin := len(inputColumns(sw.layout))
 	for _, r := range rows {
-		var vals []any
-		switch {
-		case r.ex == nil:
-			vals = append(vals, nil, nil, nil)
-		case sw.layout == data.Tokenized:
-			vals = append(vals, r.ex.PromptIDs, r.ex.ChosenIDs, r.ex.RejectedIDs)
-		case sw.layout == data.Conversational:
-			vals = append(vals, r.ex.PromptMessages, r.ex.ChosenMessages, r.ex.RejectedMessages)
-		default:
-			vals = append(vals, r.ex.Prompt, r.ex.Chosen, r.ex.Rejected)
-		}
-		if i, ok := byRow[r.row]; ok && r.ex != nil {
-			s := scores[i]
-			vals = append(vals, s.ChosenLogps, s.RejectedLogps, int64(s.ChosenTokens), int64(s.RejectedTokens))
-			if sw.hasRef && s.HasRef {
-				vals = append(vals, s.RefChosenLogps, s.RefRejectedLogps, s.RewardsChosen, s.RewardsRejected, s.Margin)
+		var row []any
+		if r.ex == nil {
+			row = make([]any, nin)
+		} else {
+			row = inputValues(sw.layout, r.ex)
+			if i, ok := byRow[r.row]; ok {
+				row = append(row, vals[i]...)
 			}
 		}
-		for len(vals) < sw.ncols {
-			vals = append(vals, nil)
+		for len(row) < sw.ncols {
+			row = append(row, nil)
 		}
-		if err := sw.w.Write(vals...); err != nil {
+		if err := sw.w.Write(row...); err != nil {
 			return fmt.Errorf("write %s: %w", sw.path, err)
 		}
 	}
