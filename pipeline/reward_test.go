@@ -382,3 +382,33 @@ func TestRewardTrainingSeparatesPairs(t *testing.T) {
 	}
 	t.Logf("loss %.4f -> %.4f, accuracy %.2f -> %.2f, margin %.3f -> %.3f", first.Value("loss"), last.Value("loss"), first.Value("accuracy"), last.Value("accuracy"), first.Value("margin"), last.Value("margin"))
 }
+
+// TestLoadPairsReadsMargin: the margin column reaches the encoded pairs (nil where null
+// or absent), and the reward objective feeds it (0 for nil).
+func TestLoadPairsReadsMargin(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pairs.jsonl")
+	rows := `{"prompt_input_ids": [1, 2], "chosen_input_ids": [3], "rejected_input_ids": [4], "margin": 1.5}
+{"prompt_input_ids": [1, 2], "chosen_input_ids": [5], "rejected_input_ids": [6], "margin": null}
+`
+	if err := os.WriteFile(path, []byte(rows), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err := LoadPairs(path, DataOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Items) != 2 || l.Items[0].Margin == nil || *l.Items[0].Margin != 1.5 || l.Items[1].Margin != nil {
+		t.Fatalf("margins: %+v", l.Items)
+	}
+	feeds, err := (Reward{}).Feeds(ModelInputs{}, l.Items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := feeds[MarginInput].F32; !slices.Equal(got, []float32{1.5, 0}) {
+		t.Errorf("margin feed %v, want [1.5 0]", got)
+	}
+	if _, ok := feeds[CompletionMaskInput]; ok {
+		t.Error("a reward graph takes no completion mask")
+	}
+}
