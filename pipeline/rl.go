@@ -51,7 +51,7 @@ const (
 // option names (GRPOConfig, RLOOConfig).
 type RLConfig struct {
 	Algo     string  // AlgoGRPO or AlgoRLOO
-	LossType string  // GRPO's aggregation (LossGRPO default ...); ignored by RLOO
+	LossType string  // GRPO's aggregation ("" means LossDAPO, TRL's default); ignored by RLOO
 	Beta     float64 // KL coefficient: GRPO, k3 KL in the loss; RLOO, KL taken off the reward
 	// Epsilon and EpsilonHigh clip the importance ratio to [1 − Epsilon, 1 + EpsilonHigh]
 	// (EpsilonHigh 0 means Epsilon).
@@ -84,7 +84,7 @@ func (c RLConfig) temperature() float64 {
 
 func (c RLConfig) lossType() string {
 	if c.LossType == "" {
-		return LossGRPO
+		return LossDAPO
 	}
 	return c.LossType
 }

@@ -1,0 +1,558 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"ortalign/onnx"
+	"ortalign/onnx/ort"
+)
+
+// RLRunConfig configures an online RL run (RunRL): sampling, rewards and the update.
+type RLRunConfig struct {
+	RL RLConfig
+	// NumGenerations is the number of completions sampled per prompt (TRL's
+	// num_generations; at least 2).
+	NumGenerations int
+	// NumIterations is the number of optimizer steps taken on each round's rollouts
+	// (TRL's num_iterations; 0 means 1).
+	NumIterations int
+	// Sample says how completions are sampled: MaxNewTokens, Temperature, TopK, TopP, EOS
+	// (NumReturnSequences and Seed are set per round). Its Temperature should equal
+	// RL.Temperature, as TRL uses one temperature for both.
+	Sample SampleOptions
+	// Rewards are summed with RewardWeights (nil: all 1) into each completion's reward.
+	Rewards       []RewardFunc
+	RewardWeights []float64
+	// MissingEOSPenalty, when > 0, is taken off the reward of a completion that did not end
+	// with EOS (TRL's missing_eos_penalty).
+	MissingEOSPenalty float64
+	// MaskTruncated leaves completions that did not end with EOS out of the loss (TRL's
+	// mask_truncated_completions).
+	MaskTruncated bool
+	// Decode turns ids into text for the reward functions (special tokens skipped, as TRL
+	// decodes); nil gives empty texts.
+	Decode func(ids []int64) (string, error)
+	// Eval, when non-empty, is sampled (same seed) and scored before and after training:
+	// RunResult.EvalBefore/EvalAfter hold its mean reward.
+	Eval []EncodedPrompt
+	// Notice receives one-line notices (nil: none).
+	Notice func(string)
+}
+
+func (c RLRunConfig) iterations() int { return max(1, c.NumIterations) }
+
+// Validate reports settings out of range.
+func (c RLRunConfig) Validate() error {
+	if err := c.RL.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case c.NumGenerations < 2:
+		return fmt.Errorf("num generations must be at least 2 (advantages compare completions of a prompt), got %d", c.NumGenerations)
+	case c.NumIterations < 0:
+		return fmt.Errorf("num iterations must be >= 1, got %d", c.NumIterations)
+	case len(c.Rewards) == 0:
+		return fmt.Errorf("no reward: give a reward model or reward functions")
+	case c.RewardWeights != nil && len(c.RewardWeights) != len(c.Rewards):
+		return fmt.Errorf("%d reward weights for %d rewards", len(c.RewardWeights), len(c.Rewards))
+	case c.MissingEOSPenalty < 0:
+		return fmt.Errorf("missing EOS penalty must be >= 0, got %g", c.MissingEOSPenalty)
+	case c.Sample.MaxNewTokens <= 0:
+		return fmt.Errorf("max new tokens must be positive, got %d", c.Sample.MaxNewTokens)
+	}
+	so := c.Sample
+	return so.Check()
+}
+
+func (c RLRunConfig) weight(i int) float64 {
+	if c.RewardWeights == nil {
+		return 1
+	}
+	return c.RewardWeights[i]
+}
+
+// settings are the run's options recorded in checkpoints beside the engine's.
+func (c RLRunConfig) settings() map[string]string {
+	f := func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+	names := make([]string, len(c.Rewards))
+	weights := make([]string, len(c.Rewards))
+	for i, r := range c.Rewards {
+		names[i], weights[i] = r.Name(), f(c.weight(i))
+	}
+	s := c.Sample
+	return map[string]string{
+		"num_generations":            strconv.Itoa(c.NumGenerations),
+		"num_iterations":             strconv.Itoa(c.iterations()),
+		"max_new_tokens":             strconv.Itoa(s.MaxNewTokens),
+		"sample_temperature":         f(s.Temperature),
+		"top_k":                      strconv.Itoa(s.TopK),
+		"top_p":                      f(s.TopP),
+		"min_p":                      f(s.MinP),
+		"repetition_penalty":         f(s.RepetitionPenalty),
+		"eos":                        fmt.Sprint(s.EOS),
+		"rewards":                    strings.Join(names, " | "),
+		"reward_weights":             strings.Join(weights, ","),
+		"missing_eos_penalty":        f(c.MissingEOSPenalty),
+		"mask_truncated_completions": strconv.FormatBool(c.MaskTruncated),
+	}
+}
+
+// roundSeed is the sampling seed of a round: a resumed run samples the same completions.
+func roundSeed(seed int64, round int) uint64 {
+	return splitmix64(uint64(seed)*0x9e3779b97f4a7c15 ^ splitmix64(uint64(round)+1))
+}
+
+// refScorer computes per-token log-probs of rollouts under a fixed model (the reference:
+// the starting policy).
+type refScorer struct {
+	sess *ort.Session
+	in   ModelInputs
+}
+
+func newRefScorer(base *onnx.Model, temperature float64, threads int, pad int64) (*refScorer, error) {
+	m := base.Clone()
+	in, err := modelInputsOf(m, pad)
+	if err != nil {
+		return nil, err
+	}
+	if temperature != 1 {
+		if err := divideLogits(m, temperature); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := AppendLogProbHeadWith(m, HeadOptions{TokenLogps: true}); err != nil {
+		return nil, err
+	}
+	sess, err := newModelSession(m, []string{TokenLogpsOutput}, ort.Options{Threads: threads})
+	if err != nil {
+		return nil, err
+	}
+	return &refScorer{sess: sess, in: in}, nil
+}
+
+func (r *refScorer) Close() {
+	if r.sess != nil {
+		r.sess.Destroy()
+		r.sess = nil
+	}
+}
+
+// tokenLogps returns each rollout's completion-token log-probs (masked or not).
+func (r *refScorer) tokenLogps(rollouts []Rollout, batch int) ([][]float64, error) {
+	out := make([][]float64, len(rollouts))
+	for lo := 0; lo < len(rollouts); lo += batch {
+		part := rollouts[lo:min(lo+batch, len(rollouts))]
+		seqs := make([]Sequence, len(part))
+		for i, ro := range part {
+			ro.Masked = false
+			seqs[i] = ro.Sequence()
+		}
+		res, err := r.sess.Run(r.in.Rows(seqs), nil)
+		if err != nil {
+			return nil, fmt.Errorf("reference log-probs: %w", err)
+		}
+		w := rolloutWidth(part)
+		lp := res[TokenLogpsOutput].F32
+		for i, ro := range part {
+			v := make([]float64, len(ro.Completion))
+			for j := range v {
+				v[j] = float64(lp[i*w+len(ro.Prompt)+j])
+			}
+			out[lo+i] = v
+		}
+	}
+	return out, nil
+}
+
+// rlRound is one round's rollouts and what was measured on them.
+type rlRound struct {
+	rollouts []Rollout
+	metrics  Metrics
+}
+
+// sampleAndScore samples NumGenerations completions of each prompt from model with the
+// round's seed and scores them: the completions, their total rewards, per-function
+// rewards and finish reasons.
+func sampleAndScore(ctx context.Context, path string, model *onnx.Model, prompts []EncodedPrompt, c RLRunConfig, seed uint64, threads int, notice func(string)) ([]Completion, []float64, [][]float64, error) {
+	gen, err := NewGenerator(path, model, GeneratorOptions{Threads: threads, Notice: notice})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer gen.Close()
+	so := c.Sample
+	so.NumReturnSequences, so.Seed = c.NumGenerations, seed
+	in := make([]Prompt, len(prompts))
+	for i, p := range prompts {
+		in[i] = Prompt{IDs: p.IDs, Index: p.Index}
+	}
+	comps, err := gen.Generate(ctx, in, so)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	inputs := make([]RewardInput, len(comps))
+	texts := map[int]string{}
+	for i, cp := range comps {
+		p := prompts[i/c.NumGenerations]
+		if _, ok := texts[i/c.NumGenerations]; !ok && c.Decode != nil {
+			if texts[i/c.NumGenerations], err = c.Decode(p.IDs); err != nil {
+				return nil, nil, nil, err
+			}
+		}
+		text := ""
+		if c.Decode != nil {
+			if text, err = c.Decode(cp.IDs); err != nil {
+				return nil, nil, nil, err
+			}
+		}
+		inputs[i] = RewardInput{Row: p.Row, Prompt: texts[i/c.NumGenerations], Completion: text,
+			PromptIDs: p.IDs, CompletionIDs: cp.IDs, FinishReason: cp.FinishReason}
+	}
+	total := make([]float64, len(comps))
+	per := make([][]float64, len(c.Rewards))
+	for k, rf := range c.Rewards {
+		s, err := rf.Score(ctx, inputs)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if len(s) != len(inputs) {
+			return nil, nil, nil, fmt.Errorf("reward %s: %d scores for %d completions", rf.Name(), len(s), len(inputs))
+		}
+		per[k] = s
+		for i, v := range s {
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				return nil, nil, nil, fmt.Errorf("reward %s: score %v for completion %d of row %d", rf.Name(), v, i%c.NumGenerations, inputs[i].Row)
+			}
+			total[i] += c.weight(k) * v
+		}
+	}
+	if c.MissingEOSPenalty > 0 {
+		for i, cp := range comps {
+			if cp.FinishReason != FinishEOS {
+				total[i] -= c.MissingEOSPenalty
+			}
+		}
+	}
+	return comps, total, per, nil
+}
+
+// MeanReward samples NumGenerations completions of prompts from model with seed and
+// returns their mean reward (with the missing-EOS penalty): the held-out score of a policy.
+func MeanReward(ctx context.Context, path string, model *onnx.Model, prompts []EncodedPrompt, c RLRunConfig, seed uint64, threads int) (float64, error) {
+	_, total, _, err := sampleAndScore(ctx, path, model, prompts, c, seed, threads, c.Notice)
+	if err != nil {
+		return 0, err
+	}
+	return meanOf(total), nil
+}
+
+// collect runs one round: samples with the engine's current weights, scores, computes the
+// old and reference log-probs and the advantages.
+func collect(ctx context.Context, e *Engine[Rollout], ref *refScorer, prompts []EncodedPrompt, c RLRunConfig, seed uint64, notice func(string)) (*rlRound, error) {
+	start := time.Now()
+	model, err := e.Model()
+	if err != nil {
+		return nil, err
+	}
+	comps, total, per, err := sampleAndScore(ctx, e.path, model, prompts, c, seed, e.cfg.Threads, notice)
+	if err != nil {
+		return nil, err
+	}
+	genTime := time.Since(start)
+	G := c.NumGenerations
+	rollouts := make([]Rollout, len(comps))
+	clipped, length := 0.0, 0.0
+	for i, cp := range comps {
+		truncated := cp.FinishReason != FinishEOS
+		if truncated {
+			clipped++
+		}
+		length += float64(len(cp.IDs))
+		rollouts[i] = Rollout{Prompt: prompts[i/G].IDs, Completion: cp.IDs, Masked: c.MaskTruncated && truncated,
+			OldLogps: slices.Clone(cp.Logps)}
+	}
+	if t := c.RL.temperature(); t != 1 {
+		// The generator's log-probs are of the raw logits; the loss's are of logits / T.
+		for i := range rollouts {
+			rollouts[i].OldLogps = make([]float64, len(rollouts[i].Completion))
+		}
+		k := 0
+		err := e.Forward(ctx, rollouts, func(batch []Rollout, out map[string]*ort.Tensor) error {
+			w := rolloutWidth(batch)
+			lp := out[TokenLogpsOutput].F32
+			for i, ro := range batch {
+				for j := range ro.Completion {
+					rollouts[k+i].OldLogps[j] = float64(lp[i*w+len(ro.Prompt)+j])
+				}
+			}
+			k += len(batch)
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("old log-probs: %w", err)
+		}
+	}
+	refs, err := ref.tokenLogps(rollouts, max(1, e.cfg.BatchSize))
+	if err != nil {
+		return nil, err
+	}
+	kl, entropy := 0.0, 0.0
+	for i := range rollouts {
+		rollouts[i].RefLogps = refs[i]
+		for j := range refs[i] {
+			kl += rollouts[i].OldLogps[j] - refs[i][j]
+			entropy -= rollouts[i].OldLogps[j]
+		}
+	}
+	n := float64(len(rollouts))
+	kl, entropy = kl/n, entropy/n
+	rewards := total
+	if c.RL.Algo == AlgoRLOO {
+		rewards = RLOOPenalized(c.RL.Beta, total, rollouts)
+	}
+	adv, err := Advantages(c.RL, rewards, G)
+	if err != nil {
+		return nil, err
+	}
+	zeroStd := 0.0
+	for lo := 0; lo < len(total); lo += G {
+		if stddev(total[lo:lo+G]) < 1e-12 {
+			zeroStd++
+		}
+	}
+	for i := range rollouts {
+		rollouts[i].Reward, rollouts[i].Advantage = rewards[i], adv[i]
+	}
+	score := meanOf(total)
+	nonScore := -c.RL.Beta * kl
+	m := Metrics{
+		{Name: "reward", Value: score},
+		{Name: "reward_std", Value: stddev(total)},
+	}
+	for k, rf := range c.Rewards {
+		m = append(m, Metric{Name: "rewards/" + rf.Name() + "/mean", Value: meanOf(per[k])})
+	}
+	m = append(m,
+		Metric{Name: "frac_reward_zero_std", Value: zeroStd / float64(len(total)/G)},
+		Metric{Name: "objective/scores", Value: score},
+		Metric{Name: "objective/kl", Value: kl},
+		Metric{Name: "objective/entropy", Value: entropy},
+		Metric{Name: "objective/non_score_reward", Value: nonScore},
+		Metric{Name: "objective/rlhf_reward", Value: score + nonScore},
+		Metric{Name: "completions/mean_length", Value: length / n},
+		Metric{Name: "completions/clipped_ratio", Value: clipped / n},
+		Metric{Name: "time/generation_s", Value: genTime.Seconds()},
+		Metric{Name: "time/rollout_s", Value: time.Since(start).Seconds()},
+	)
+	return &rlRound{rollouts: rollouts, metrics: m}, nil
+}
+
+// RunRL trains e (an Engine on the RL objective, built from base) online: each round takes
+// the next BatchSize prompts (a seeded shuffle per epoch), samples NumGenerations
+// completions of each with the current weights (seeded from the run's seed and the round,
+// so a resumed run samples the same ones), scores them, computes old and reference
+// (starting-policy) log-probs and advantages, then takes NumIterations optimizer steps on
+// them, each over GradAccum micro-batches. Metrics (TRL's names) go to metrics.jsonl, one
+// line per optimizer step; checkpoints (the engine's format, with the RL settings) are
+// written at round ends every CheckpointEvery steps, at the end and on interrupt, and a
+// checkpoint found in Out is resumed. The trained model goes to Out/model.onnx.
+func RunRL(ctx context.Context, e *Engine[Rollout], base *onnx.Model, prompts []EncodedPrompt, c RLRunConfig, o RunOptions) (*RunResult, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	if len(prompts) == 0 {
+		return nil, fmt.Errorf("no prompts")
+	}
+	if err := os.MkdirAll(o.Out, 0o755); err != nil {
+		return nil, fmt.Errorf("output directory: %w", err)
+	}
+	res := &RunResult{
+		ModelPath:      filepath.Join(o.Out, "model.onnx"),
+		MetricsPath:    filepath.Join(o.Out, "metrics.jsonl"),
+		CheckpointPath: filepath.Join(o.Out, "checkpoint.bin"),
+	}
+	stderr := o.Stderr
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	notice := c.Notice
+	if notice == nil {
+		notice = func(string) {}
+	}
+	once := map[string]bool{}
+	quiet := func(s string) {
+		if !once[s] {
+			once[s] = true
+			notice(s)
+		}
+	}
+	cfg := e.cfg
+	mu := c.iterations()
+	B := cfg.BatchSize
+	roundsPerEpoch := (len(prompts) + B - 1) / B
+	total := cfg.MaxSteps
+	if total <= 0 {
+		total = max(1, cfg.Epochs) * roundsPerEpoch * mu
+	}
+	plan := Plan{Items: len(prompts), BatchSize: B, Accum: cfg.accum(), MicroPerEpoch: roundsPerEpoch, StepsPerEpoch: roundsPerEpoch * mu, Total: total}
+	settings := e.settings(plan, nil)
+	for k, v := range c.settings() {
+		settings[e.obj.Name()+"."+k] = v
+	}
+	h := sha256.New()
+	for _, p := range prompts {
+		binary.Write(h, binary.LittleEndian, int64(len(p.IDs)))
+		binary.Write(h, binary.LittleEndian, p.IDs)
+		binary.Write(h, binary.LittleEndian, p.Row)
+	}
+	settings["dataset_fingerprint"] = fmt.Sprintf("%d prompts, sha256 %s", len(prompts), hex.EncodeToString(h.Sum(nil))[:16])
+
+	if len(c.Eval) > 0 {
+		v, err := MeanReward(ctx, e.path, base, c.Eval, c, roundSeed(cfg.Seed, -1), cfg.Threads)
+		if err != nil {
+			return nil, interrupted(fmt.Errorf("held-out reward: %w", err), "before training started; nothing was saved")
+		}
+		res.EvalBefore = Metrics{{Name: "reward", Value: v}}
+	}
+	ok, err := e.loadCheckpoint(res.CheckpointPath, settings)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		if e.opt.Step > total {
+			return nil, fmt.Errorf("checkpoint %s is at step %d, beyond this run's %d steps: raise the step count, or use another output directory", res.CheckpointPath, e.opt.Step, total)
+		}
+		if e.opt.Step%mu != 0 && e.opt.Step != total {
+			return nil, fmt.Errorf("checkpoint %s is at step %d, inside a round of %d iterations", res.CheckpointPath, e.opt.Step, mu)
+		}
+		fmt.Fprintf(stderr, "resuming from %s at step %d\n", res.CheckpointPath, e.opt.Step)
+	}
+	ref, err := newRefScorer(base, c.RL.temperature(), cfg.Threads, cfg.PadID)
+	if err != nil {
+		return nil, fmt.Errorf("%s: reference: %w", e.path, err)
+	}
+	defer ref.Close()
+	log, err := openMetrics(res.MetricsPath, e.opt.Step)
+	if err != nil {
+		return nil, err
+	}
+	defer log.Close()
+	enc := json.NewEncoder(log)
+	save := func() error { return e.saveCheckpoint(res.CheckpointPath, settings) }
+	progress := NewProgress(stderr, o.Label, "steps")
+	progress.Start(total)
+	progress.Resume(e.opt.Step)
+	var order []int
+	orderEpoch := -1
+	for step := e.opt.Step; step < total; {
+		if err := ctx.Err(); err != nil {
+			if cerr := save(); cerr != nil {
+				return nil, fmt.Errorf("interrupted at step %d; checkpoint failed: %w", step, cerr)
+			}
+			return nil, interrupted(err, "checkpoint saved to "+res.CheckpointPath+": run the same command to resume")
+		}
+		round := step / mu
+		epoch, k := round/roundsPerEpoch, round%roundsPerEpoch
+		if epoch != orderEpoch {
+			order, orderEpoch = epochOrder(len(prompts), cfg.Seed, epoch, cfg.Shuffle), epoch
+		}
+		idx := order[k*B : min((k+1)*B, len(prompts))]
+		batch := make([]EncodedPrompt, len(idx))
+		for i, j := range idx {
+			batch[i] = prompts[j]
+		}
+		fail := func(err error) (*RunResult, error) {
+			if ctx.Err() != nil {
+				if cerr := save(); cerr != nil {
+					return nil, fmt.Errorf("interrupted at step %d; checkpoint failed: %w", step, cerr)
+				}
+				return nil, interrupted(ctx.Err(), "checkpoint saved to "+res.CheckpointPath+": run the same command to resume")
+			}
+			if e.opt.Step > 0 {
+				if cerr := save(); cerr != nil {
+					return nil, fmt.Errorf("step %d: %w (and saving the checkpoint failed: %v)", step+1, err, cerr)
+				}
+				return nil, fmt.Errorf("step %d: %w (not applied; state after step %d saved to %s)", step+1, err, e.opt.Step, res.CheckpointPath)
+			}
+			return nil, fmt.Errorf("step %d: %w (not applied)", step+1, err)
+		}
+		r, err := collect(ctx, e, ref, batch, c, roundSeed(cfg.Seed, round), quiet)
+		if err != nil {
+			return fail(err)
+		}
+		micro := splitMicro(r.rollouts, cfg.accum(), c.NumGenerations)
+		for it := 0; it < mu && step < total; it++ {
+			lr := cfg.LearningRate(step, total)
+			m, err := e.StepOn(micro, lr)
+			if err != nil {
+				return fail(err)
+			}
+			step++
+			line := slices.Clone(m)
+			line = append(line, Metric{Name: "loss/policy_avg", Value: m.Value(LossOutput)})
+			line = append(line, r.metrics...)
+			line = append(line,
+				Metric{Name: "learning_rate", Value: lr},
+				Metric{Name: "epoch", Value: float64(step) / float64(plan.StepsPerEpoch)},
+				Metric{Name: "step", Value: float64(e.opt.Step)})
+			if err := enc.Encode(line); err != nil {
+				return nil, fmt.Errorf("write metrics: %w", err)
+			}
+			progress.Add(1)
+		}
+		if every := o.CheckpointEvery; every > 0 && step < total && (step-mu)/every != step/every {
+			if err := save(); err != nil {
+				return nil, fmt.Errorf("step %d: %w", step, err)
+			}
+		}
+	}
+	progress.Done()
+	if err := save(); err != nil {
+		return nil, err
+	}
+	if err := e.Export(res.ModelPath); err != nil {
+		return nil, err
+	}
+	if len(c.Eval) > 0 {
+		model, err := e.Model()
+		if err != nil {
+			return nil, err
+		}
+		v, err := MeanReward(ctx, e.path, model, c.Eval, c, roundSeed(cfg.Seed, -1), cfg.Threads)
+		if err != nil {
+			return nil, interrupted(fmt.Errorf("held-out reward: %w", err), "after training; the model was written")
+		}
+		res.EvalAfter = Metrics{{Name: "reward", Value: v}}
+	}
+	return res, nil
+}
+
+// splitMicro cuts a round's rollouts into n micro-batches, keeping each prompt's group
+// together when the groups divide evenly.
+func splitMicro(rollouts []Rollout, n, group int) [][]Rollout {
+	groups := len(rollouts) / group
+	n = max(1, min(n, groups))
+	var out [][]Rollout
+	for k := 0; k < n; k++ {
+		lo, hi := k*groups/n*group, (k+1)*groups/n*group
+		if k == n-1 {
+			hi = len(rollouts)
+		}
+		if hi > lo {
+			out = append(out, rollouts[lo:hi])
+		}
+	}
+	return out
+}
