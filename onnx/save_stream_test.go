@@ -2,11 +2,15 @@ package onnx
 
 import (
 	"bytes"
+	"encoding/binary"
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
+
+	"ortalign/onnx/onnxpb"
 )
 
 // marshalTo streams a model field by field; its bytes must be proto.Marshal's, whether
@@ -57,5 +61,37 @@ func TestSaveStreamsMarshalBytes(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatalf("saved %d bytes, proto.Marshal %d", len(got), len(want))
+	}
+}
+
+// FloatsView shares the raw_data's memory; TensorFloats and SetTensorFloats (memmove
+// on little-endian machines) agree with the element-wise conversion.
+func TestFloatsView(t *testing.T) {
+	data := []float32{1.5, -2, 3.25, float32(math.Inf(1)), 0}
+	tp := FloatTensor("w", []int64{5}, data)
+	v, ok := FloatsView(tp)
+	if !ok || len(v) != 5 || v[2] != 3.25 {
+		t.Fatalf("view %v ok %v", v, ok)
+	}
+	v[0] = 7
+	got, err := TensorFloats(tp)
+	if err != nil || got[0] != 7 || got[3] != data[3] {
+		t.Fatalf("after a write through the view: %v %v", got, err)
+	}
+	got[1] = 9 // TensorFloats copies
+	if v[1] != -2 {
+		t.Fatal("TensorFloats shares memory")
+	}
+	if err := SetTensorFloats(tp, []float32{1, 2, 3, 4, 5}); err != nil {
+		t.Fatal(err)
+	}
+	if b := tp.RawData; math.Float32frombits(binary.LittleEndian.Uint32(b[8:])) != 3 {
+		t.Fatalf("raw %v", b)
+	}
+	if _, ok := FloatsView(Int64Tensor("i", []int64{1}, []int64{1})); ok {
+		t.Fatal("view of an int64 tensor")
+	}
+	if _, ok := FloatsView(&onnxpb.TensorProto{DataType: proto.Int32(int32(Float)), Dims: []int64{1}, FloatData: []float32{1}}); ok {
+		t.Fatal("view of float_data")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"unsafe"
 
 	"google.golang.org/protobuf/proto"
 
@@ -276,6 +277,10 @@ func tensorFloats(t *onnxpb.TensorProto) ([]float32, error) {
 			return nil, err
 		}
 		out := make([]float32, n)
+		if littleEndian && n > 0 {
+			copy(unsafe.Slice((*byte)(unsafe.Pointer(&out[0])), 4*n), raw) // memmove
+			return out, nil
+		}
 		for i := range out {
 			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
 		}
@@ -435,6 +440,10 @@ func SetTensorFloats(t *onnxpb.TensorProto, data []float32) error {
 	switch dt := DataType(t.GetDataType()); dt {
 	case Float:
 		raw = make([]byte, 4*len(data))
+		if littleEndian && len(data) > 0 {
+			copy(raw, unsafe.Slice((*byte)(unsafe.Pointer(&data[0])), 4*len(data))) // memmove
+			break
+		}
 		for i, v := range data {
 			binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(v))
 		}
@@ -500,6 +509,32 @@ func checkSet(t *onnxpb.TensorProto, got int) error {
 		return fmt.Errorf("%s: got %d values for dims %v (%d elements)", tensorLabel(t), got, t.GetDims(), n)
 	}
 	return nil
+}
+
+// littleEndian is whether this machine stores numbers as ONNX's raw_data does, so
+// float32 data converts by copying bytes.
+var littleEndian = func() bool { x := uint16(1); return *(*byte)(unsafe.Pointer(&x)) == 1 }()
+
+// FloatsView returns t's FLOAT data as a []float32 that shares memory with its
+// raw_data, when it can (raw_data, little-endian machine, 4-byte aligned): writes to
+// the view change the tensor, and no copy of the weights is made. ok is false (and
+// nothing shared) otherwise; use TensorFloats then.
+func FloatsView(t *onnxpb.TensorProto) (view []float32, ok bool) {
+	n, dt, useRaw, err := tensorData(t)
+	if err != nil || dt != Float || !useRaw || !littleEndian {
+		return nil, false
+	}
+	raw, err := checkedRaw(t, dt, n)
+	if err != nil {
+		return nil, false
+	}
+	if n == 0 {
+		return []float32{}, true
+	}
+	if uintptr(unsafe.Pointer(&raw[0]))%4 != 0 {
+		return nil, false
+	}
+	return unsafe.Slice((*float32)(unsafe.Pointer(&raw[0])), n), true
 }
 
 func setRaw(t *onnxpb.TensorProto, raw []byte) {
