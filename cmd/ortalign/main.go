@@ -38,6 +38,7 @@ tokenizer.json files.`,
 	root.AddCommand(newScoreCmd(g), newDPOCmd(g, nil), newSFTCmd(g, nil), newTokenizeCmd(), newArtifactsCmd(g), newInspectCmd(g))
 	root.AddCommand(newReportCmd(g, nil))
 	root.AddCommand(newGenerateCmd(g))
+	root.AddCommand(newRLHFCmd(g, nil))
 	root.AddCommand(newRewardCmd(g, nil))
 	return root
 }
