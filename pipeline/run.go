@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -13,11 +14,12 @@ import (
 
 // RunOptions are a training run's outputs and reporting, shared by every objective.
 type RunOptions struct {
-	// Out is the run's directory: model.onnx, metrics.jsonl and checkpoint.bin. A
-	// checkpoint found there is resumed.
+	// Out is the run's directory: the model (ModelFile), metrics.jsonl and
+	// checkpoint.bin. A checkpoint found there is resumed.
 	Out             string
-	CheckpointEvery int // optimizer steps between checkpoints (0: only at the end or on interrupt)
-	EvalSteps       int // evaluate every N optimizer steps and after the last (0: only before and after)
+	ModelFile       string // the trained model's file name in Out; "" means model.onnx
+	CheckpointEvery int    // optimizer steps between checkpoints (0: only at the end or on interrupt)
+	EvalSteps       int    // evaluate every N optimizer steps and after the last (0: only before and after)
 	Label           string
 	Stderr          io.Writer // progress and notices
 }
@@ -42,7 +44,7 @@ func RunTraining[T any](ctx context.Context, e *Engine[T], items, eval []T, o Ru
 		return nil, fmt.Errorf("output directory: %w", err)
 	}
 	res := &RunResult{
-		ModelPath:      filepath.Join(o.Out, "model.onnx"),
+		ModelPath:      filepath.Join(o.Out, cmp.Or(o.ModelFile, "model.onnx")),
 		MetricsPath:    filepath.Join(o.Out, "metrics.jsonl"),
 		CheckpointPath: filepath.Join(o.Out, "checkpoint.bin"),
 	}

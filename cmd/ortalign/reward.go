@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -102,17 +100,13 @@ func runReward(ctx context.Context, o *rewardOptions, stdout, stderr io.Writer) 
 	}
 	fmt.Fprintf(stderr, "training %d tensors of %s on %d pairs (%s, lr %g)\n", len(engine.Trainable()), o.model, len(train), o.optimizer, o.lr)
 	ro := o.optimFlags.runOptions("reward")
-	ro.Stderr = stderr
+	ro.Stderr, ro.ModelFile = stderr, RewardModelFile
 	res, err := pipeline.RunTraining(ctx, engine, train, eval, ro)
 	if err != nil {
 		return err
 	}
-	// The engine's model is the reward graph: what it wrote is the reward model.
-	path := filepath.Join(o.out, RewardModelFile)
-	if err := os.Rename(res.ModelPath, path); err != nil {
-		return fmt.Errorf("name the reward model: %w", err)
-	}
-	fmt.Fprintf(stdout, "wrote %s and %s\n", path, res.MetricsPath)
+	// The engine's model is the reward graph: what it writes is the reward model.
+	fmt.Fprintf(stdout, "wrote %s and %s\n", res.ModelPath, res.MetricsPath)
 	if res.EvalAfter != nil {
 		fmt.Fprintf(stdout, "held-out metrics (%d pairs):\n", len(eval))
 		pipeline.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
