@@ -80,6 +80,8 @@ type TrainConfig struct {
 	Profile     string         // ORT profile file prefix for the training session ("" = off)
 	// TieTransposedCopies: see GraphConfig.
 	TieTransposedCopies bool
+	// GradientCheckpointing: see GraphConfig.
+	GradientCheckpointing bool
 	// Adapter, when set, trains a parameter-efficient adapter (LoRA) instead of the
 	// model's weights: the training forward is Adapter.Apply's model, only its Trainable
 	// initializers train (Freeze still applies to them; ties are not looked for),
@@ -185,6 +187,10 @@ type GraphConfig struct {
 	// Trainable, when non-nil, lists the initializers that train (minus those matching
 	// Freeze) instead of TrainableNames' choice.
 	Trainable []string
+	// GradientCheckpointing recomputes each decoder layer's forward in the backward
+	// pass instead of keeping its activations (autodiff.Config.GradientCheckpointing):
+	// same gradients, less memory, more compute.
+	GradientCheckpointing bool
 }
 
 // TrainingGraph is a generated training graph and what it trains.
@@ -248,7 +254,7 @@ func BuildTrainingGraph[T any](m *onnx.Model, obj Objective[T], c GraphConfig) (
 	}
 	res, err := autodiff.Build(fwd, autodiff.Config{
 		Loss: LossOutput, Trainable: names, KeepOutputs: obj.Outputs(),
-		SampleFeeds: feeds, SecondSampleFeeds: feeds2,
+		SampleFeeds: feeds, SecondSampleFeeds: feeds2, GradientCheckpointing: c.GradientCheckpointing,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("build training graph: %w", err)
@@ -300,7 +306,7 @@ func NewEngine[T any](path string, m *onnx.Model, cfg TrainConfig, obj Objective
 	if e.in, err = modelInputsOf(m, cfg.PadID); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	train, gc := m, GraphConfig{Freeze: cfg.Freeze, TieTransposedCopies: cfg.TieTransposedCopies}
+	train, gc := m, GraphConfig{Freeze: cfg.Freeze, TieTransposedCopies: cfg.TieTransposedCopies, GradientCheckpointing: cfg.GradientCheckpointing}
 	if cfg.Adapter != nil {
 		if e.adapted, err = cfg.Adapter.Apply(m); err != nil {
 			return nil, fmt.Errorf("%s: %s: %w", path, cfg.Adapter.Name(), err)
@@ -354,6 +360,9 @@ func (e *Engine[T]) Close() {
 
 // Ties returns the transposed copies trained as their source (see GraphConfig).
 func (e *Engine[T]) Ties() []Tie { return e.graph.Ties }
+
+// Notices say what the training graph's gradient checkpointing could not do.
+func (e *Engine[T]) Notices() []string { return e.graph.Notices }
 
 // Trainable returns the names of the trained initializers.
 func (e *Engine[T]) Trainable() []string { return e.names }
