@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // TestHelpOrtLibValueName renders --help of the root command and of every subcommand and
@@ -54,4 +55,24 @@ func TestHelpOrtLibValueName(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestFlagValueNames: pflag takes a backquoted word of a usage string as the flag's value
+// name, so a usage that quotes a command (`make setup`) shows a nonsense value name in
+// --help. Every value name must be one word.
+func TestFlagValueNames(t *testing.T) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, fs := range []*pflag.FlagSet{c.LocalFlags(), c.PersistentFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) {
+				if name, _ := pflag.UnquoteUsage(f); strings.ContainsAny(name, " \t") {
+					t.Errorf("%s --%s: value name %q (a backquoted phrase in its usage)", c.CommandPath(), f.Name, name)
+				}
+			})
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(newRootCmd())
 }

@@ -86,7 +86,7 @@ and samples the same completions (the sampling seed is derived from --seed and t
 	f.StringVar(&o.columns, "columns", "", "column mapping, e.g. prompt=question")
 	f.BoolVar(&o.strict, "strict", false, "fail on unusable prompt rows instead of skipping them")
 	f.IntVar(&o.maxPromptLength, "max-prompt-length", 512, "keep the last N prompt tokens (0 = no limit)")
-	f.StringVar(&o.reward, "reward", "", "reward model (ONNX: rewards [batch] from `ortalign reward`, or a [batch, 1] sequence-classification export)")
+	f.StringVar(&o.reward, "reward", "", "`RM.onnx` reward model (rewards [batch], from ortalign reward, or a [batch, 1] sequence-classification export)")
 	f.StringArrayVar(&o.rewardFns, "reward-fn", nil, "reward function: regex:PATTERN, match:COLUMN, length:TARGET or cmd:PROGRAM (repeatable)")
 	f.Float64SliceVar(&o.rewardWeights, "reward-weights", nil, "weights of the rewards (the reward model first, then each --reward-fn; default all 1)")
 	f.IntVar(&o.numGenerations, "num-generations", 8, "completions sampled per prompt")
