@@ -135,11 +135,11 @@ func findSegments(g *onnxpb.GraphProto, trainable []string, keep []string) *chec
 			data[in.GetName()] = true
 		}
 	}
-	byKey := map[string]*segment{}
-	members := map[*segment][]*onnxpb.NodeProto{}
+	// key holds the layer of each data-dependent node ("" for none).
+	key := map[*onnxpb.NodeProto]string{}
+	var dataNodes []*onnxpb.NodeProto
 	for _, n := range g.GetNode() {
-		dep := slices.ContainsFunc(onnx.NodeInputs(n), func(v string) bool { return data[v] })
-		if !dep {
+		if !slices.ContainsFunc(onnx.NodeInputs(n), func(v string) bool { return data[v] }) {
 			continue
 		}
 		for _, o := range n.GetOutput() {
@@ -147,21 +147,8 @@ func findSegments(g *onnxpb.GraphProto, trainable []string, keep []string) *chec
 				data[o] = true
 			}
 		}
-		key := segmentKey(n)
-		if key == "" {
-			continue
-		}
-		s := byKey[key]
-		if s == nil {
-			s = &segment{name: key}
-			byKey[key] = s
-			ck.segs = append(ck.segs, s)
-		}
-		members[s] = append(members[s], n)
-	}
-	if len(ck.segs) == 0 {
-		ck.notices = append(ck.notices, "gradient checkpointing: no decoder layers found (no node names or name scopes with layers.N or h.N); activations are kept as without checkpointing")
-		return ck
+		key[n] = segmentKey(n)
+		dataNodes = append(dataNodes, n)
 	}
 	readers := map[string][]*onnxpb.NodeProto{}
 	for _, n := range g.GetNode() {
@@ -175,6 +162,25 @@ func findSegments(g *onnxpb.GraphProto, trainable []string, keep []string) *chec
 	}
 	for _, k := range keep {
 		external[k] = true
+	}
+	attachSideBranches(g, dataNodes, key, data, readers, external)
+	byKey := map[string]*segment{}
+	members := map[*segment][]*onnxpb.NodeProto{}
+	for _, n := range dataNodes {
+		if key[n] == "" {
+			continue
+		}
+		s := byKey[key[n]]
+		if s == nil {
+			s = &segment{name: key[n]}
+			byKey[key[n]] = s
+			ck.segs = append(ck.segs, s)
+		}
+		members[s] = append(members[s], n)
+	}
+	if len(ck.segs) == 0 {
+		ck.notices = append(ck.notices, "gradient checkpointing: no decoder layers found (no node names or name scopes with layers.N or h.N); activations are kept as without checkpointing")
+		return ck
 	}
 	var segs []*segment
 	for _, s := range ck.segs {
@@ -216,6 +222,85 @@ func findSegments(g *onnxpb.GraphProto, trainable []string, keep []string) *chec
 	}
 	ck.segs = segs
 	return ck
+}
+
+// attachSideBranches gives the layer of the nodes around them to the
+// data-dependent nodes without one (key "") that branch off a layer and join
+// it again: every data value they read comes from that layer (or such a
+// node) and every node that reads their outputs belongs to it (or is such a
+// node). Nodes added after export, such as LoRA adapters on a layer's
+// projections, are then recomputed with the layer instead of cutting it.
+func attachSideBranches(g *onnxpb.GraphProto, nodes []*onnxpb.NodeProto, key map[*onnxpb.NodeProto]string, data map[string]bool, readers map[string][]*onnxpb.NodeProto, external map[string]bool) {
+	const none = "\x00"
+	producer := onnx.Producers(g)
+	// agree folds layer k into the running common layer c.
+	agree := func(c, k string) string {
+		switch {
+		case c == "" || c == k:
+			return k
+		}
+		return none
+	}
+	up := map[*onnxpb.NodeProto]string{}
+	for _, n := range nodes {
+		if key[n] != "" {
+			continue
+		}
+		c := ""
+		for _, v := range onnx.NodeInputs(n) {
+			if !data[v] {
+				continue
+			}
+			p := producer[v]
+			k := none
+			if p != nil {
+				k = cmpOr(key[p], up[p])
+			}
+			c = agree(c, k)
+		}
+		up[n] = c
+	}
+	down := map[*onnxpb.NodeProto]string{}
+	for i := len(nodes) - 1; i >= 0; i-- {
+		n := nodes[i]
+		if key[n] != "" || up[n] == "" || up[n] == none {
+			continue
+		}
+		c := ""
+		for _, o := range n.GetOutput() {
+			if o == "" {
+				continue
+			}
+			if external[o] {
+				c = none
+			}
+			for _, r := range readers[o] {
+				c = agree(c, cmpOr(key[r], down[r]))
+			}
+		}
+		if c == up[n] {
+			down[n] = c
+		} else {
+			down[n] = none
+		}
+	}
+	for _, n := range nodes {
+		if k := down[n]; key[n] == "" && k != "" && k != none {
+			key[n] = k
+		}
+	}
+}
+
+// cmpOr returns a, or b when a is "" (cmp.Or for two strings; "" and none
+// stay apart).
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	if b != "" {
+		return b
+	}
+	return "\x00"
 }
 
 // unrecomputable reports whether n cannot be recomputed: a random operator

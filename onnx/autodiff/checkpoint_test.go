@@ -3,12 +3,18 @@ package autodiff
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
+	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"ortalign/onnx"
+	"ortalign/onnx/lora"
 	"ortalign/onnx/onnxpb"
 	"ortalign/onnx/ort"
 )
@@ -193,6 +199,9 @@ func TestCheckpointingFreesLayerIntermediates(t *testing.T) {
 					}
 					if strings.HasPrefix(n.GetName(), "recompute/") {
 						recomputed++
+						if !strings.HasPrefix(n.GetName(), "recompute/h.") && !strings.HasPrefix(n.GetName(), "recompute/layers.") {
+							t.Errorf("recomputed node %s is not in a layer", n.GetName())
+						}
 						if !fromGrad {
 							t.Errorf("recomputed node %s does not depend on a gradient", n.GetName())
 						}
@@ -345,4 +354,233 @@ func runModelWith(t *testing.T, m *onnx.Model, outs []string, feeds map[string]*
 		t.Fatalf("run: %v", err)
 	}
 	return res
+}
+
+// BenchmarkCheckpointing measures one DPO training-graph run (forward, loss and all
+// gradients; the optimizer is not included) with and without gradient checkpointing on
+// the model at $ORTALIGN_CHECKPOINT_BENCH (a GPT-2-style model as testdata/gen_bench.py
+// makes, with n_positions >= the sequence), 8 pairs of $ORTALIGN_CHECKPOINT_SEQ tokens
+// (default 256), $ORTALIGN_CHECKPOINT_THREADS threads (default 2). It reports ms/step, CPU ms/step, the process's peak resident memory
+// (VmHWM) and the peak over the runs above the resident memory before them (the
+// session's working memory). Run one sub-benchmark per process, so that one's freed
+// memory does not hide the other's peak:
+//
+//	go test ./onnx/autodiff -run '^$' -bench 'Checkpointing/checkpointing=true' -benchtime 3x
+func BenchmarkCheckpointing(b *testing.B) {
+	path := os.Getenv("ORTALIGN_CHECKPOINT_BENCH")
+	if path == "" {
+		b.Skip("set ORTALIGN_CHECKPOINT_BENCH to a GPT-2-style ONNX model")
+	}
+	seq := 256
+	if s := os.Getenv("ORTALIGN_CHECKPOINT_SEQ"); s != "" {
+		var err error
+		if seq, err = strconv.Atoi(s); err != nil {
+			b.Fatal(err)
+		}
+	}
+	threads := 2
+	if s := os.Getenv("ORTALIGN_CHECKPOINT_THREADS"); s != "" {
+		var err error
+		if threads, err = strconv.Atoi(s); err != nil {
+			b.Fatal(err)
+		}
+	}
+	const rows = 16
+	for _, ck := range []bool{false, true} {
+		b.Run(fmt.Sprintf("checkpointing=%v", ck), func(b *testing.B) {
+			m, err := onnx.Load(path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			loss, _ := appendDPOLoss(&testing.T{}, m, 0.1)
+			var trainable []string
+			for _, init := range m.Graph().GetInitializer() {
+				if onnx.DataType(init.GetDataType()) == onnx.Float && len(init.GetDims()) > 0 {
+					trainable = append(trainable, init.GetName())
+				}
+			}
+			rng := rand.New(rand.NewPCG(1, 2))
+			feeds := map[string]*ort.Tensor{
+				"input_ids":       {Shape: []int64{rows, int64(seq)}, I64: make([]int64, rows*seq)},
+				"attention_mask":  {Shape: []int64{rows, int64(seq)}, I64: make([]int64, rows*seq)},
+				"completion_mask": {Shape: []int64{rows, int64(seq)}, F32: make([]float32, rows*seq)},
+				"ref_logps":       {Shape: []int64{rows}, F32: make([]float32, rows)},
+			}
+			for i := range rows * seq {
+				feeds["input_ids"].I64[i] = rng.Int64N(8192)
+				feeds["attention_mask"].I64[i] = 1
+				if i%seq >= seq/2 {
+					feeds["completion_mask"].F32[i] = 1
+				}
+			}
+			for _, p := range trainable {
+				feeds[p] = paramTensor(&testing.T{}, onnx.Initializer(m.Graph(), p))
+			}
+			res, err := Build(m, Config{Loss: loss, Trainable: trainable, GradientCheckpointing: ck})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if ck && len(res.Checkpointed) == 0 {
+				b.Fatalf("no layer checkpointed: %q", res.Notices)
+			}
+			bytes, err := res.Model.Marshal()
+			if err != nil {
+				b.Fatal(err)
+			}
+			outs := []string{loss}
+			for _, p := range trainable {
+				outs = append(outs, res.Grads[p])
+			}
+			layers := len(res.Checkpointed)
+			m, res = nil, nil
+			s, err := ort.NewSession(bytes, outs, ort.Options{Threads: threads})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Destroy()
+			runtime.GC()
+			before := procStatusKB(b, "VmRSS")
+			// Reset VmHWM to the current resident memory (Linux 4.0+).
+			if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
+				b.Logf("cannot reset VmHWM: %v", err)
+			}
+			if _, err := s.Run(feeds, nil); err != nil {
+				b.Fatal(err)
+			}
+			cpu0 := cpuSeconds()
+			b.ResetTimer()
+			for range b.N {
+				if _, err := s.Run(feeds, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(b.Elapsed().Seconds()/float64(b.N)*1e3, "ms/step")
+			b.ReportMetric((cpuSeconds()-cpu0)/float64(b.N)*1e3, "cpu-ms/step")
+			peak := procStatusKB(b, "VmHWM")
+			b.ReportMetric(float64(peak)/1024, "peak-RSS-MB")
+			b.ReportMetric(float64(peak-before)/1024, "step-peak-MB")
+			b.Logf("%d layers checkpointed; RSS before the runs %d MB", layers, before/1024)
+		})
+	}
+}
+
+// cpuSeconds is the process's user and system CPU time so far.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+}
+
+// procStatusKB reads a "kB" field of /proc/self/status.
+func procStatusKB(b *testing.B, field string) int64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			v, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return v
+		}
+	}
+	b.Fatalf("no %s in /proc/self/status", field)
+	return 0
+}
+
+// TestCheckpointingWithLoRA: LoRA adapters inserted after export (nodes named
+// "lora/...", outside the layers' name scopes) are recomputed with the layer
+// they branch off and join: the gradients of the adapters are the same bit
+// for bit without graph optimizations, and no backward node reads an
+// adapter's intermediate value (nor one of the layers).
+func TestCheckpointingWithLoRA(t *testing.T) {
+	for _, file := range []string{"gpt2_opset17", "llama_opset17"} {
+		t.Run(file, func(t *testing.T) {
+			m, loss, logps, _, feeds := dpoModel(t, file)
+			targets, err := lora.FindTargets(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if targets, err = lora.Select(targets, nil); err != nil {
+				t.Fatal(err)
+			}
+			adapters, err := lora.Insert(m, targets, lora.Config{R: 4, Alpha: 8, Seed: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rng := rand.New(rand.NewPCG(3, 4))
+			var trainable []string
+			for _, a := range adapters {
+				trainable = append(trainable, a.A, a.B)
+				b := onnx.Initializer(m.Graph(), a.B)
+				v := make([]float32, a.Out*int64(a.R))
+				for i := range v {
+					v[i] = float32(rng.NormFloat64() * 0.02)
+				}
+				*b = *onnx.FloatTensor(a.B, b.GetDims(), v)
+				for _, p := range []string{a.A, a.B} {
+					feeds[p] = paramTensor(t, onnx.Initializer(m.Graph(), p))
+				}
+			}
+			grads := make([]map[string]*ort.Tensor, 2)
+			for i, ck := range []bool{false, true} {
+				res, err := Build(m, Config{Loss: loss, Trainable: trainable, KeepOutputs: []string{logps}, GradientCheckpointing: ck})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ck && len(res.Checkpointed) != 2 {
+					t.Fatalf("checkpointed %q, notices %q", res.Checkpointed, res.Notices)
+				}
+				var outs []string
+				for _, p := range trainable {
+					outs = append(outs, res.Grads[p])
+				}
+				got := runModelWith(t, res.Model, outs, feeds, ort.Options{Threads: 1, DisableOptimizations: true})
+				grads[i] = map[string]*ort.Tensor{}
+				for _, p := range trainable {
+					grads[i][p] = got[res.Grads[p]]
+				}
+				// Adapter and layer intermediates read by the backward.
+				inner := layerIntermediates(m.Graph(), trainable)
+				data := map[string]bool{}
+				for _, in := range m.Graph().GetInput() {
+					data[in.GetName()] = !slices.Contains(trainable, in.GetName())
+				}
+				forward := map[string]bool{}
+				for _, n := range m.Graph().GetNode() {
+					forward[n.GetName()] = true
+					if slices.ContainsFunc(n.GetInput(), func(v string) bool { return data[v] }) {
+						for _, o := range n.GetOutput() {
+							data[o] = true
+							if strings.HasPrefix(n.GetName(), "lora/") && n.GetOpType() != "Add" {
+								inner[o] = "an adapter"
+							}
+						}
+					}
+				}
+				reads := 0
+				for _, n := range res.Model.Graph().GetNode() {
+					if !forward[n.GetName()] {
+						reads += len(slices.DeleteFunc(onnx.NodeInputs(n), func(v string) bool { return inner[v] == "" }))
+					}
+				}
+				if ck && reads > 0 {
+					t.Errorf("with checkpointing the backward reads %d adapter or layer intermediates", reads)
+				}
+				if !ck && reads == 0 {
+					t.Error("without checkpointing the backward reads no adapter intermediate: the check finds nothing")
+				}
+			}
+			for _, p := range trainable {
+				if !slices.Equal(grads[0][p].F32, grads[1][p].F32) {
+					t.Errorf("%s: gradient differs with checkpointing", p)
+				}
+			}
+			t.Logf("%d adapters; gradients equal bit for bit", len(adapters))
+		})
+	}
 }
