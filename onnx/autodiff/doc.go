@@ -45,4 +45,13 @@
 // a model below opset 16 is raised to 16 for ScatterND's reduction, which
 // changes no operator the exporters emit at 13-15. Dropout is treated as in
 // inference (the identity); one in training mode is an error.
+//
+// With Config.GradientCheckpointing the backward of each decoder layer reads
+// a copy of the layer's forward recomputed right before it, instead of the
+// forward's intermediate values, which then die during the forward pass:
+// activation memory falls from all layers' intermediates to the layers'
+// inputs plus one layer's. The copy is fed through a Where that depends on
+// the gradient reaching the layer, so ONNX Runtime can neither run it early
+// nor merge it back into the forward (checkpoint.go). The gradients are the
+// same operators on the same values.
 package autodiff
