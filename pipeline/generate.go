@@ -41,6 +41,15 @@ type GeneratorOptions struct {
 	Cache   CacheMode
 	// Notice receives one-line notices (the cache fallback); nil writes them to stderr.
 	Notice func(string)
+	// ParamInputs names float initializers of the model that become graph inputs of the
+	// same names and shapes, fed on every run: the model's own values until SetParams
+	// gives others. A generator fed a trainer's live buffers samples from the current
+	// weights without a new session per round (Engine.NewGenerator).
+	ParamInputs []string
+	// Ties are transposed copies read from their source, as a training graph with
+	// GraphConfig.TieTransposedCopies reads them (Engine.Ties): each copy becomes
+	// Transpose(source), so feeding the source feeds the copy too.
+	Ties []Tie
 }
 
 // Generator samples completions from an ONNX causal LM.
@@ -53,6 +62,8 @@ type Generator struct {
 	cached  bool        // decode one token at a time feeding presents back
 	pasts   []cachePast // KV-cache inputs (fed empty when !cached)
 	mode    string
+	// params are the parameter inputs' feeds (GeneratorOptions.ParamInputs), by name.
+	params map[string]*ort.Tensor
 }
 
 // cachePast is one KV-cache input and the output that returns it extended.
@@ -106,7 +117,19 @@ func NewGenerator(path string, m *onnx.Model, o GeneratorOptions) (*Generator, e
 		notice = func(s string) { fmt.Fprintln(os.Stderr, "ortalign: "+s) }
 	}
 	reason := func(err error) string { return strings.TrimPrefix(err.Error(), path+": ") }
+	if len(o.Ties) > 0 {
+		m = m.Clone()
+		if err := tieCopies(m, o.Ties); err != nil {
+			return nil, fmt.Errorf("%s: tie weights: %w", path, err)
+		}
+	}
 	g := m.Graph()
+	for _, name := range o.ParamInputs {
+		t := onnx.Initializer(g, name)
+		if t == nil || onnx.DataType(t.GetDataType()) != onnx.Float {
+			return nil, fmt.Errorf("%s: parameter input %q is not a float initializer of the model", path, name)
+		}
+	}
 	if err := checkInputs(g); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -171,7 +194,11 @@ func newGenerator(path string, m *onnx.Model, pasts []cachePast, cached bool, mo
 	onnx.Prune(g, inputs)
 	gen := &Generator{Path: path, cached: cached, pasts: pasts, mode: mode,
 		hasMask: onnx.Input(g, attentionMask) != nil, hasPos: onnx.Input(g, positionIDs) != nil}
-	var err error
+	params, err := paramInputs(g, o.ParamInputs)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	gen.params = params
 	gen.sess, err = newModelSession(m, outputs, ort.Options{Threads: o.Threads})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -183,6 +210,76 @@ func newGenerator(path string, m *onnx.Model, pasts []cachePast, cached bool, mo
 	}
 	gen.vocab = len(out[NextLogitsOutput].F32)
 	return gen, nil
+}
+
+// paramInputs turns the named initializers of g into graph inputs of the same shapes
+// and returns their feeds, viewing the initializers' values (no copy where the data
+// allows). Names the pruned graph no longer reads are left out.
+func paramInputs(g *onnxpb.GraphProto, names []string) (map[string]*ort.Tensor, error) {
+	feeds := make(map[string]*ort.Tensor, len(names))
+	for _, name := range names {
+		t := onnx.RemoveInitializer(g, name)
+		if t == nil {
+			continue // not needed for the next-token logits
+		}
+		data, ok := onnx.FloatsView(t)
+		if !ok {
+			var err error
+			if data, err = onnx.TensorFloats(t); err != nil {
+				return nil, fmt.Errorf("parameter input %q: %w", name, err)
+			}
+		}
+		shape := slices.Clone(t.GetDims())
+		if onnx.Input(g, name) == nil {
+			dims := make([]onnx.Dim, len(shape))
+			for i, d := range shape {
+				dims[i] = onnx.DimValue(d)
+			}
+			if err := onnx.AddInput(g, name, onnx.Float, dims); err != nil {
+				return nil, err
+			}
+		}
+		feeds[name] = &ort.Tensor{Shape: shape, F32: data}
+	}
+	return feeds, nil
+}
+
+// SetParams feeds values, of the given shapes, to the named parameter inputs
+// (GeneratorOptions.ParamInputs) on every later run, without copying them: values changed
+// in place (by an optimizer step) are what the next Generate samples from. They must not
+// change during a Generate. Inputs not named keep their values; a name that is not a
+// parameter input, or a shape other than the initializer's, is an error.
+func (gen *Generator) SetParams(names []string, shapes [][]int64, values [][]float32) error {
+	if len(shapes) != len(names) || len(values) != len(names) {
+		return fmt.Errorf("%s: set params: %d names, %d shapes, %d values", gen.Path, len(names), len(shapes), len(values))
+	}
+	for i, name := range names {
+		cur, ok := gen.params[name]
+		if !ok {
+			continue
+		}
+		t := &ort.Tensor{Shape: shapes[i], F32: values[i]}
+		if !slices.Equal(shapes[i], cur.Shape) {
+			return fmt.Errorf("%s: set params: %q has shape %v, the model's is %v", gen.Path, name, shapes[i], cur.Shape)
+		}
+		if err := t.Check(); err != nil {
+			return fmt.Errorf("%s: set params: %q: %w", gen.Path, name, err)
+		}
+	}
+	for i, name := range names {
+		if _, ok := gen.params[name]; ok {
+			gen.params[name] = &ort.Tensor{Shape: shapes[i], F32: values[i]}
+		}
+	}
+	return nil
+}
+
+// run runs the session with feeds and the parameter inputs.
+func (gen *Generator) run(feeds map[string]*ort.Tensor) (map[string]*ort.Tensor, error) {
+	for name, t := range gen.params {
+		feeds[name] = t
+	}
+	return gen.sess.Run(feeds, nil)
 }
 
 // Close releases the ONNX Runtime session.
@@ -446,7 +543,7 @@ func (gen *Generator) runFull(seqs [][]int64) (map[string]*ort.Tensor, error) {
 	for _, p := range gen.pasts {
 		feeds[p.name] = p.empty(n)
 	}
-	return gen.sess.Run(feeds, nil)
+	return gen.run(feeds)
 }
 
 // cacheRun is the state of a batch decoded with the KV cache.
@@ -496,7 +593,7 @@ func (gen *Generator) prefill(prompts [][]int64, left bool) (*cacheRun, []float3
 	for _, p := range gen.pasts {
 		feeds[p.name] = p.empty(n)
 	}
-	out, err := gen.sess.Run(feeds, nil)
+	out, err := gen.run(feeds)
 	if err != nil {
 		return nil, nil, gen.runError(n, prompts, err)
 	}
@@ -534,7 +631,7 @@ func (c *cacheRun) step(tokens []int64, active []bool) ([]float32, error) {
 	for _, p := range gen.pasts {
 		feeds[p.name] = c.out[p.present]
 	}
-	out, err := gen.sess.Run(feeds, nil)
+	out, err := gen.run(feeds)
 	if err != nil {
 		return nil, fmt.Errorf("%s: decoding step at %d tokens: %w", gen.Path, width, err)
 	}

@@ -470,3 +470,102 @@ func TestFindAttentionPoints(t *testing.T) {
 		t.Errorf("gpt2: position_ids %v, %d pasts", g2.hasPos, len(g2.pasts))
 	}
 }
+
+// TestGeneratorFedEngineParams: a generator built once over the engine's forward and fed
+// its live parameter buffers (Engine.NewGenerator) samples, after a few SGD steps, the
+// tokens of a generator built from Engine.Model() — greedy and seeded, with the cache
+// and without — on the tiny Llama, the tied GPT-2 (the lm_head copy read as
+// Transpose(wte)) and a LoRA Llama (the adapted graph, adapters fed); and differs from
+// the starting weights' samples, so the steps mattered.
+func TestGeneratorFedEngineParams(t *testing.T) {
+	var seqs []Sequence
+	for i, p := range mixedPrompts() {
+		ids := slices.Clone(p.IDs)
+		for k := 0; k < 6; k++ {
+			ids = append(ids, int64((i*53+k*11+5)%500))
+		}
+		seqs = append(seqs, Sequence{IDs: ids, CompletionStart: len(p.IDs)})
+	}
+	for _, c := range []struct {
+		name, model string
+		lr          float64
+		ties        int // transposed copies found (TieTransposedCopies)
+		adapter     Adapter
+	}{
+		{"llama", "llama_opset17", 0.5, 0, nil},
+		// The tie kept in the graph: one initializer feeds the Gather and, transposed, the
+		// lm_head MatMul.
+		{"gpt2_tied", "gpt2_tied_opset17", 0.5, 0, nil},
+		// The exporter's transposed copy, trained as the embedding.
+		{"gpt2_copy_tied", "gpt2_opset17", 0.5, 1, nil},
+		{"llama_lora", "llama_opset17", 2, 0, LoRA{R: 4, Alpha: 8, Seed: 1}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := TrainConfig{Optim: OptimConfig{Name: OptimSGD}, LR: c.lr, BatchSize: 4, Threads: 1, PadID: 0,
+				TieTransposedCopies: true, Adapter: c.adapter}
+			e := newEngineOf(t, genModelPath(c.model), cfg, SFT{})
+			if len(e.Ties()) != c.ties {
+				t.Fatalf("ties %v, want %d", e.Ties(), c.ties)
+			}
+			greedy := SampleOptions{MaxNewTokens: 12}
+			seeded := SampleOptions{Temperature: 1, MaxNewTokens: 12, NumReturnSequences: 2, Seed: 9}
+			fedAuto, err := e.NewGenerator(GeneratorOptions{Threads: 1, Notice: func(s string) { t.Log(s) }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer fedAuto.Close()
+			fedOff, err := e.NewGenerator(GeneratorOptions{Threads: 1, Cache: CacheOff})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer fedOff.Close()
+			if fedAuto.CacheMode() != "derived" || fedOff.CacheMode() != "none" {
+				t.Fatalf("fed generators' cache modes %q and %q, want derived and none", fedAuto.CacheMode(), fedOff.CacheMode())
+			}
+			start := generate(t, fedAuto, mixedPrompts(), greedy)
+			for s := 0; s < 3; s++ {
+				if _, err := e.StepOn([][]Sequence{seqs}, c.lr); err != nil {
+					t.Fatal(err)
+				}
+			}
+			m, err := e.Model()
+			if err != nil {
+				t.Fatal(err)
+			}
+			built, err := NewGenerator(c.model, m, GeneratorOptions{Threads: 1, Notice: func(s string) { t.Log(s) }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer built.Close()
+			changed := 0
+			for _, o := range []SampleOptions{greedy, seeded} {
+				want := generate(t, built, mixedPrompts(), o)
+				for _, fed := range []*Generator{fedAuto, fedOff} {
+					got := generate(t, fed, mixedPrompts(), o)
+					for i := range want {
+						if !slices.Equal(got[i].IDs, want[i].IDs) {
+							t.Errorf("%s, temperature %g, row %d: fed %v, built from Model() %v", fed.CacheMode(), o.Temperature, i, got[i].IDs, want[i].IDs)
+							continue
+						}
+						for k := range want[i].Logps {
+							if d := math.Abs(got[i].Logps[k] - want[i].Logps[k]); d > 1e-4 {
+								t.Errorf("%s row %d token %d: logp %.6f fed, %.6f built", fed.CacheMode(), i, k, got[i].Logps[k], want[i].Logps[k])
+								break
+							}
+						}
+					}
+				}
+				if o.Temperature == 0 {
+					for i := range want {
+						if !slices.Equal(want[i].IDs, start[i].IDs) {
+							changed++
+						}
+					}
+				}
+			}
+			if changed == 0 {
+				t.Errorf("the steps changed no greedy completion: %v", start[0].IDs)
+			}
+		})
+	}
+}

@@ -183,15 +183,21 @@ type rlRound struct {
 	metrics  Metrics
 }
 
-// sampleAndScore samples NumGenerations completions of each prompt from model with the
-// round's seed and scores them: the completions, their total rewards, per-function
-// rewards and finish reasons.
+// sampleAndScore is sampleAndScoreGen with a generator built for model (a new session:
+// RunRL keeps one generator fed the engine's weights instead).
 func sampleAndScore(ctx context.Context, path string, model *onnx.Model, prompts []EncodedPrompt, c RLRunConfig, seed uint64, threads int, notice func(string)) ([]Completion, []float64, [][]float64, error) {
 	gen, err := NewGenerator(path, model, GeneratorOptions{Threads: threads, Notice: notice})
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	defer gen.Close()
+	return sampleAndScoreGen(ctx, gen, prompts, c, seed)
+}
+
+// sampleAndScoreGen samples NumGenerations completions of each prompt from gen with the
+// round's seed and scores them: the completions, their total rewards and per-function
+// rewards.
+func sampleAndScoreGen(ctx context.Context, gen *Generator, prompts []EncodedPrompt, c RLRunConfig, seed uint64) ([]Completion, []float64, [][]float64, error) {
 	so := c.Sample
 	so.NumReturnSequences, so.Seed = c.NumGenerations, seed
 	in := make([]Prompt, len(prompts))
@@ -251,22 +257,32 @@ func sampleAndScore(ctx context.Context, path string, model *onnx.Model, prompts
 // MeanReward samples NumGenerations completions of prompts from model with seed and
 // returns their mean reward (with the missing-EOS penalty): the held-out score of a policy.
 func MeanReward(ctx context.Context, path string, model *onnx.Model, prompts []EncodedPrompt, c RLRunConfig, seed uint64, threads int) (float64, error) {
-	_, total, _, err := sampleAndScore(ctx, path, model, prompts, c, seed, threads, c.Notice)
+	gen, err := NewGenerator(path, model, GeneratorOptions{Threads: threads, Notice: c.Notice})
+	if err != nil {
+		return 0, err
+	}
+	defer gen.Close()
+	return meanReward(ctx, gen, prompts, c, seed)
+}
+
+// meanReward is MeanReward with gen's weights.
+func meanReward(ctx context.Context, gen *Generator, prompts []EncodedPrompt, c RLRunConfig, seed uint64) (float64, error) {
+	_, total, _, err := sampleAndScoreGen(ctx, gen, prompts, c, seed)
 	if err != nil {
 		return 0, err
 	}
 	return meanOf(total), nil
 }
 
-// collect runs one round: samples with the engine's current weights, scores, computes the
-// old and reference log-probs and the advantages.
-func collect(ctx context.Context, e *Engine[Rollout], ref *refScorer, prompts []EncodedPrompt, c RLRunConfig, seed uint64, notice func(string)) (*rlRound, error) {
+// collect runs one round: samples with the engine's current weights (gen, fed the
+// engine's parameter buffers), scores, computes the old and reference log-probs and the
+// advantages.
+func collect(ctx context.Context, e *Engine[Rollout], gen *Generator, ref *refScorer, prompts []EncodedPrompt, c RLRunConfig, seed uint64) (*rlRound, error) {
 	start := time.Now()
-	model, err := e.Model()
-	if err != nil {
+	if err := gen.SetParams(e.Trainable(), e.ParamShapes(), e.Params()); err != nil {
 		return nil, err
 	}
-	comps, total, per, err := sampleAndScore(ctx, e.path, model, prompts, c, seed, e.cfg.Threads, notice)
+	comps, total, per, err := sampleAndScoreGen(ctx, gen, prompts, c, seed)
 	if err != nil {
 		return nil, err
 	}
@@ -419,8 +435,15 @@ func RunRL(ctx context.Context, e *Engine[Rollout], base *onnx.Model, prompts []
 	}
 	settings["dataset_fingerprint"] = fmt.Sprintf("%d prompts, sha256 %s", len(prompts), hex.EncodeToString(h.Sum(nil))[:16])
 
+	// One generator for the run, fed the engine's live parameters: before the checkpoint
+	// is loaded they are the starting policy's.
+	gen, err := e.NewGenerator(GeneratorOptions{Threads: cfg.Threads, Notice: quiet})
+	if err != nil {
+		return nil, err
+	}
+	defer gen.Close()
 	if len(c.Eval) > 0 {
-		v, err := MeanReward(ctx, e.path, base, c.Eval, c, roundSeed(cfg.Seed, -1), cfg.Threads)
+		v, err := meanReward(ctx, gen, c.Eval, c, roundSeed(cfg.Seed, -1))
 		if err != nil {
 			return nil, interrupted(fmt.Errorf("held-out reward: %w", err), "before training started; nothing was saved")
 		}
@@ -488,7 +511,7 @@ func RunRL(ctx context.Context, e *Engine[Rollout], base *onnx.Model, prompts []
 			}
 			return nil, fmt.Errorf("step %d: %w (not applied)", step+1, err)
 		}
-		r, err := collect(ctx, e, ref, batch, c, roundSeed(cfg.Seed, round), quiet)
+		r, err := collect(ctx, e, gen, ref, batch, c, roundSeed(cfg.Seed, round))
 		if err != nil {
 			return fail(err)
 		}
@@ -526,11 +549,7 @@ func RunRL(ctx context.Context, e *Engine[Rollout], base *onnx.Model, prompts []
 		return nil, err
 	}
 	if len(c.Eval) > 0 {
-		model, err := e.Model()
-		if err != nil {
-			return nil, err
-		}
-		v, err := MeanReward(ctx, e.path, model, c.Eval, c, roundSeed(cfg.Seed, -1), cfg.Threads)
+		v, err := meanReward(ctx, gen, c.Eval, c, roundSeed(cfg.Seed, -1))
 		if err != nil {
 			return nil, interrupted(fmt.Errorf("held-out reward: %w", err), "after training; the model was written")
 		}
