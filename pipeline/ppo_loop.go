@@ -1,0 +1,484 @@
+package pipeline
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+
+	"ortalign/onnx"
+	"ortalign/onnx/ort"
+)
+
+// PPORunConfig configures a PPO run (RunPPO), with TRL v1.x PPOConfig's options.
+type PPORunConfig struct {
+	PPO PPOConfig
+	// NumPPOEpochs is the number of passes over each round's rollouts (TRL 4).
+	NumPPOEpochs int
+	// NumMiniBatches splits a round's rollouts into that many optimizer steps per pass
+	// (TRL 1).
+	NumMiniBatches int
+	// Sample says how completions are sampled (one per prompt, as TRL's PPO); its
+	// Temperature should equal PPO.Temperature.
+	Sample SampleOptions
+	// Rewards are summed with RewardWeights (nil: all 1) into each completion's score.
+	Rewards       []RewardFunc
+	RewardWeights []float64
+	// MissingEOSPenalty, when > 0, is taken off the score of a completion without EOS.
+	MissingEOSPenalty float64
+	// Decode turns ids into text for the reward functions.
+	Decode func(ids []int64) (string, error)
+	// Eval, when non-empty, is sampled (same seed) and scored before and after training.
+	Eval []EncodedPrompt
+	// Notice receives one-line notices (nil: none).
+	Notice func(string)
+}
+
+func (c PPORunConfig) epochs() int      { return max(1, c.NumPPOEpochs) }
+func (c PPORunConfig) miniBatches() int { return max(1, c.NumMiniBatches) }
+
+// rl is the sampling and scoring part as RunRL's configuration (one completion a prompt).
+func (c PPORunConfig) rl() RLRunConfig {
+	return RLRunConfig{
+		RL:             RLConfig{Algo: AlgoGRPO, Temperature: c.PPO.Temperature},
+		NumGenerations: 1, Sample: c.Sample, Rewards: c.Rewards, RewardWeights: c.RewardWeights,
+		MissingEOSPenalty: c.MissingEOSPenalty, Decode: c.Decode, Eval: c.Eval, Notice: c.Notice,
+	}
+}
+
+// Validate reports settings out of range.
+func (c PPORunConfig) Validate() error {
+	if err := c.PPO.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case c.NumPPOEpochs < 0:
+		return fmt.Errorf("num ppo epochs must be >= 1, got %d", c.NumPPOEpochs)
+	case c.NumMiniBatches < 0:
+		return fmt.Errorf("num mini batches must be >= 1, got %d", c.NumMiniBatches)
+	case len(c.Rewards) == 0:
+		return fmt.Errorf("no reward: give a reward model or reward functions")
+	case c.RewardWeights != nil && len(c.RewardWeights) != len(c.Rewards):
+		return fmt.Errorf("%d reward weights for %d rewards", len(c.RewardWeights), len(c.Rewards))
+	case c.MissingEOSPenalty < 0:
+		return fmt.Errorf("missing EOS penalty must be >= 0, got %g", c.MissingEOSPenalty)
+	case c.Sample.MaxNewTokens <= 0:
+		return fmt.Errorf("max new tokens must be positive, got %d", c.Sample.MaxNewTokens)
+	}
+	so := c.Sample
+	return so.Check()
+}
+
+func (c PPORunConfig) settings() map[string]string {
+	s := c.rl().settings()
+	delete(s, "num_iterations")
+	s["num_ppo_epochs"] = strconv.Itoa(c.epochs())
+	s["num_mini_batches"] = strconv.Itoa(c.miniBatches())
+	return s
+}
+
+// NewPPOEngine builds the PPO engine on the causal LM base (loaded from path): the policy
+// with a value head (AddValueHead with valueInit, or a seeded fresh head) trained by the
+// PPO objective. LoRA is refused: the value head would not train.
+func NewPPOEngine(path string, base *onnx.Model, cfg TrainConfig, c PPOConfig, valueInit []float32) (*Engine[PPORollout], error) {
+	if cfg.Adapter != nil {
+		return nil, fmt.Errorf("PPO does not train adapters yet (the value head would stay at its initial weights)")
+	}
+	mv, err := AddValueHead(base, valueInit, cfg.Seed)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return NewEngine(path, mv, cfg, PPO{Config: c})
+}
+
+// PolicyModel returns the engine's current policy: its model without the value head.
+func PolicyModel(e *Engine[PPORollout]) (*onnx.Model, error) {
+	m, err := e.Model()
+	if err != nil {
+		return nil, err
+	}
+	RemoveValueHead(m)
+	return m, nil
+}
+
+// ppoCollect samples one completion per prompt with the engine's current policy, scores
+// it, reads the old log-probs and values (the training graph's forward) and the
+// reference's log-probs, and computes returns and advantages.
+func ppoCollect(ctx context.Context, e *Engine[PPORollout], ref *refScorer, prompts []EncodedPrompt, c PPORunConfig, seed uint64, notice func(string)) ([]PPORollout, Metrics, error) {
+	start := time.Now()
+	model, err := PolicyModel(e)
+	if err != nil {
+		return nil, nil, err
+	}
+	comps, scores, per, err := ppoSampleAndScore(ctx, e.path, model, prompts, c, seed, e.cfg.Threads, notice)
+	if err != nil {
+		return nil, nil, err
+	}
+	genTime := time.Since(start)
+	rollouts := make([]PPORollout, len(comps))
+	plain := make([]Rollout, len(comps))
+	clipped, length, eos := 0.0, 0.0, 0.0
+	for i, cp := range comps {
+		if cp.FinishReason != FinishEOS {
+			clipped++
+		}
+		length += float64(len(cp.IDs))
+		for _, id := range cp.IDs {
+			if slices.Contains(c.Sample.EOS, id) {
+				eos++
+			}
+		}
+		rollouts[i] = PPORollout{Prompt: prompts[i].IDs, Completion: cp.IDs, Score: scores[i],
+			Terminal: len(cp.IDs) < c.Sample.MaxNewTokens}
+		plain[i] = Rollout{Prompt: prompts[i].IDs, Completion: cp.IDs}
+	}
+	k := 0
+	err = e.Forward(ctx, rollouts, func(batch []PPORollout, out map[string]*ort.Tensor) error {
+		w := ppoWidth(batch)
+		lp, val := out[TokenLogpsOutput].F32, out[ValuesOutput].F32
+		for i, ro := range batch {
+			r := &rollouts[k+i]
+			base := i*w + len(ro.Prompt)
+			r.OldLogps = make([]float64, len(ro.Completion))
+			for j := range r.OldLogps {
+				r.OldLogps[j] = float64(lp[base+j])
+			}
+			r.OldValues = make([]float64, ro.Steps())
+			for t := range r.OldValues {
+				r.OldValues[t] = float64(val[base+t-1])
+			}
+		}
+		k += len(batch)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("old log-probs and values: %w", err)
+	}
+	refs, err := ref.tokenLogps(plain, max(1, e.cfg.BatchSize))
+	if err != nil {
+		return nil, nil, err
+	}
+	for i := range rollouts {
+		rollouts[i].RefLogps = refs[i]
+	}
+	st, err := PPOAdvantages(c.PPO, rollouts)
+	if err != nil {
+		return nil, nil, err
+	}
+	n := float64(len(rollouts))
+	m := Metrics{
+		{Name: "objective/kl", Value: st.KL},
+		{Name: "objective/entropy", Value: st.Entropy},
+		{Name: "objective/non_score_reward", Value: st.NonScoreReward},
+		{Name: "objective/rlhf_reward", Value: st.NonScoreReward + st.Score},
+		{Name: "objective/scores", Value: st.Score},
+	}
+	for k, rf := range c.Rewards {
+		m = append(m, Metric{Name: "rewards/" + rf.Name() + "/mean", Value: meanOf(per[k])})
+	}
+	m = append(m,
+		Metric{Name: "val/num_eos_tokens", Value: eos},
+		Metric{Name: "completions/mean_length", Value: length / n},
+		Metric{Name: "completions/clipped_ratio", Value: clipped / n},
+		Metric{Name: "time/generation_s", Value: genTime.Seconds()},
+		Metric{Name: "time/rollout_s", Value: time.Since(start).Seconds()},
+	)
+	return rollouts, m, nil
+}
+
+// ppoSampleAndScore samples one completion of each prompt from model with seed and
+// scores it: the completions, their scores (weighted sum, missing-EOS penalty taken off)
+// and per-function scores.
+func ppoSampleAndScore(ctx context.Context, path string, model *onnx.Model, prompts []EncodedPrompt, c PPORunConfig, seed uint64, threads int, notice func(string)) ([]Completion, []float64, [][]float64, error) {
+	gen, err := NewGenerator(path, model, GeneratorOptions{Threads: threads, Notice: notice})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer gen.Close()
+	so := c.Sample
+	so.NumReturnSequences, so.Seed = 1, seed
+	in := make([]Prompt, len(prompts))
+	for i, p := range prompts {
+		in[i] = Prompt{IDs: p.IDs, Index: p.Index}
+	}
+	comps, err := gen.Generate(ctx, in, so)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if len(comps) != len(prompts) {
+		return nil, nil, nil, fmt.Errorf("%d completions for %d prompts", len(comps), len(prompts))
+	}
+	inputs := make([]RewardInput, len(comps))
+	for i, cp := range comps {
+		p := prompts[i]
+		var prompt, text string
+		if c.Decode != nil {
+			if prompt, err = c.Decode(p.IDs); err != nil {
+				return nil, nil, nil, err
+			}
+			if text, err = c.Decode(cp.IDs); err != nil {
+				return nil, nil, nil, err
+			}
+		}
+		inputs[i] = RewardInput{Row: p.Row, Prompt: prompt, Completion: text, PromptIDs: p.IDs, CompletionIDs: cp.IDs, FinishReason: cp.FinishReason}
+	}
+	rc := c.rl()
+	total := make([]float64, len(comps))
+	per := make([][]float64, len(c.Rewards))
+	for k, rf := range c.Rewards {
+		s, err := rf.Score(ctx, inputs)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if len(s) != len(inputs) {
+			return nil, nil, nil, fmt.Errorf("reward %s: %d scores for %d completions", rf.Name(), len(s), len(inputs))
+		}
+		per[k] = s
+		for i, v := range s {
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				return nil, nil, nil, fmt.Errorf("reward %s: score %v for the completion of row %d", rf.Name(), v, inputs[i].Row)
+			}
+			total[i] += rc.weight(k) * v
+		}
+	}
+	if c.MissingEOSPenalty > 0 {
+		for i, cp := range comps {
+			if cp.FinishReason != FinishEOS {
+				total[i] -= c.MissingEOSPenalty
+			}
+		}
+	}
+	return comps, total, per, nil
+}
+
+// RunPPO trains e (NewPPOEngine on base) with PPO as TRL v1.x's PPOTrainer: each round
+// takes the next BatchSize × GradAccum × NumMiniBatches prompts (a seeded shuffle per
+// epoch; an incomplete last round is dropped, as TRL's drop_last), samples one completion
+// of each with the current policy (seeded from the run's seed and the round), scores it,
+// computes old log-probs and values, the reference's (starting policy's) log-probs, and
+// GAE returns and whitened advantages (PPOAdvantages); then NumPPOEpochs passes, each over
+// a seeded permutation of the rollouts cut into NumMiniBatches mini-batches, one optimizer
+// step per mini-batch over GradAccum micro-batches of BatchSize. MaxSteps counts optimizer
+// steps (NumPPOEpochs × NumMiniBatches a round). metrics.jsonl gets one line a round with
+// TRL's names: the round's step metrics averaged (val/ratio_var their variance),
+// objective/*, lr, episode. Checkpoints, resume and the held-out reward are as RunRL's.
+//
+// The value function is a head on the policy's own final hidden state: the backbone is
+// shared, and the value loss (× vf_coef) trains it with the policy loss. TRL's PPOTrainer
+// keeps a separate value model (a second backbone, initialised from the reward model);
+// sharing halves the memory and the compute, and is what NewPPOEngine builds. Out/model.onnx
+// is the policy alone, in the input's graph and layout.
+func RunPPO(ctx context.Context, e *Engine[PPORollout], base *onnx.Model, prompts []EncodedPrompt, c PPORunConfig, o RunOptions) (*RunResult, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(o.Out, 0o755); err != nil {
+		return nil, fmt.Errorf("output directory: %w", err)
+	}
+	res := &RunResult{
+		ModelPath:      filepath.Join(o.Out, cmp.Or(o.ModelFile, "model.onnx")),
+		MetricsPath:    filepath.Join(o.Out, "metrics.jsonl"),
+		CheckpointPath: filepath.Join(o.Out, "checkpoint.bin"),
+	}
+	stderr := o.Stderr
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	notice := c.Notice
+	if notice == nil {
+		notice = func(string) {}
+	}
+	once := map[string]bool{}
+	quiet := func(s string) {
+		if !once[s] {
+			once[s] = true
+			notice(s)
+		}
+	}
+	cfg := e.cfg
+	E, M, B, A := c.epochs(), c.miniBatches(), cfg.BatchSize, cfg.accum()
+	perRound := B * A * M
+	roundsPerEpoch := len(prompts) / perRound
+	if roundsPerEpoch == 0 {
+		return nil, fmt.Errorf("%d prompts: a round takes batch size × gradient accumulation × mini-batches = %d", len(prompts), perRound)
+	}
+	K := E * M
+	total := cfg.MaxSteps
+	if total <= 0 {
+		total = max(1, cfg.Epochs) * roundsPerEpoch * K
+	}
+	plan := Plan{Items: len(prompts), BatchSize: B, Accum: A, MicroPerEpoch: roundsPerEpoch * M * A, StepsPerEpoch: roundsPerEpoch * K, Total: total}
+	settings := e.settings(plan, nil)
+	for k, v := range c.settings() {
+		settings[e.obj.Name()+"."+k] = v
+	}
+	h := sha256.New()
+	for _, p := range prompts {
+		binary.Write(h, binary.LittleEndian, int64(len(p.IDs)))
+		binary.Write(h, binary.LittleEndian, p.IDs)
+		binary.Write(h, binary.LittleEndian, p.Row)
+	}
+	settings["dataset_fingerprint"] = fmt.Sprintf("%d prompts, sha256 %s", len(prompts), hex.EncodeToString(h.Sum(nil))[:16])
+
+	rc := c.rl()
+	if len(c.Eval) > 0 {
+		v, err := MeanReward(ctx, e.path, base, c.Eval, rc, roundSeed(cfg.Seed, -1), cfg.Threads)
+		if err != nil {
+			return nil, interrupted(fmt.Errorf("held-out reward: %w", err), "before training started; nothing was saved")
+		}
+		res.EvalBefore = Metrics{{Name: "reward", Value: v}}
+	}
+	ok, err := e.loadCheckpoint(res.CheckpointPath, settings)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		if e.opt.Step > total {
+			return nil, fmt.Errorf("checkpoint %s is at step %d, beyond this run's %d steps: raise the step count, or use another output directory", res.CheckpointPath, e.opt.Step, total)
+		}
+		if e.opt.Step%K != 0 && e.opt.Step != total {
+			return nil, fmt.Errorf("checkpoint %s is at step %d, inside a round of %d steps", res.CheckpointPath, e.opt.Step, K)
+		}
+		fmt.Fprintf(stderr, "resuming from %s at step %d\n", res.CheckpointPath, e.opt.Step)
+	}
+	ref, err := newRefScorer(base, c.PPO.temperature(), cfg.Threads, cfg.PadID)
+	if err != nil {
+		return nil, fmt.Errorf("%s: reference: %w", e.path, err)
+	}
+	defer ref.Close()
+	log, err := openMetrics(res.MetricsPath, e.opt.Step)
+	if err != nil {
+		return nil, err
+	}
+	defer log.Close()
+	enc := json.NewEncoder(log)
+	save := func() error { return e.saveCheckpoint(res.CheckpointPath, settings) }
+	progress := NewProgress(stderr, o.Label, "steps")
+	progress.Start(total)
+	progress.Resume(e.opt.Step)
+	var order []int
+	orderEpoch := -1
+	for step := e.opt.Step; step < total; {
+		if err := ctx.Err(); err != nil {
+			if cerr := save(); cerr != nil {
+				return nil, fmt.Errorf("interrupted at step %d; checkpoint failed: %w", step, cerr)
+			}
+			return nil, interrupted(err, "checkpoint saved to "+res.CheckpointPath+": run the same command to resume")
+		}
+		round := step / K
+		epoch, k := round/roundsPerEpoch, round%roundsPerEpoch
+		if epoch != orderEpoch {
+			order, orderEpoch = epochOrder(len(prompts), cfg.Seed, epoch, cfg.Shuffle), epoch
+		}
+		batch := make([]EncodedPrompt, perRound)
+		for i, j := range order[k*perRound : (k+1)*perRound] {
+			batch[i] = prompts[j]
+		}
+		fail := func(err error) (*RunResult, error) {
+			if ctx.Err() != nil {
+				if cerr := save(); cerr != nil {
+					return nil, fmt.Errorf("interrupted at step %d; checkpoint failed: %w", step, cerr)
+				}
+				return nil, interrupted(ctx.Err(), "checkpoint saved to "+res.CheckpointPath+": run the same command to resume")
+			}
+			if e.opt.Step > 0 {
+				if cerr := save(); cerr != nil {
+					return nil, fmt.Errorf("step %d: %w (and saving the checkpoint failed: %v)", step+1, err, cerr)
+				}
+				return nil, fmt.Errorf("step %d: %w (not applied; state after step %d saved to %s)", step+1, err, e.opt.Step, res.CheckpointPath)
+			}
+			return nil, fmt.Errorf("step %d: %w (not applied)", step+1, err)
+		}
+		rollouts, rm, err := ppoCollect(ctx, e, ref, batch, c, roundSeed(cfg.Seed, round), quiet)
+		if err != nil {
+			return fail(err)
+		}
+		var parts []Metrics
+		lr := 0.0
+		for ep := 0; ep < E && step < total; ep++ {
+			perm := ppoPermutation(len(rollouts), cfg.Seed, round, ep)
+			for mb := 0; mb < M && step < total; mb++ {
+				idx := perm[mb*B*A : (mb+1)*B*A]
+				micro := make([][]PPORollout, A)
+				for a := range micro {
+					for _, i := range idx[a*B : (a+1)*B] {
+						micro[a] = append(micro[a], rollouts[i])
+					}
+				}
+				lr = cfg.LearningRate(step, total)
+				m, err := e.StepOn(micro, lr)
+				if err != nil {
+					return fail(err)
+				}
+				step++
+				parts = append(parts, m)
+				progress.Add(1)
+			}
+		}
+		line := meanMetrics(parts)
+		ratios := make([]float64, len(parts))
+		for i, p := range parts {
+			ratios[i] = p.Value("val/ratio")
+		}
+		line = append(line, Metric{Name: "val/ratio_var", Value: stddev(ratios) * stddev(ratios)})
+		line = append(line, rm...)
+		line = append(line,
+			Metric{Name: "lr", Value: lr},
+			Metric{Name: "episode", Value: float64((round + 1) * perRound)},
+			Metric{Name: "epoch", Value: float64(step) / float64(plan.StepsPerEpoch)},
+			Metric{Name: "step", Value: float64(e.opt.Step)})
+		if err := enc.Encode(line); err != nil {
+			return nil, fmt.Errorf("write metrics: %w", err)
+		}
+		if every := o.CheckpointEvery; every > 0 && step < total && (step-K)/every != step/every {
+			if err := save(); err != nil {
+				return nil, fmt.Errorf("step %d: %w", step, err)
+			}
+		}
+	}
+	progress.Done()
+	if err := save(); err != nil {
+		return nil, err
+	}
+	model, err := PolicyModel(e)
+	if err != nil {
+		return nil, err
+	}
+	if err := model.Save(res.ModelPath, onnx.SaveOptions{}); err != nil {
+		return nil, fmt.Errorf("export %s: %w", res.ModelPath, err)
+	}
+	if len(c.Eval) > 0 {
+		v, err := MeanReward(ctx, e.path, model, c.Eval, rc, roundSeed(cfg.Seed, -1), cfg.Threads)
+		if err != nil {
+			return nil, interrupted(fmt.Errorf("held-out reward: %w", err), "after training; the model was written")
+		}
+		res.EvalAfter = Metrics{{Name: "reward", Value: v}}
+	}
+	return res, nil
+}
+
+// meanMetrics averages metrics lines name by name, in the first line's order.
+func meanMetrics(parts []Metrics) Metrics {
+	if len(parts) == 0 {
+		return nil
+	}
+	out := slices.Clone(parts[0])
+	for i := range out {
+		s := 0.0
+		for _, p := range parts {
+			s += p.Value(out[i].Name)
+		}
+		out[i].Value = s / float64(len(parts))
+	}
+	return out
+}
