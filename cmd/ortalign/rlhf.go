@@ -37,14 +37,15 @@ type rlhfOptions struct {
 	missingEOSPenalty                 float64
 	maskTruncated                     bool
 	betaSet                           bool
+	ppo                               ppoFlags
 }
 
 // newRLHFCmd builds the command; runF replaces runRLHF in tests of flag parsing.
 func newRLHFCmd(g *globalOptions, runF func(*rlhfOptions) error) *cobra.Command {
 	o := &rlhfOptions{globalOptions: g}
 	cmd := &cobra.Command{
-		Use:   "rlhf --algo grpo|rloo --model M.onnx (--reward RM.onnx | --reward-fn SPEC ...) --prompts D --out DIR",
-		Short: "Online RL (GRPO, RLOO): sample completions, score them, update the policy",
+		Use:   "rlhf --algo grpo|rloo|ppo --model M.onnx (--reward RM.onnx | --reward-fn SPEC ...) --prompts D --out DIR",
+		Short: "Online RL (GRPO, RLOO, PPO): sample completions, score them, update the policy",
 		Long: `rlhf trains the policy online, as TRL v1.x's GRPOTrainer and RLOOTrainer: each step
 takes --batch-size prompts, samples --num-generations completions of each with the
 current weights (KV cache, transformers' sampling), scores them with the reward model
@@ -57,6 +58,15 @@ and/or reward functions (summed with --reward-weights), and updates the policy.
   rloo  rewards lowered by β·Σ(log π_old − log π_ref) (--beta, default 0.05),
         leave-one-out baseline A_i = r_i − mean_{j≠i} r_j (--normalize-advantages),
         sequence-level clipped ratio.
+  ppo   TRL's PPOTrainer: one completion per prompt; a value head on the policy's
+        final hidden state (the backbone is shared; TRL keeps a separate value
+        model), started from --reward's score head when ortalign made it, else
+        fresh; per-token reward −kl-coef·KL (--kl-estimator k1|k3), the score on
+        the last step; GAE (--gamma, --lam), whitened advantages; clipped policy
+        and value losses (--cliprange, --cliprange-value, --vf-coef);
+        --num-ppo-epochs passes of --num-mini-batches steps over each round of
+        --batch-size × accumulation × mini-batches prompts; --temperature
+        defaults to 0.7, as TRL.
 
 The reference is the starting policy. Reward functions (--reward-fn, repeatable):
 regex:PATTERN (1 on a match), match:COLUMN (1 when the trimmed completion equals the
@@ -72,6 +82,9 @@ and samples the same completions (the sampling seed is derived from --seed and t
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.betaSet = cmd.Flags().Changed("beta")
+			if o.algo == pipeline.AlgoPPO && !cmd.Flags().Changed("temperature") {
+				o.temperature = pipeline.DefaultPPOConfig().Temperature
+			}
 			if runF != nil {
 				return runF(o)
 			}
@@ -79,7 +92,7 @@ and samples the same completions (the sampling seed is derived from --seed and t
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.algo, "algo", "", "algorithm: grpo or rloo")
+	f.StringVar(&o.algo, "algo", "", "algorithm: grpo, rloo or ppo")
 	addModelFlags(f, &o.modelFlags)
 	f.StringVar(&o.prompts, "prompts", "", "dataset of prompts (.parquet or .jsonl; any layout with prompts)")
 	f.StringVar(&o.tokenizer, "tokenizer", "", "HuggingFace tokenizer.json (text prompts, EOS, reward functions' text)")
@@ -106,6 +119,7 @@ and samples the same completions (the sampling seed is derived from --seed and t
 	f.BoolVar(&o.normalizeAdvantages, "normalize-advantages", false, "rloo: standardise advantages over the batch")
 	f.Float64Var(&o.missingEOSPenalty, "missing-eos-penalty", 0, "subtract from the reward of a completion without EOS")
 	f.BoolVar(&o.maskTruncated, "mask-truncated-completions", false, "leave completions without EOS out of the loss")
+	addPPOFlags(f, &o.ppo)
 	addOptimFlags(f, &o.optimFlags, trainDefaults{lr: 1e-6})
 	_ = f.MarkHidden("eval-steps")
 	f.Lookup("batch-size").Usage = "prompts per optimizer step (each sampled --num-generations times)"
@@ -131,8 +145,8 @@ func (o *rlhfOptions) rlConfig() pipeline.RLConfig {
 
 // validate checks the flags that need no model or data, naming the flag.
 func (o *rlhfOptions) validate() error {
-	if o.algo != pipeline.AlgoGRPO && o.algo != pipeline.AlgoRLOO {
-		return fmt.Errorf("--algo must be grpo or rloo, got %q", o.algo)
+	if o.algo != pipeline.AlgoGRPO && o.algo != pipeline.AlgoRLOO && o.algo != pipeline.AlgoPPO {
+		return fmt.Errorf("--algo must be grpo, rloo or ppo, got %q", o.algo)
 	}
 	if o.reward == "" && len(o.rewardFns) == 0 {
 		return errors.New("no reward: give --reward RM.onnx and/or --reward-fn SPEC")
@@ -155,6 +169,9 @@ func (o *rlhfOptions) validate() error {
 	}
 	if _, err := data.ParseColumns(o.columns); err != nil {
 		return fmt.Errorf("--columns: %w", err)
+	}
+	if o.algo == pipeline.AlgoPPO {
+		return o.validatePPO(n)
 	}
 	if err := o.rlConfig().Validate(); err != nil {
 		return fmt.Errorf("--algo/--loss-type/--scale-rewards/--beta/--epsilon: %w", err)
@@ -232,6 +249,9 @@ func runRLHF(ctx context.Context, o *rlhfOptions, stdout, stderr io.Writer) erro
 			return fmt.Errorf("--reward-fn: %w", err)
 		}
 		rc.Rewards = append(rc.Rewards, rf)
+	}
+	if o.algo == pipeline.AlgoPPO {
+		return runPPO(ctx, o, base, cfg, train, eval, rc, stdout, stderr)
 	}
 	engine, err := pipeline.NewEngine(o.model, base, cfg, pipeline.RL{Config: rc.RL})
 	if err != nil {

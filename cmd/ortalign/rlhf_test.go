@@ -33,7 +33,7 @@ func TestRLHFFlags(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--algo", "ppo"}, "--algo"},
+		{[]string{"--algo", "dpo"}, "--algo"},
 		{[]string{"--algo", "grpo"}, "no reward"},
 		{[]string{"--algo", "grpo", "--reward-fn", "length:3", "--reward-weights", "1,2"}, "--reward-weights"},
 		{[]string{"--algo", "grpo", "--reward-fn", "length:3", "--loss-type", "x"}, "loss type"},
