@@ -226,9 +226,11 @@ func TestRealMemoryPhases(t *testing.T) {
 		heap := ms.HeapAlloc
 		runtime.GC()
 		runtime.ReadMemStats(&ms)
-		t.Logf("%-28s %6.1fs  RSS %6.0f MB  peak %6.0f MB  Go heap %6.0f MB (live %6.0f MB)",
-			name, time.Since(last).Seconds(), procStatusMB("VmRSS"), procStatusMB("VmHWM"),
-			float64(heap)/(1<<20), float64(ms.HeapAlloc)/(1<<20))
+		rss := procStatusMB("VmRSS")
+		held := float64(ms.Sys-ms.HeapReleased) / (1 << 20)
+		t.Logf("%-28s %6.1fs  RSS %6.0f MB  peak %6.0f MB  Go heap %6.0f MB (live %6.0f MB, held %6.0f MB)  non-Go %6.0f MB",
+			name, time.Since(last).Seconds(), rss, procStatusMB("VmHWM"),
+			float64(heap)/(1<<20), float64(ms.HeapAlloc)/(1<<20), held, rss-held)
 		last = time.Now()
 	}
 	phase("start")
@@ -293,4 +295,37 @@ func TestRealMemoryPhases(t *testing.T) {
 	}
 	phase("checkpoint")
 	t.Logf("Go heap objects: params+grads+moments of %d tensors", len(e.names))
+}
+
+// BenchmarkScoreReal measures scoring throughput on the real-size model (batch
+// ORTALIGN_BENCH_BATCH, default 4, × ORTALIGN_BENCH_SEQ tokens, default 256, 2 threads),
+// as `gen_bench_real.py score` does in PyTorch.
+func BenchmarkScoreReal(b *testing.B) {
+	path := realModel(b)
+	batch, seq := envInt("ORTALIGN_BENCH_BATCH", 4), envInt("ORTALIGN_BENCH_SEQ", 256)
+	lm, err := LoadLogProbModel(path, ModelOptions{Threads: envInt("ORTALIGN_BENCH_THREADS", 2)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer lm.Close()
+	r := rand.New(rand.NewSource(7))
+	rows := make([]Sequence, batch)
+	for i := range rows {
+		ids := make([]int64, seq)
+		for t := range ids {
+			ids[t] = 3 + r.Int63n(49000)
+		}
+		rows[i] = Sequence{IDs: ids, CompletionStart: seq / 2}
+	}
+	if _, err := lm.SequenceLogps(rows); err != nil { // warm-up
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := lm.SequenceLogps(rows); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(batch*seq*b.N)/b.Elapsed().Seconds(), "tokens/s")
+	b.ReportMetric(peakRSSMB(), "peak-RSS-MB")
 }

@@ -27,6 +27,9 @@ Weights are random (seed 5); nothing is downloaded. Files go to git-ignored test
         0.1) with AdamW and grad-norm clipping 1.0, then save the model and the optimizer
         state (what a TRL checkpoint holds). Prints one JSON line: load, start-up (process
         start to first step), step and save seconds, peak RSS.
+  gen_bench_real.py table RESULTS_DIR
+        the markdown table of scripts/bench.sh --real's results (ort_dpo_T.json from watch,
+        torch_dpo_T.json, ort_score.txt, torch_score.json).
   gen_bench_real.py watch OUT.json [--first-line FILE] -- CMD...
         runs CMD, samples its RSS (VmRSS, VmHWM from /proc) every 50 ms, notes when FILE
         first has a line (metrics.jsonl: the first step is done) and timestamps its output
@@ -265,6 +268,84 @@ def watch(a):
     sys.exit(p.returncode)
 
 
+def ort_phases(w):
+    """Start-up (to the line announcing training), step times and the end of an ortalign
+    dpo run from the timestamped output lines that watch recorded."""
+    import re
+    start, steps, wrote = None, {}, None
+    for t, line in w["lines"]:
+        if start is None and re.match(r"training \d+ tensors of", line):
+            start = t
+        m = re.match(r"dpo: (\d+)/\d+ steps", line)
+        if m and int(m.group(1)) not in steps:
+            steps[int(m.group(1))] = t
+        if line.startswith("wrote "):
+            wrote = t
+    times, prev = [], start
+    for k in sorted(steps):
+        if prev is not None:
+            times.append(steps[k] - prev)
+        prev = steps[k]
+    return start, times, (wrote - prev if wrote is not None and prev is not None else None)
+
+
+def table(a):
+    import glob
+    import re
+    d = a.results
+    gib = lambda mb: f"{mb / 1024:.1f} GiB"
+    rows = {"peak RSS, ortalign": [], "peak RSS, PyTorch": [], "start-up (process start to first step), ortalign": [],
+            "start-up, PyTorch": [], "DPO step, ortalign (steps 1, 2)": [], "DPO step, PyTorch (steps 1, 2)": [],
+            "export + checkpoint / save, ortalign": [], "save (model + optimizer), PyTorch": [],
+            "whole run (wall), ortalign": [], "whole run (wall), PyTorch": []}
+    seqs = sorted({int(re.search(r"_(\d+)\.json$", f).group(1)) for f in glob.glob(os.path.join(d, "*_dpo_*.json"))})
+    for T in seqs:
+        o = t = None
+        try:
+            o = json.load(open(os.path.join(d, f"ort_dpo_{T}.json")))
+        except (OSError, ValueError):
+            pass
+        try:
+            t = json.load(open(os.path.join(d, f"torch_dpo_{T}.json")))
+        except (OSError, ValueError):
+            pass
+        if o and o["rc"] == 0:
+            start, steps, end = ort_phases(o)
+            rows["peak RSS, ortalign"].append(gib(o["peak_rss_mb"]))
+            rows["start-up (process start to first step), ortalign"].append(f"{start:.1f} s" if start else "?")
+            rows["DPO step, ortalign (steps 1, 2)"].append(", ".join(f"{x:.1f}" for x in steps) + " s")
+            rows["export + checkpoint / save, ortalign"].append(f"{end:.1f} s" if end else "?")
+            rows["whole run (wall), ortalign"].append(f"{o['wall_s']:.0f} s")
+        else:
+            for k in rows:
+                if k.endswith("ortalign") or "ortalign (" in k or ", ortalign" in k:
+                    rows[k].append("failed" if o else "–")
+        if t:
+            rows["peak RSS, PyTorch"].append(gib(t["peak_rss_mb"]))
+            rows["start-up, PyTorch"].append(f"{t['startup_s']:.1f} s")
+            rows["DPO step, PyTorch (steps 1, 2)"].append(", ".join(f"{x:.1f}" for x in t["step_s"]) + " s")
+            rows["save (model + optimizer), PyTorch"].append(f"{t['save_s']:.1f} s")
+            rows["whole run (wall), PyTorch"].append(f"{t['wall_s']:.0f} s")
+        else:
+            for k in rows:
+                if "PyTorch" in k:
+                    rows[k].append("–")
+    print("| DPO, 2 pairs, 2 steps | " + " | ".join(f"{T} tokens" for T in seqs) + " |")
+    print("|---|" + "---|" * len(seqs))
+    for k, v in rows.items():
+        print(f"| {k} | " + " | ".join(v) + " |")
+    try:
+        ts = json.load(open(os.path.join(d, "torch_score.json")))
+        txt = open(os.path.join(d, "ort_score.txt")).read()
+        m = re.search(r"([\d.]+) tokens/s", txt)
+        if m:
+            o = float(m.group(1))
+            print(f"\nScoring {ts['batch']} x {ts['seq']} tokens, {ts['threads']} threads: ortalign {o:.0f} tokens/s, "
+                  f"PyTorch {ts['tokens_per_s']:.0f} tokens/s ({o / ts['tokens_per_s']:.1f}x).")
+    except (OSError, ValueError, KeyError):
+        pass
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -288,6 +369,8 @@ def main():
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True)
+    tb = sub.add_parser("table")
+    tb.add_argument("results")
     w = sub.add_parser("watch")
     w.add_argument("out")
     w.add_argument("--first-line")
@@ -297,7 +380,7 @@ def main():
         argv, cmd = argv[:i], argv[i + 1:]
     a = ap.parse_args(argv)
     a.cmd = cmd
-    {"export": export, "data": data, "score": score, "dpo": dpo, "watch": watch}[a.mode](a)
+    {"export": export, "data": data, "score": score, "dpo": dpo, "watch": watch, "table": table}[a.mode](a)
 
 
 if __name__ == "__main__":
