@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"ortalign/onnx"
 	"ortalign/tokenize"
@@ -18,7 +19,7 @@ const rlTestModel = "../testdata/models/llama_opset17.onnx"
 
 // rlTask is the bundled task: prompts of train.jsonl to train on, prompts of test.jsonl
 // held out, the tiny Llama and its tokenizer.
-func rlTask(t *testing.T, nTrain, nEval int) (train, eval []EncodedPrompt, tok *tokenize.Tokenizer, base *onnx.Model) {
+func rlTask(t testing.TB, nTrain, nEval int) (train, eval []EncodedPrompt, tok *tokenize.Tokenizer, base *onnx.Model) {
 	t.Helper()
 	tok, err := tokenize.Load("../testdata/tokenizer/tokenizer.json")
 	if err != nil {
@@ -136,4 +137,108 @@ func readMetricsLines(t *testing.T, path string) []map[string]float64 {
 		out = append(out, m)
 	}
 	return out
+}
+
+// BenchmarkRLStep measures one online RL step on the tiny Llama (GRPO, 4 prompts × 8
+// completions of 16 tokens, 2 ORT threads), its parts apart:
+//
+//	generate  sampling the round's completions with the generator fed the engine's weights
+//	generate_built  the same with a generator built from Engine.Model() (constant weights)
+//	collect   the whole rollout: generate + rewards + reference log-probs + advantages
+//	update    one optimizer step on the round's rollouts (forward + backward + AdamW)
+//	rebuild   what each round cost before: a generator built from Engine.Model()
+//
+//	go test ./pipeline -run '^$' -bench RLStep -benchtime 10x
+func BenchmarkRLStep(b *testing.B) {
+	train, _, tok, base := rlTask(b, 4, 1)
+	rc := rlRunConfig(tok, AlgoGRPO, RegexReward{regexp.MustCompile(`^ `)})
+	rc.RL.Beta = 0.04
+	rc.Sample.MaxNewTokens = 16
+	rc.Sample.EOS = nil // every completion runs to 16 tokens: a fixed amount of work
+	cfg := TrainConfig{Optim: OptimConfig{Name: OptimAdamW, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8}, LR: 1e-4, MaxGradNorm: 1,
+		BatchSize: 4, MaxSteps: 1, Seed: 1, Threads: 2, PadID: 511, TieTransposedCopies: true}
+	e, err := NewEngine(rlTestModel, base, cfg, RL{Config: rc.RL})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	gen, err := e.NewGenerator(GeneratorOptions{Threads: cfg.Threads})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer gen.Close()
+	ref, err := newRefScorer(base, 1, cfg.Threads, cfg.PadID)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ref.Close()
+	ctx := context.Background()
+	tokens := float64(len(train) * rc.NumGenerations * rc.Sample.MaxNewTokens)
+	report := func(b *testing.B, start time.Time) {
+		el := time.Since(start).Seconds()
+		b.ReportMetric(el*1000/float64(b.N), "ms/op")
+		b.ReportMetric(tokens*float64(b.N)/el, "tokens/s")
+	}
+	b.Run("generate", func(b *testing.B) {
+		start := time.Now()
+		for i := 0; i < b.N; i++ {
+			if _, _, _, err := sampleAndScoreGen(ctx, gen, train, rc, uint64(i)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		report(b, start)
+	})
+	b.Run("generate_built", func(b *testing.B) { // the same from constant weights
+		m, err := e.Model()
+		if err != nil {
+			b.Fatal(err)
+		}
+		built, err := NewGenerator(e.path, m, GeneratorOptions{Threads: cfg.Threads})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer built.Close()
+		start := time.Now()
+		for i := 0; i < b.N; i++ {
+			if _, _, _, err := sampleAndScoreGen(ctx, built, train, rc, uint64(i)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		report(b, start)
+	})
+	var round *rlRound
+	b.Run("collect", func(b *testing.B) {
+		start := time.Now()
+		for i := 0; i < b.N; i++ {
+			if round, err = collect(ctx, e, gen, ref, train, rc, uint64(i)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		report(b, start)
+	})
+	b.Run("update", func(b *testing.B) {
+		micro := [][]Rollout{round.rollouts}
+		start := time.Now()
+		for i := 0; i < b.N; i++ {
+			if _, err := e.StepOn(micro, cfg.LR); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(time.Since(start).Seconds()*1000/float64(b.N), "ms/op")
+	})
+	b.Run("rebuild", func(b *testing.B) {
+		start := time.Now()
+		for i := 0; i < b.N; i++ {
+			m, err := e.Model()
+			if err != nil {
+				b.Fatal(err)
+			}
+			g, err := NewGenerator(e.path, m, GeneratorOptions{Threads: cfg.Threads})
+			if err != nil {
+				b.Fatal(err)
+			}
+			g.Close()
+		}
+		b.ReportMetric(time.Since(start).Seconds()*1000/float64(b.N), "ms/op")
+	})
 }
