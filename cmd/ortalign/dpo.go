@@ -183,6 +183,7 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer engine.Close()
+	printNotices(stderr, engine.Notices())
 	for _, tie := range engine.Ties() {
 		fmt.Fprintf(stderr, "training %q as the transpose of %q, as the exporter copied it (--untie trains it separately)\n", tie.Copy, tie.Source)
 	}

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"fmt"
+	"io"
+
 	"ortalign/onnx"
 	"ortalign/pipeline"
 )
@@ -25,4 +28,12 @@ func prepareTraining(g *globalOptions, d *dataFlags, m *modelFlags, o *optimFlag
 	}
 	data.Vocab = pipeline.StaticVocabSize(base)
 	return data, cfg, base, nil
+}
+
+// printNotices reports what the engine decided on its own (e.g. layers it could not
+// checkpoint).
+func printNotices(stderr io.Writer, notices []string) {
+	for _, n := range notices {
+		fmt.Fprintf(stderr, "notice: %s\n", n)
+	}
 }
