@@ -62,8 +62,10 @@ type Generator struct {
 	cached  bool        // decode one token at a time feeding presents back
 	pasts   []cachePast // KV-cache inputs (fed empty when !cached)
 	mode    string
-	// params are the parameter inputs' feeds (GeneratorOptions.ParamInputs), by name.
-	params map[string]*ort.Tensor
+	// params are the parameter inputs' feeds (GeneratorOptions.ParamInputs), by name;
+	// paramNames are all of ParamInputs, those the next-token logits do not need included.
+	params     map[string]*ort.Tensor
+	paramNames map[string]bool
 }
 
 // cachePast is one KV-cache input and the output that returns it extended.
@@ -198,7 +200,10 @@ func newGenerator(path string, m *onnx.Model, pasts []cachePast, cached bool, mo
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	gen.params = params
+	gen.params, gen.paramNames = params, map[string]bool{}
+	for _, name := range o.ParamInputs {
+		gen.paramNames[name] = true
+	}
 	gen.sess, err = newModelSession(m, outputs, ort.Options{Threads: o.Threads})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -247,13 +252,17 @@ func paramInputs(g *onnxpb.GraphProto, names []string) (map[string]*ort.Tensor, 
 // SetParams feeds values, of the given shapes, to the named parameter inputs
 // (GeneratorOptions.ParamInputs) on every later run, without copying them: values changed
 // in place (by an optimizer step) are what the next Generate samples from. They must not
-// change during a Generate. Inputs not named keep their values; a name that is not a
-// parameter input, or a shape other than the initializer's, is an error.
+// change during a Generate. Inputs not named keep their values; those the next-token
+// logits do not need (pruned from the graph) are ignored. A name not among ParamInputs,
+// or a shape other than the initializer's, is an error, and then nothing is set.
 func (gen *Generator) SetParams(names []string, shapes [][]int64, values [][]float32) error {
 	if len(shapes) != len(names) || len(values) != len(names) {
 		return fmt.Errorf("%s: set params: %d names, %d shapes, %d values", gen.Path, len(names), len(shapes), len(values))
 	}
 	for i, name := range names {
+		if !gen.paramNames[name] {
+			return fmt.Errorf("%s: set params: %q is not a parameter input of the generator", gen.Path, name)
+		}
 		cur, ok := gen.params[name]
 		if !ok {
 			continue

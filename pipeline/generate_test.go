@@ -474,9 +474,10 @@ func TestFindAttentionPoints(t *testing.T) {
 // TestGeneratorFedEngineParams: a generator built once over the engine's forward and fed
 // its live parameter buffers (Engine.NewGenerator) samples, after a few SGD steps, the
 // tokens of a generator built from Engine.Model() — greedy and seeded, with the cache
-// and without — on the tiny Llama, the tied GPT-2 (the lm_head copy read as
-// Transpose(wte)) and a LoRA Llama (the adapted graph, adapters fed); and differs from
-// the starting weights' samples, so the steps mattered.
+// and without — on the tiny Llama (derived and exported KV cache), the tied GPT-2 (the
+// tie in the graph, and the exporter's transposed copy read as Transpose(wte)) and a
+// LoRA Llama (the adapted graph, adapters fed); and differs from the starting weights'
+// samples, so the steps mattered.
 func TestGeneratorFedEngineParams(t *testing.T) {
 	var seqs []Sequence
 	for i, p := range mixedPrompts() {
@@ -487,18 +488,20 @@ func TestGeneratorFedEngineParams(t *testing.T) {
 		seqs = append(seqs, Sequence{IDs: ids, CompletionStart: len(p.IDs)})
 	}
 	for _, c := range []struct {
-		name, model string
-		lr          float64
-		ties        int // transposed copies found (TieTransposedCopies)
-		adapter     Adapter
+		name, model, mode string // mode: the cache the fed generator uses
+		lr                float64
+		ties              int // transposed copies found (TieTransposedCopies)
+		adapter           Adapter
 	}{
-		{"llama", "llama_opset17", 0.5, 0, nil},
+		{"llama", "llama_opset17", "derived", 0.5, 0, nil},
+		// The export's own KV cache.
+		{"llama_kv", "llama_kv_opset17", "export", 0.5, 0, nil},
 		// The tie kept in the graph: one initializer feeds the Gather and, transposed, the
 		// lm_head MatMul.
-		{"gpt2_tied", "gpt2_tied_opset17", 0.5, 0, nil},
+		{"gpt2_tied", "gpt2_tied_opset17", "derived", 0.5, 0, nil},
 		// The exporter's transposed copy, trained as the embedding.
-		{"gpt2_copy_tied", "gpt2_opset17", 0.5, 1, nil},
-		{"llama_lora", "llama_opset17", 2, 0, LoRA{R: 4, Alpha: 8, Seed: 1}},
+		{"gpt2_copy_tied", "gpt2_opset17", "derived", 0.5, 1, nil},
+		{"llama_lora", "llama_opset17", "derived", 2, 0, LoRA{R: 4, Alpha: 8, Seed: 1}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := TrainConfig{Optim: OptimConfig{Name: OptimSGD}, LR: c.lr, BatchSize: 4, Threads: 1, PadID: 0,
@@ -519,10 +522,19 @@ func TestGeneratorFedEngineParams(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer fedOff.Close()
-			if fedAuto.CacheMode() != "derived" || fedOff.CacheMode() != "none" {
-				t.Fatalf("fed generators' cache modes %q and %q, want derived and none", fedAuto.CacheMode(), fedOff.CacheMode())
+			if fedAuto.CacheMode() != c.mode || fedOff.CacheMode() != "none" {
+				t.Fatalf("fed generators' cache modes %q and %q, want %s and none", fedAuto.CacheMode(), fedOff.CacheMode(), c.mode)
 			}
 			start := generate(t, fedAuto, mixedPrompts(), greedy)
+			name, shape := e.Trainable()[0], e.ParamShapes()[0]
+			for _, bad := range []struct {
+				name  string
+				shape []int64
+			}{{"no_such_tensor", shape}, {name, append([]int64{1}, shape...)}} {
+				if err := fedAuto.SetParams([]string{bad.name}, [][]int64{bad.shape}, [][]float32{e.Params()[0]}); err == nil {
+					t.Errorf("SetParams(%q, shape %v): no error", bad.name, bad.shape)
+				}
+			}
 			for s := 0; s < 3; s++ {
 				if _, err := e.StepOn([][]Sequence{seqs}, c.lr); err != nil {
 					t.Fatal(err)
