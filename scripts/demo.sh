@@ -51,5 +51,18 @@ $bin generate --model "$out/dpo/model.onnx" --prompts "$out/prompts.jsonl" --tok
 head -c 600 "$out/completions.jsonl"; echo
 
 echo
-echo "== 8. report: plots of the three runs"
-$bin report "$out/sft" "$out/dpo" "$out/ipo" --out "$out/report" 2>/dev/null
+echo "== 8. reward: a Bradley-Terry reward model on the same pairs (held-out accuracy before and after)"
+$bin reward --model "$model" --data testdata/data/train.parquet --eval-data testdata/data/test.parquet \
+  "${common[@]}" --out "$out/reward" 2>/dev/null | grep -E "wrote|accuracy|margin "
+
+echo
+echo "== 9. rlhf: GRPO from the SFT model against the reward model, next to the DPO run"
+head -n 16 testdata/data/test.jsonl > "$out/heldout_prompts.jsonl"
+$bin rlhf --algo grpo --model "$out/sft/model.onnx" --reward "$out/reward/reward.onnx" \
+  --prompts testdata/data/train.jsonl --eval-data "$out/heldout_prompts.jsonl" --tokenizer "$tok" \
+  --num-generations 8 --max-new-tokens 16 --batch-size 4 --max-steps 12 --lr 2e-3 --beta 0.04 \
+  --lr-scheduler constant --out "$out/grpo" 2>/dev/null
+
+echo
+echo "== 10. report: plots of the SFT, DPO, IPO, reward and GRPO runs"
+$bin report "$out/sft" "$out/dpo" "$out/ipo" "$out/reward" "$out/grpo" --out "$out/report" 2>/dev/null
