@@ -401,12 +401,19 @@ func LoadLogProbModel(path string, o ModelOptions) (*LogProbModel, error) {
 	if err != nil {
 		return nil, err
 	}
-	return NewLogProbModel(path, m, o)
+	// The loaded model is ours: the head goes onto it directly, with no copy of the
+	// weights (a clone costs the model's size again at the peak of loading).
+	return newLogProbModel(path, m, o)
 }
 
-// NewLogProbModel prepares an already loaded model; path only labels errors.
+// NewLogProbModel prepares an already loaded model; path only labels errors. m is not
+// changed (the head is added to a copy).
 func NewLogProbModel(path string, m *onnx.Model, o ModelOptions) (*LogProbModel, error) {
-	m = m.Clone()
+	return newLogProbModel(path, m.Clone(), o)
+}
+
+// newLogProbModel prepares m, which it changes.
+func newLogProbModel(path string, m *onnx.Model, o ModelOptions) (*LogProbModel, error) {
 	lm := &LogProbModel{Path: path, opts: o}
 	g := m.Graph()
 	if err := checkInputs(g); err != nil {
