@@ -3,8 +3,10 @@ package autodiff
 import (
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"ortalign/onnx"
 	"ortalign/onnx/onnxpb"
@@ -181,7 +183,26 @@ func Build(forward *onnx.Model, cfg Config) (res *Result, err error) {
 	return build(forward, cfg)
 }
 
+// tracePhases logs the time of each phase of Build to stderr
+// (ORTALIGN_AUTODIFF_TRACE=1).
+var tracePhases = os.Getenv("ORTALIGN_AUTODIFF_TRACE") != ""
+
+// phaseTimer returns a function that, when tracing, logs the time since
+// its last call under the given phase name.
+func phaseTimer() func(string) {
+	if !tracePhases {
+		return func(string) {}
+	}
+	last := time.Now()
+	return func(name string) {
+		now := time.Now()
+		fmt.Fprintf(os.Stderr, "autodiff: %-22s %7.3fs\n", name, now.Sub(last).Seconds())
+		last = now
+	}
+}
+
 func build(forward *onnx.Model, cfg Config) (*Result, error) {
+	phase := phaseTimer()
 	if forward == nil || forward.Proto() == nil {
 		return nil, errors.New("autodiff: nil forward model")
 	}
@@ -190,6 +211,7 @@ func build(forward *onnx.Model, cfg Config) (*Result, error) {
 	}
 	m := forward.Clone()
 	g := m.Graph()
+	phase("clone")
 	if opset := m.Opset(""); opset < 13 {
 		return nil, fmt.Errorf("autodiff: model imports default-domain opset %d; opset 13 or later is needed", opset)
 	}
@@ -213,11 +235,14 @@ func build(forward *onnx.Model, cfg Config) (*Result, error) {
 	if err := checkStopGradient(g, stop); err != nil {
 		return nil, fmt.Errorf("autodiff: %w", err)
 	}
+	phase("check/sort/stop")
 	types := inferTypes(g)
+	phase("inferTypes")
 	if !types[cfg.Loss].IsFloat() {
 		return nil, fmt.Errorf("autodiff: loss %q has type %s; it must be a floating-point scalar", cfg.Loss, types[cfg.Loss])
 	}
 	p := analyze(g, types, cfg.Loss, cfg.Trainable, stop)
+	phase("analyze")
 	var missing []NodeRef
 	for _, n := range p.active {
 		if _, ok := rules[opKey(n)]; !ok {
@@ -229,6 +254,7 @@ func build(forward *onnx.Model, cfg Config) (*Result, error) {
 	}
 
 	samples, err := sampleShapes(m, p, cfg)
+	phase("sampleShapes")
 	shapes := samples.a
 	if err != nil {
 		return nil, fmt.Errorf("autodiff: learning shapes: %w", err)
@@ -271,7 +297,9 @@ func build(forward *onnx.Model, cfg Config) (*Result, error) {
 	if cfg.GradientCheckpointing {
 		ck = findSegments(g, cfg.Trainable, append([]string{cfg.Loss}, cfg.KeepOutputs...))
 	}
+	phase("params/consts/segments")
 	grads, err := e.backward(p, cfg, ck)
+	phase("backward")
 	if err != nil {
 		return nil, fmt.Errorf("autodiff: %w", err)
 	}
@@ -314,8 +342,11 @@ func build(forward *onnx.Model, cfg Config) (*Result, error) {
 		params[i].Grad = out
 		res.Grads[name] = out
 	}
+	phase("outputs")
 	onnx.Prune(g, cfg.Trainable)
+	phase("prune")
 	res.Manifest = manifest(g, cfg, params)
+	phase("manifest")
 	return res, nil
 }
 
