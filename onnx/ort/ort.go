@@ -202,11 +202,22 @@ func newSession(model []byte, path string, outputs []string, o Options) (*Sessio
 			return nil, fmt.Errorf("enable profiling: %w", err)
 		}
 	}
+	// The inputs and outputs are read from the model's bytes: the binding's
+	// GetInputOutputInfo builds a second, throwaway session, as costly as the real one on
+	// a large model. It is still asked when an output's rank is not declared, since only
+	// ONNX Runtime's shape inference then tells a scalar, which must be pre-allocated.
 	var ins, outs []ortgo.InputOutputInfo
 	if path != "" {
-		ins, outs, err = ortgo.GetInputOutputInfoWithOptions(path, opts)
+		ins, outs, err = modelFileIO(path)
 	} else {
-		ins, outs, err = ortgo.GetInputOutputInfoWithONNXData(model)
+		ins, outs, err = modelIO(model)
+	}
+	if err == nil && !ranksKnown(outs, outputs) {
+		if path != "" {
+			ins, outs, err = ortgo.GetInputOutputInfoWithOptions(path, opts)
+		} else {
+			ins, outs, err = ortgo.GetInputOutputInfoWithONNXData(model)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read model inputs/outputs: %w", err)
@@ -459,6 +470,8 @@ func (s *Session) Run(in map[string]*Tensor, into map[string]*Tensor) (map[strin
 			outputs[i] = v
 			continue
 		}
+		// A scalar is allocated here: the binding cannot wrap a 0-d output ONNX Runtime
+		// allocates.
 		if len(info.Dimensions) == 0 {
 			var v ortgo.Value
 			var err error
