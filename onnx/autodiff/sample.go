@@ -2,7 +2,10 @@ package autodiff
 
 import (
 	"fmt"
-	"maps"
+	"slices"
+	"unsafe"
+
+	"google.golang.org/protobuf/proto"
 
 	"ortalign/onnx"
 	"ortalign/onnx/onnxpb"
@@ -19,10 +22,14 @@ type sampled struct{ a, b map[string][]int64 }
 // of every value the active nodes read or write, plus the loss.
 func sampleShapes(m *onnx.Model, p plan, cfg Config) (sampled, error) {
 	g := m.Graph()
+	inits := make(map[string]bool, len(g.GetInitializer()))
+	for _, t := range g.GetInitializer() {
+		inits[t.GetName()] = true
+	}
 	var want []string
 	seen := map[string]bool{}
 	add := func(v string) {
-		if v != "" && !seen[v] && onnx.Initializer(g, v) == nil {
+		if v != "" && !seen[v] && !inits[v] {
 			seen[v] = true
 			want = append(want, v)
 		}
@@ -44,7 +51,12 @@ func sampleShapes(m *onnx.Model, p plan, cfg Config) (sampled, error) {
 			return sampled{}, err
 		}
 	}
-	a, err := probeShapes(m, want, feeds, threads)
+	pr, err := newProbe(m, want, threads)
+	var a map[string][]int64
+	if err == nil {
+		defer pr.close()
+		a, err = pr.shapes(feeds)
+	}
 	if err != nil {
 		if cfg.SampleFeeds == nil {
 			err = fmt.Errorf("%w (the made-up zero sample may not suit this model: pass Config.SampleFeeds)", err)
@@ -59,46 +71,84 @@ func sampleShapes(m *onnx.Model, p plan, cfg Config) (sampled, error) {
 		}
 	}
 	if other != nil {
-		s.b, _ = probeShapes(m, want, other, threads) // without it, ambiguous dims are handled at run time
+		s.b, _ = pr.shapes(other) // without it, ambiguous dims are handled at run time
 	}
 	return s, nil
 }
 
-// probeShapes runs the forward model on feeds and returns the shapes of
-// the wanted values, of the graph inputs, and of the initializers.
-func probeShapes(m *onnx.Model, want []string, feeds map[string]*ort.Tensor, threads int) (map[string][]int64, error) {
+// probe runs the forward model, with the Shape of each intermediate value
+// as an output, to learn those shapes. One session serves both samples.
+// The large float initializers are not in the probe model's bytes: they are
+// fed as inputs over the model's own memory, so that neither Go nor ONNX
+// Runtime copies the weights, and graph optimizations are off (the probe
+// runs once or twice on a few tokens; optimizing a large graph costs more).
+type probe struct {
+	g       *onnxpb.GraphProto
+	known   map[string][]int64 // shapes of the initializers
+	fetch   []string           // values whose shape the probe fetches
+	outs    []string           // Shape(fetch[i])
+	weights map[string]*ort.Tensor
+	sess    *ort.Session
+}
+
+// probeFedElements is the size from which a float initializer is fed to
+// the probe session rather than embedded in its model.
+const probeFedElements = 1024
+
+func newProbe(m *onnx.Model, want []string, threads int) (*probe, error) {
 	g := m.Graph()
-	shapes := map[string][]int64{}
+	pr := &probe{g: g, known: map[string][]int64{}, weights: map[string]*ort.Tensor{}}
 	for _, t := range g.GetInitializer() {
-		shapes[t.GetName()] = append([]int64{}, t.GetDims()...)
+		pr.known[t.GetName()] = append([]int64{}, t.GetDims()...)
 	}
-	for _, name := range feedable(g) {
-		t, ok := feeds[name]
-		if !ok {
-			return nil, fmt.Errorf("SampleFeeds has no value for graph input %q", name)
-		}
-		shapes[name] = append([]int64{}, t.Shape...)
+	inputs := map[string]bool{}
+	for _, in := range g.GetInput() {
+		inputs[in.GetName()] = true
 	}
-	var fetch []string
 	for _, v := range want {
-		if _, known := shapes[v]; !known {
-			fetch = append(fetch, v)
+		if _, known := pr.known[v]; !known && !(inputs[v] && !pr.isInit(v)) {
+			pr.fetch = append(pr.fetch, v)
 		}
 	}
-	if len(fetch) == 0 {
-		return shapes, nil
+	if len(pr.fetch) == 0 {
+		return pr, nil
 	}
+
+	// The probe model shares the forward model's nodes, value infos and
+	// small initializers (read only); its node list, inputs, outputs and
+	// initializer list are its own.
+	mp := m.Proto()
+	saved := mp.Graph
+	mp.Graph = nil
+	pp := proto.Clone(mp).(*onnxpb.ModelProto)
+	mp.Graph = saved
+	pg := &onnxpb.GraphProto{
+		Name:              g.Name,
+		Node:              slices.Clone(g.GetNode()),
+		Input:             slices.Clone(g.GetInput()),
+		ValueInfo:         g.GetValueInfo(),
+		SparseInitializer: g.GetSparseInitializer(),
+	}
+	pp.Graph = pg
+	for _, t := range g.GetInitializer() {
+		if data := fedFloats(t); data != nil {
+			pr.weights[t.GetName()] = &ort.Tensor{Shape: pr.known[t.GetName()], F32: data}
+			if !inputs[t.GetName()] {
+				pg.Input = append(pg.Input, onnx.TensorValueInfo(t.GetName(), onnx.Float, onnx.Dims(t.GetDims()...)))
+			}
+			continue
+		}
+		pg.Initializer = append(pg.Initializer, t)
+	}
+	probeModel := onnx.NewModel(pp)
 
 	// Fetch Shape(v) rather than v: always rank 1, any element type, and
 	// little to copy.
-	probe := m.Clone()
-	pg := probe.Graph()
-	pg.Output = nil
-	pb := onnx.NewBuilder(pg, probe.Opset(""), "shape")
-	outs := make([]string, len(fetch))
-	for i, v := range fetch {
-		outs[i] = pb.Shape(v)
-		pg.Output = append(pg.Output, onnx.TensorValueInfo(outs[i], onnx.Int64, onnx.Dims(-1)))
+	pb := onnx.NewBuilder(pg, probeModel.Opset(""), "shape")
+	pr.outs = make([]string, len(pr.fetch))
+	for i, v := range pr.fetch {
+		pr.outs[i] = pb.Shape(v)
+		pg.Output = append(pg.Output, onnx.TensorValueInfo(pr.outs[i], onnx.Int64, onnx.Dims(-1)))
 	}
 	if len(feedable(pg)) == 0 {
 		// onnxruntime_go cannot run a session without inputs: add an unused one.
@@ -106,35 +156,95 @@ func probeShapes(m *onnx.Model, want []string, feeds map[string]*ort.Tensor, thr
 		if err := onnx.AddInput(pg, dummy, onnx.Float, onnx.Dims(1)); err != nil {
 			return nil, err
 		}
-		feeds = maps.Clone(feeds)
-		if feeds == nil {
-			feeds = map[string]*ort.Tensor{}
-		}
-		feeds[dummy] = &ort.Tensor{Shape: []int64{1}, F32: []float32{0}}
+		pr.weights[dummy] = &ort.Tensor{Shape: []int64{1}, F32: []float32{0}}
 	}
-	b, err := probe.Marshal()
+	b, err := probeModel.Marshal()
 	if err != nil {
 		return nil, err
 	}
-	sess, err := ort.NewSession(b, outs, ort.Options{Threads: threads})
+	pr.sess, err = ort.NewSession(b, pr.outs, ort.Options{Threads: threads, DisableOptimizations: true})
 	if err != nil {
 		return nil, fmt.Errorf("forward graph with intermediate outputs: %w", err)
 	}
-	defer sess.Destroy()
+	return pr, nil
+}
+
+func (pr *probe) isInit(v string) bool {
+	_, ok := pr.known[v]
+	return ok
+}
+
+func (pr *probe) close() {
+	if pr.sess != nil {
+		pr.sess.Destroy()
+		pr.sess = nil
+	}
+}
+
+// shapes runs the forward model on feeds and returns the shapes of the
+// wanted values, of the graph inputs, and of the initializers.
+func (pr *probe) shapes(feeds map[string]*ort.Tensor) (map[string][]int64, error) {
+	shapes := make(map[string][]int64, len(pr.known)+len(pr.fetch))
+	for k, v := range pr.known {
+		shapes[k] = append([]int64{}, v...)
+	}
+	for _, name := range feedable(pr.g) {
+		t, ok := feeds[name]
+		if !ok {
+			return nil, fmt.Errorf("SampleFeeds has no value for graph input %q", name)
+		}
+		shapes[name] = append([]int64{}, t.Shape...)
+	}
+	if len(pr.fetch) == 0 {
+		return shapes, nil
+	}
 	in := map[string]*ort.Tensor{}
-	for _, i := range sess.Inputs() {
-		if t, ok := feeds[i.Name]; ok {
+	for _, i := range pr.sess.Inputs() {
+		if t, ok := pr.weights[i.Name]; ok {
+			in[i.Name] = t
+		} else if t, ok := feeds[i.Name]; ok {
 			in[i.Name] = t
 		}
 	}
-	out, err := sess.Run(in, nil)
+	out, err := pr.sess.Run(in, nil)
 	if err != nil {
 		return nil, fmt.Errorf("sample forward run: %w", err)
 	}
-	for i, v := range fetch {
-		shapes[v] = append([]int64{}, out[outs[i]].I64...)
+	for i, v := range pr.fetch {
+		shapes[v] = append([]int64{}, out[pr.outs[i]].I64...)
 	}
 	return shapes, nil
+}
+
+// littleEndian is whether float32s can be read in place from a tensor's
+// raw (little-endian) bytes.
+var littleEndian = func() bool {
+	x := uint16(1)
+	return *(*byte)(unsafe.Pointer(&x)) == 1
+}()
+
+// fedFloats returns the data of a large float initializer without copying
+// it, or nil when t is small, of another type, or its data cannot be read
+// in place (then the probe model embeds it).
+func fedFloats(t *onnxpb.TensorProto) []float32 {
+	if onnx.DataType(t.GetDataType()) != onnx.Float || len(t.GetDims()) == 0 {
+		return nil
+	}
+	n := numel(t.GetDims())
+	if n < probeFedElements {
+		return nil
+	}
+	if len(t.GetFloatData()) > 0 {
+		if int64(len(t.GetFloatData())) != n {
+			return nil
+		}
+		return t.GetFloatData()
+	}
+	raw := t.GetRawData()
+	if !littleEndian || int64(len(raw)) != 4*n || uintptr(unsafe.Pointer(&raw[0]))%4 != 0 {
+		return nil
+	}
+	return unsafe.Slice((*float32)(unsafe.Pointer(&raw[0])), n)
 }
 
 // zeroFeeds makes a zero-filled sample for each graph input that is not an
