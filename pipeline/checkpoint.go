@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"unsafe"
 
 	"ortalign/internal/atomicfile"
 )
@@ -59,7 +60,7 @@ func (e *Engine[T]) saveCheckpoint(path string, settings map[string]string) erro
 			return err
 		}
 		for _, a := range e.stateArrays(h.Moments) {
-			if err := binary.Write(w, binary.LittleEndian, a); err != nil {
+			if err := writeFloats(w, a); err != nil {
 				return err
 			}
 		}
@@ -147,17 +148,12 @@ func (e *Engine[T]) loadCheckpoint(path string, settings map[string]string) (boo
 	if err := compareSettings(h.Settings, settings); err != nil {
 		return false, fmt.Errorf("checkpoint %s: %w", path, err)
 	}
-	// Read into scratch buffers first, so a failed read leaves the engine untouched.
-	live := e.stateArrays(h.Moments)
-	read := make([][]float32, len(live))
-	for i, a := range live {
-		read[i] = make([]float32, len(a))
-		if err := binary.Read(r, binary.LittleEndian, read[i]); err != nil {
-			return bad("truncated data: %v", err)
+	// The header and the file's size agree with this engine, so the data is all there:
+	// it is read straight into the live buffers (no second copy of the state).
+	for _, a := range e.stateArrays(h.Moments) {
+		if err := readFloats(r, a); err != nil {
+			return bad("reading tensor data: %v", err)
 		}
-	}
-	for i, a := range live {
-		copy(a, read[i])
 	}
 	e.opt.Step = h.Step
 	e.totals = map[string]float64{}
@@ -258,3 +254,25 @@ func truncateMetrics(path string, step int) error {
 type nopCloser struct{ io.Writer }
 
 func (nopCloser) Close() error { return nil }
+
+// writeFloats writes a as little-endian float32s without a byte copy of the array
+// (binary.Write makes one) on little-endian machines.
+func writeFloats(w io.Writer, a []float32) error {
+	if !littleEndian || len(a) == 0 {
+		return binary.Write(w, binary.LittleEndian, a)
+	}
+	_, err := w.Write(unsafe.Slice((*byte)(unsafe.Pointer(&a[0])), 4*len(a)))
+	return err
+}
+
+// readFloats fills a from little-endian float32s, in place.
+func readFloats(r io.Reader, a []float32) error {
+	if !littleEndian || len(a) == 0 {
+		return binary.Read(r, binary.LittleEndian, a)
+	}
+	_, err := io.ReadFull(r, unsafe.Slice((*byte)(unsafe.Pointer(&a[0])), 4*len(a)))
+	return err
+}
+
+// littleEndian is whether float32s in memory are laid out as the checkpoint stores them.
+var littleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
