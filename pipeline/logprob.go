@@ -469,7 +469,7 @@ func (lm *LogProbModel) SequenceLogps(rows []Sequence) ([]float64, error) {
 		for _, r := range rows {
 			width = max(width, len(r.IDs))
 		}
-		return nil, fmt.Errorf("%s: batch of %d sequences of up to %d tokens (longer than the model's positions? lower --max-length): %w", lm.Path, len(rows), width, err)
+		return nil, fmt.Errorf("%s: batch of %d sequences of up to %d tokens (longer than the model's positions? lower the maximum length): %w", lm.Path, len(rows), width, err)
 	}
 	res := make([]float64, len(rows))
 	for i, v := range out[SequenceLogpsOutput].F32 {

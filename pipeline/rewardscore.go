@@ -75,7 +75,7 @@ func (rm *RewardModel) Rewards(rows []Sequence) ([]float64, error) {
 	b := BatchInputs(rows, rm.pad)
 	out, err := rm.sess.Run(map[string]*ort.Tensor{inputIDs: b.IDs, attentionMask: b.AttentionMask}, nil)
 	if err != nil {
-		return nil, fmt.Errorf("%s: batch of %d sequences of up to %d tokens (longer than the model's positions? lower --max-length): %w", rm.Path, len(rows), width, err)
+		return nil, fmt.Errorf("%s: batch of %d sequences of up to %d tokens (longer than the model's positions? lower the maximum length): %w", rm.Path, len(rows), width, err)
 	}
 	res := make([]float64, len(rows))
 	for i, v := range out[RewardOutput].F32 {

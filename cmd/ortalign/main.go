@@ -45,7 +45,13 @@ tokenizer.json files.`,
 
 // initORT loads ONNX Runtime for commands that run models.
 func (g *globalOptions) initORT() error {
-	return ort.Init(g.ortLib)
+	if err := ort.Init(g.ortLib); err != nil {
+		if g.ortLib != "" {
+			return fmt.Errorf("--ort-lib: %w", err)
+		}
+		return fmt.Errorf("%w (--ort-lib PATH)", err)
+	}
+	return nil
 }
 
 func main() {

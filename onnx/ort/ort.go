@@ -28,8 +28,8 @@ const setupDir = "third_party/ort"
 // ErrLibraryNotFound is returned when no ONNX Runtime library can be located.
 var ErrLibraryNotFound = errors.New("ONNX Runtime library not found")
 
-// howToGet tells the user how to obtain the library.
-const howToGet = "run `make setup` (scripts/setup-ort.sh fetches it from npm onnxruntime-node@1.24.1) or pass --ort-lib PATH"
+// howToGet tells the user how to obtain the library (a command adds how to point at it).
+const howToGet = "run `make setup` (scripts/setup-ort.sh fetches it from npm onnxruntime-node@1.24.1) or name the library's path"
 
 var (
 	initMu   sync.Mutex
@@ -38,12 +38,12 @@ var (
 )
 
 // FindLibrary returns the path of the ONNX Runtime shared library, looking in order at
-// explicit (the --ort-lib flag), $ORTALIGN_ORT_LIB, next to the running binary, and the
+// explicit (a path the caller was given), $ORTALIGN_ORT_LIB, next to the running binary, and the
 // setup folder (third_party/ort) of the enclosing source checkout.
 func FindLibrary(explicit string) (string, error) {
 	if explicit != "" {
 		if err := checkFile(explicit); err != nil {
-			return "", fmt.Errorf("--ort-lib %s: %w: %s", explicit, err, howToGet)
+			return "", fmt.Errorf("%s: %w: %s", explicit, err, howToGet)
 		}
 		return explicit, nil
 	}
@@ -76,7 +76,7 @@ func FindLibrary(explicit string) (string, error) {
 			}
 		}
 	}
-	return "", fmt.Errorf("%w (tried --ort-lib, $%s, %v): %s", ErrLibraryNotFound, LibEnv, tried, howToGet)
+	return "", fmt.Errorf("%w (tried $%s, %v): %s", ErrLibraryNotFound, LibEnv, tried, howToGet)
 }
 
 func startDirs() []string {
