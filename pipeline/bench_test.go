@@ -329,3 +329,29 @@ func BenchmarkScoreReal(b *testing.B) {
 	b.ReportMetric(float64(batch*seq*b.N)/b.Elapsed().Seconds(), "tokens/s")
 	b.ReportMetric(peakRSSMB(), "peak-RSS-MB")
 }
+
+// BenchmarkBuildTrainingGraphReal measures building the DPO training graph of the
+// real-size model (onnx.Load not counted): wall time per build and the process's
+// peak RSS. ORTALIGN_AUTODIFF_TRACE=1 logs autodiff.Build's phases to stderr.
+//
+//	go test ./pipeline -run XXX -bench BuildTrainingGraphReal -benchtime 1x -cpuprofile cpu.out -memprofile mem.out
+func BenchmarkBuildTrainingGraphReal(b *testing.B) {
+	path := realModel(b)
+	m, err := onnx.Load(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		g, err := BuildTrainingGraph(m, DPO{Loss: LossConfig{Type: LossSigmoid, Beta: 0.1}}, GraphConfig{TieTransposedCopies: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if i == 0 {
+			b.Logf("training graph: %d nodes, %d initializers, %d trainable",
+				len(g.Model.Graph().Node), len(g.Model.Graph().Initializer), len(g.Trainable))
+		}
+	}
+	b.ReportMetric(b.Elapsed().Seconds()/float64(b.N), "s/build")
+	b.ReportMetric(peakRSSMB(), "peak-RSS-MB")
+}
