@@ -50,14 +50,17 @@ func FindTransposedCopies(m *onnx.Model) ([]Tie, error) {
 	return ties, nil
 }
 
+// isTranspose compares in place (no decoded copy when the data can be viewed): on a
+// Llama-style model nearly every candidate pair of MLP weights differs at the first
+// value, and decoding each pair cost seconds and gigabytes.
 func isTranspose(a, b *onnxpb.TensorProto) (bool, error) {
-	x, err := onnx.TensorFloats(a)
+	x, err := floatsOf(a)
 	if err != nil {
-		return false, fmt.Errorf("initializer %q: %w", a.GetName(), err)
+		return false, err
 	}
-	y, err := onnx.TensorFloats(b)
+	y, err := floatsOf(b)
 	if err != nil {
-		return false, fmt.Errorf("initializer %q: %w", b.GetName(), err)
+		return false, err
 	}
 	rows, cols := int(a.GetDims()[0]), int(a.GetDims()[1])
 	for i := 0; i < rows; i++ {
@@ -102,4 +105,16 @@ func transposed(x []float32, rows, cols int) []float32 {
 		}
 	}
 	return out
+}
+
+// floatsOf returns t's float32 values, sharing its memory when it can.
+func floatsOf(t *onnxpb.TensorProto) ([]float32, error) {
+	if v, ok := onnx.FloatsView(t); ok {
+		return v, nil
+	}
+	v, err := onnx.TensorFloats(t)
+	if err != nil {
+		return nil, fmt.Errorf("initializer %q: %w", t.GetName(), err)
+	}
+	return v, nil
 }
