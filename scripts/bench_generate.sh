@@ -27,6 +27,10 @@ elif ! ls /usr/lib/x86_64-linux-gnu/libopenblas*.so* >/dev/null 2>&1 && ! ls /us
   echo "WARNING: no OpenBLAS found: PyTorch will run on the reference BLAS (set BENCH_OPENBLAS_DIR)" >&2
 fi
 PY=${BENCH_PYTHON:-/usr/bin/python3}
+# libgomp's threads busy-wait between parallel regions by default; on a loaded machine with
+# as many threads as cores they starve each other (PyTorch at 2 threads on 2 busy cores ran
+# 20x slower than at 1). PASSIVE makes them sleep; BENCH_OMP_WAIT_POLICY=ACTIVE restores it.
+export OMP_WAIT_POLICY=${BENCH_OMP_WAIT_POLICY:-PASSIVE}
 THREADS=${BENCH_THREADS:-1 2}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -70,7 +74,7 @@ for t in $THREADS; do
 done
 
 echo
-echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}, OMP_WAIT_POLICY=$OMP_WAIT_POLICY"
 echo
 echo "Greedy generation, 4 prompts x 32 tokens, 64 new tokens (tokens/s: generated tokens over wall time, prefill included; ms/step: one decoding step of the batch)"
 echo
