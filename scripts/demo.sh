@@ -56,13 +56,23 @@ $bin reward --model "$model" --data testdata/data/train.parquet --eval-data test
   "${common[@]}" --out "$out/reward" 2>/dev/null | grep -E "wrote|accuracy|margin "
 
 echo
-echo "== 9. rlhf: GRPO from the SFT model against the reward model, next to the DPO run"
+echo "== 9. sampled completions of the SFT model with their rewards (generate, then score --reward)"
 head -n 16 testdata/data/test.jsonl > "$out/heldout_prompts.jsonl"
+$bin generate --model "$out/sft/model.onnx" --prompts "$out/heldout_prompts.jsonl" --tokenizer "$tok" \
+  --max-new-tokens 12 --seed 7 --out "$out/sampled.jsonl" 2>/dev/null >/dev/null
+$bin score --reward "$out/reward/reward.onnx" --data "$out/sampled.jsonl" --tokenizer "$tok" \
+  --out "$out/sampled_rewards.jsonl" 2>/dev/null | grep "mean reward"
+echo "  reward  completion"
+paste -d' ' <(grep -o '"reward":[^,}]*' "$out/sampled_rewards.jsonl" | cut -d: -f2 | xargs printf '  %+.3f\n') \
+  <(grep -o '"completion":"[^"]*"' "$out/sampled.jsonl" | cut -c14-) | head -n 5
+
+echo
+echo "== 10. rlhf: GRPO from the SFT model against the reward model, next to the DPO run"
 $bin rlhf --algo grpo --model "$out/sft/model.onnx" --reward "$out/reward/reward.onnx" \
   --prompts testdata/data/train.jsonl --eval-data "$out/heldout_prompts.jsonl" --tokenizer "$tok" \
   --num-generations 8 --max-new-tokens 16 --batch-size 4 --max-steps 12 --lr 2e-3 --beta 0.04 \
   --lr-scheduler constant --out "$out/grpo" 2>/dev/null
 
 echo
-echo "== 10. report: plots of the SFT, DPO, IPO, reward and GRPO runs"
+echo "== 11. report: plots of the SFT, DPO, IPO, reward and GRPO runs"
 $bin report "$out/sft" "$out/dpo" "$out/ipo" "$out/reward" "$out/grpo" --out "$out/report" 2>/dev/null
