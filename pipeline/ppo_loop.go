@@ -3,15 +3,8 @@ package pipeline
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
-	"io"
 	"math"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"time"
@@ -282,29 +275,12 @@ func RunPPO(ctx context.Context, e *Engine[PPORollout], base *onnx.Model, prompt
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(o.Out, 0o755); err != nil {
-		return nil, fmt.Errorf("output directory: %w", err)
+	run, err := newOnlineRun(ctx, e, prompts, o, cmp.Or(o.ModelFile, "model.onnx"))
+	if err != nil {
+		return nil, err
 	}
-	res := &RunResult{
-		ModelPath:      filepath.Join(o.Out, cmp.Or(o.ModelFile, "model.onnx")),
-		MetricsPath:    filepath.Join(o.Out, "metrics.jsonl"),
-		CheckpointPath: filepath.Join(o.Out, "checkpoint.bin"),
-	}
-	stderr := o.Stderr
-	if stderr == nil {
-		stderr = io.Discard
-	}
-	notice := c.Notice
-	if notice == nil {
-		notice = func(string) {}
-	}
-	once := map[string]bool{}
-	quiet := func(s string) {
-		if !once[s] {
-			once[s] = true
-			notice(s)
-		}
-	}
+	res := run.res
+	quiet := onceNotice(c.Notice)
 	cfg := e.cfg
 	E, M, B, A := c.epochs(), c.miniBatches(), cfg.BatchSize, cfg.accum()
 	perRound := B * A * M
@@ -318,90 +294,37 @@ func RunPPO(ctx context.Context, e *Engine[PPORollout], base *onnx.Model, prompt
 		total = max(1, cfg.Epochs) * roundsPerEpoch * K
 	}
 	plan := Plan{Items: len(prompts), BatchSize: B, Accum: A, MicroPerEpoch: roundsPerEpoch * M * A, StepsPerEpoch: roundsPerEpoch * K, Total: total}
-	settings := e.settings(plan, nil)
-	for k, v := range c.settings() {
-		settings[e.obj.Name()+"."+k] = v
-	}
-	h := sha256.New()
-	for _, p := range prompts {
-		binary.Write(h, binary.LittleEndian, int64(len(p.IDs)))
-		binary.Write(h, binary.LittleEndian, p.IDs)
-		binary.Write(h, binary.LittleEndian, p.Row)
-	}
-	settings["dataset_fingerprint"] = fmt.Sprintf("%d prompts, sha256 %s", len(prompts), hex.EncodeToString(h.Sum(nil))[:16])
+	run.plan(plan, c.settings(), K, "steps", perRound, roundsPerEpoch)
 
 	rc := c.rl()
-	if len(c.Eval) > 0 {
-		v, err := MeanReward(ctx, e.path, base, c.Eval, rc, roundSeed(cfg.Seed, -1), cfg.Threads)
-		if err != nil {
-			return nil, interrupted(fmt.Errorf("held-out reward: %w", err), "before training started; nothing was saved")
+	heldOut := func(model *onnx.Model) func() (float64, error) {
+		return func() (float64, error) {
+			return MeanReward(ctx, e.path, model, c.Eval, rc, roundSeed(cfg.Seed, -1), cfg.Threads)
 		}
-		res.EvalBefore = Metrics{{Name: "reward", Value: v}}
 	}
-	ok, err := e.loadCheckpoint(res.CheckpointPath, settings)
-	if err != nil {
+	if err := run.evalReward(c.Eval, &res.EvalBefore, "before training started; nothing was saved", heldOut(base)); err != nil {
 		return nil, err
 	}
-	if ok {
-		if e.opt.Step > total {
-			return nil, fmt.Errorf("checkpoint %s is at step %d, beyond this run's %d steps: raise the step count, or use another output directory", res.CheckpointPath, e.opt.Step, total)
-		}
-		if e.opt.Step%K != 0 && e.opt.Step != total {
-			return nil, fmt.Errorf("checkpoint %s is at step %d, inside a round of %d steps", res.CheckpointPath, e.opt.Step, K)
-		}
-		fmt.Fprintf(stderr, "resuming from %s at step %d\n", res.CheckpointPath, e.opt.Step)
+	if err := run.resume(); err != nil {
+		return nil, err
 	}
 	ref, err := newRefScorer(base, c.PPO.temperature(), cfg.Threads, cfg.PadID)
 	if err != nil {
 		return nil, fmt.Errorf("%s: reference: %w", e.path, err)
 	}
 	defer ref.Close()
-	log, err := openMetrics(res.MetricsPath, e.opt.Step)
-	if err != nil {
+	if err := run.open(); err != nil {
 		return nil, err
 	}
-	defer log.Close()
-	enc := json.NewEncoder(log)
-	save := func() error { return e.saveCheckpoint(res.CheckpointPath, settings) }
-	progress := NewProgress(stderr, o.Label, "steps")
-	progress.Start(total)
-	progress.Resume(e.opt.Step)
-	var order []int
-	orderEpoch := -1
+	defer run.close()
 	for step := e.opt.Step; step < total; {
-		if err := ctx.Err(); err != nil {
-			if cerr := save(); cerr != nil {
-				return nil, fmt.Errorf("interrupted at step %d; checkpoint failed: %w", step, cerr)
-			}
-			return nil, interrupted(err, "checkpoint saved to "+res.CheckpointPath+": run the same command to resume")
+		if err := run.interrupted(step); err != nil {
+			return nil, err
 		}
 		round := step / K
-		epoch, k := round/roundsPerEpoch, round%roundsPerEpoch
-		if epoch != orderEpoch {
-			order, orderEpoch = epochOrder(len(prompts), cfg.Seed, epoch, cfg.Shuffle), epoch
-		}
-		batch := make([]EncodedPrompt, perRound)
-		for i, j := range order[k*perRound : (k+1)*perRound] {
-			batch[i] = prompts[j]
-		}
-		fail := func(err error) (*RunResult, error) {
-			if ctx.Err() != nil {
-				if cerr := save(); cerr != nil {
-					return nil, fmt.Errorf("interrupted at step %d; checkpoint failed: %w", step, cerr)
-				}
-				return nil, interrupted(ctx.Err(), "checkpoint saved to "+res.CheckpointPath+": run the same command to resume")
-			}
-			if e.opt.Step > 0 {
-				if cerr := save(); cerr != nil {
-					return nil, fmt.Errorf("step %d: %w (and saving the checkpoint failed: %v)", step+1, err, cerr)
-				}
-				return nil, fmt.Errorf("step %d: %w (not applied; state after step %d saved to %s)", step+1, err, e.opt.Step, res.CheckpointPath)
-			}
-			return nil, fmt.Errorf("step %d: %w (not applied)", step+1, err)
-		}
-		rollouts, rm, err := ppoCollect(ctx, e, ref, batch, c, roundSeed(cfg.Seed, round), quiet)
+		rollouts, rm, err := ppoCollect(ctx, e, ref, run.batch(round), c, roundSeed(cfg.Seed, round), quiet)
 		if err != nil {
-			return fail(err)
+			return nil, run.fail(step, err)
 		}
 		var parts []Metrics
 		lr := 0.0
@@ -418,11 +341,11 @@ func RunPPO(ctx context.Context, e *Engine[PPORollout], base *onnx.Model, prompt
 				lr = cfg.LearningRate(step, total)
 				m, err := e.StepOn(micro, lr)
 				if err != nil {
-					return fail(err)
+					return nil, run.fail(step, err)
 				}
 				step++
 				parts = append(parts, m)
-				progress.Add(1)
+				run.progress.Add(1)
 			}
 		}
 		line := meanMetrics(parts)
@@ -437,17 +360,14 @@ func RunPPO(ctx context.Context, e *Engine[PPORollout], base *onnx.Model, prompt
 			Metric{Name: "episode", Value: float64((round + 1) * perRound)},
 			Metric{Name: "epoch", Value: float64(step) / float64(plan.StepsPerEpoch)},
 			Metric{Name: "step", Value: float64(e.opt.Step)})
-		if err := enc.Encode(line); err != nil {
-			return nil, fmt.Errorf("write metrics: %w", err)
+		if err := run.write(line); err != nil {
+			return nil, err
 		}
-		if every := o.CheckpointEvery; every > 0 && step < total && (step-K)/every != step/every {
-			if err := save(); err != nil {
-				return nil, fmt.Errorf("step %d: %w", step, err)
-			}
+		if err := run.roundDone(step); err != nil {
+			return nil, err
 		}
 	}
-	progress.Done()
-	if err := save(); err != nil {
+	if err := run.finish(); err != nil {
 		return nil, err
 	}
 	model, err := PolicyModel(e)
@@ -457,12 +377,8 @@ func RunPPO(ctx context.Context, e *Engine[PPORollout], base *onnx.Model, prompt
 	if err := model.Save(res.ModelPath, onnx.SaveOptions{}); err != nil {
 		return nil, fmt.Errorf("export %s: %w", res.ModelPath, err)
 	}
-	if len(c.Eval) > 0 {
-		v, err := MeanReward(ctx, e.path, model, c.Eval, rc, roundSeed(cfg.Seed, -1), cfg.Threads)
-		if err != nil {
-			return nil, interrupted(fmt.Errorf("held-out reward: %w", err), "after training; the model was written")
-		}
-		res.EvalAfter = Metrics{{Name: "reward", Value: v}}
+	if err := run.evalReward(c.Eval, &res.EvalAfter, "after training; the model was written", heldOut(model)); err != nil {
+		return nil, err
 	}
 	return res, nil
 }

@@ -2,15 +2,8 @@ package pipeline
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
-	"io"
 	"math"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -391,29 +384,12 @@ func RunRL(ctx context.Context, e *Engine[Rollout], base *onnx.Model, prompts []
 	if len(prompts) == 0 {
 		return nil, fmt.Errorf("no prompts")
 	}
-	if err := os.MkdirAll(o.Out, 0o755); err != nil {
-		return nil, fmt.Errorf("output directory: %w", err)
+	run, err := newOnlineRun(ctx, e, prompts, o, "model.onnx")
+	if err != nil {
+		return nil, err
 	}
-	res := &RunResult{
-		ModelPath:      filepath.Join(o.Out, "model.onnx"),
-		MetricsPath:    filepath.Join(o.Out, "metrics.jsonl"),
-		CheckpointPath: filepath.Join(o.Out, "checkpoint.bin"),
-	}
-	stderr := o.Stderr
-	if stderr == nil {
-		stderr = io.Discard
-	}
-	notice := c.Notice
-	if notice == nil {
-		notice = func(string) {}
-	}
-	once := map[string]bool{}
-	quiet := func(s string) {
-		if !once[s] {
-			once[s] = true
-			notice(s)
-		}
-	}
+	res := run.res
+	quiet := onceNotice(c.Notice)
 	cfg := e.cfg
 	mu := c.iterations()
 	B := cfg.BatchSize
@@ -423,17 +399,7 @@ func RunRL(ctx context.Context, e *Engine[Rollout], base *onnx.Model, prompts []
 		total = max(1, cfg.Epochs) * roundsPerEpoch * mu
 	}
 	plan := Plan{Items: len(prompts), BatchSize: B, Accum: cfg.accum(), MicroPerEpoch: roundsPerEpoch, StepsPerEpoch: roundsPerEpoch * mu, Total: total}
-	settings := e.settings(plan, nil)
-	for k, v := range c.settings() {
-		settings[e.obj.Name()+"."+k] = v
-	}
-	h := sha256.New()
-	for _, p := range prompts {
-		binary.Write(h, binary.LittleEndian, int64(len(p.IDs)))
-		binary.Write(h, binary.LittleEndian, p.IDs)
-		binary.Write(h, binary.LittleEndian, p.Row)
-	}
-	settings["dataset_fingerprint"] = fmt.Sprintf("%d prompts, sha256 %s", len(prompts), hex.EncodeToString(h.Sum(nil))[:16])
+	run.plan(plan, c.settings(), mu, "iterations", B, roundsPerEpoch)
 
 	// One generator for the run, fed the engine's live parameters: before the checkpoint
 	// is loaded they are the starting policy's.
@@ -442,85 +408,37 @@ func RunRL(ctx context.Context, e *Engine[Rollout], base *onnx.Model, prompts []
 		return nil, err
 	}
 	defer gen.Close()
-	if len(c.Eval) > 0 {
-		v, err := meanReward(ctx, gen, c.Eval, c, roundSeed(cfg.Seed, -1))
-		if err != nil {
-			return nil, interrupted(fmt.Errorf("held-out reward: %w", err), "before training started; nothing was saved")
-		}
-		res.EvalBefore = Metrics{{Name: "reward", Value: v}}
-	}
-	ok, err := e.loadCheckpoint(res.CheckpointPath, settings)
-	if err != nil {
+	heldOut := func() (float64, error) { return meanReward(ctx, gen, c.Eval, c, roundSeed(cfg.Seed, -1)) }
+	if err := run.evalReward(c.Eval, &res.EvalBefore, "before training started; nothing was saved", heldOut); err != nil {
 		return nil, err
 	}
-	if ok {
-		if e.opt.Step > total {
-			return nil, fmt.Errorf("checkpoint %s is at step %d, beyond this run's %d steps: raise the step count, or use another output directory", res.CheckpointPath, e.opt.Step, total)
-		}
-		if e.opt.Step%mu != 0 && e.opt.Step != total {
-			return nil, fmt.Errorf("checkpoint %s is at step %d, inside a round of %d iterations", res.CheckpointPath, e.opt.Step, mu)
-		}
-		fmt.Fprintf(stderr, "resuming from %s at step %d\n", res.CheckpointPath, e.opt.Step)
+	if err := run.resume(); err != nil {
+		return nil, err
 	}
 	ref, err := newRefScorer(base, c.RL.temperature(), cfg.Threads, cfg.PadID)
 	if err != nil {
 		return nil, fmt.Errorf("%s: reference: %w", e.path, err)
 	}
 	defer ref.Close()
-	log, err := openMetrics(res.MetricsPath, e.opt.Step)
-	if err != nil {
+	if err := run.open(); err != nil {
 		return nil, err
 	}
-	defer log.Close()
-	enc := json.NewEncoder(log)
-	save := func() error { return e.saveCheckpoint(res.CheckpointPath, settings) }
-	progress := NewProgress(stderr, o.Label, "steps")
-	progress.Start(total)
-	progress.Resume(e.opt.Step)
-	var order []int
-	orderEpoch := -1
+	defer run.close()
 	for step := e.opt.Step; step < total; {
-		if err := ctx.Err(); err != nil {
-			if cerr := save(); cerr != nil {
-				return nil, fmt.Errorf("interrupted at step %d; checkpoint failed: %w", step, cerr)
-			}
-			return nil, interrupted(err, "checkpoint saved to "+res.CheckpointPath+": run the same command to resume")
+		if err := run.interrupted(step); err != nil {
+			return nil, err
 		}
 		round := step / mu
-		epoch, k := round/roundsPerEpoch, round%roundsPerEpoch
-		if epoch != orderEpoch {
-			order, orderEpoch = epochOrder(len(prompts), cfg.Seed, epoch, cfg.Shuffle), epoch
-		}
-		idx := order[k*B : min((k+1)*B, len(prompts))]
-		batch := make([]EncodedPrompt, len(idx))
-		for i, j := range idx {
-			batch[i] = prompts[j]
-		}
-		fail := func(err error) (*RunResult, error) {
-			if ctx.Err() != nil {
-				if cerr := save(); cerr != nil {
-					return nil, fmt.Errorf("interrupted at step %d; checkpoint failed: %w", step, cerr)
-				}
-				return nil, interrupted(ctx.Err(), "checkpoint saved to "+res.CheckpointPath+": run the same command to resume")
-			}
-			if e.opt.Step > 0 {
-				if cerr := save(); cerr != nil {
-					return nil, fmt.Errorf("step %d: %w (and saving the checkpoint failed: %v)", step+1, err, cerr)
-				}
-				return nil, fmt.Errorf("step %d: %w (not applied; state after step %d saved to %s)", step+1, err, e.opt.Step, res.CheckpointPath)
-			}
-			return nil, fmt.Errorf("step %d: %w (not applied)", step+1, err)
-		}
-		r, err := collect(ctx, e, gen, ref, batch, c, roundSeed(cfg.Seed, round))
+		r, err := collect(ctx, e, gen, ref, run.batch(round), c, roundSeed(cfg.Seed, round))
 		if err != nil {
-			return fail(err)
+			return nil, run.fail(step, err)
 		}
 		micro := splitMicro(r.rollouts, cfg.accum(), c.NumGenerations)
 		for it := 0; it < mu && step < total; it++ {
 			lr := cfg.LearningRate(step, total)
 			m, err := e.StepOn(micro, lr)
 			if err != nil {
-				return fail(err)
+				return nil, run.fail(step, err)
 			}
 			step++
 			line := slices.Clone(m)
@@ -530,30 +448,23 @@ func RunRL(ctx context.Context, e *Engine[Rollout], base *onnx.Model, prompts []
 				Metric{Name: "learning_rate", Value: lr},
 				Metric{Name: "epoch", Value: float64(step) / float64(plan.StepsPerEpoch)},
 				Metric{Name: "step", Value: float64(e.opt.Step)})
-			if err := enc.Encode(line); err != nil {
-				return nil, fmt.Errorf("write metrics: %w", err)
+			if err := run.write(line); err != nil {
+				return nil, err
 			}
-			progress.Add(1)
+			run.progress.Add(1)
 		}
-		if every := o.CheckpointEvery; every > 0 && step < total && (step-mu)/every != step/every {
-			if err := save(); err != nil {
-				return nil, fmt.Errorf("step %d: %w", step, err)
-			}
+		if err := run.roundDone(step); err != nil {
+			return nil, err
 		}
 	}
-	progress.Done()
-	if err := save(); err != nil {
+	if err := run.finish(); err != nil {
 		return nil, err
 	}
 	if err := e.Export(res.ModelPath); err != nil {
 		return nil, err
 	}
-	if len(c.Eval) > 0 {
-		v, err := meanReward(ctx, gen, c.Eval, c, roundSeed(cfg.Seed, -1))
-		if err != nil {
-			return nil, interrupted(fmt.Errorf("held-out reward: %w", err), "after training; the model was written")
-		}
-		res.EvalAfter = Metrics{{Name: "reward", Value: v}}
+	if err := run.evalReward(c.Eval, &res.EvalAfter, "after training; the model was written", heldOut); err != nil {
+		return nil, err
 	}
 	return res, nil
 }
