@@ -245,6 +245,30 @@ func Consumers(g *onnxpb.GraphProto) map[string][]*onnxpb.NodeProto {
 	return out
 }
 
+// WalkBack visits every value that g's outputs depend on, once each, from the outputs
+// back: visit gets the value and its producer (nil for inputs and initializers) and says
+// whether to go on through the producer's inputs.
+func WalkBack(g *onnxpb.GraphProto, visit func(value string, producer *onnxpb.NodeProto) bool) {
+	producers := Producers(g)
+	seen := map[string]bool{}
+	var stack []string
+	for _, o := range g.GetOutput() {
+		stack = append(stack, o.GetName())
+	}
+	for len(stack) > 0 {
+		v := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if seen[v] {
+			continue
+		}
+		seen[v] = true
+		n := producers[v]
+		if visit(v, n) && n != nil {
+			stack = append(stack, NodeInputs(n)...)
+		}
+	}
+}
+
 // NodeInputs returns the distinct values n reads, in order: its inputs
 // (without the empty names of omitted optional inputs) followed by the
 // outer-scope values its subgraphs read (implicit inputs).

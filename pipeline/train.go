@@ -4,6 +4,7 @@ import (
 	"regexp"
 
 	"ortalign/onnx"
+	"ortalign/onnx/onnxpb"
 )
 
 // TrainableNames lists the float32 initializers of m that training updates: every float
@@ -14,25 +15,11 @@ import (
 func TrainableNames(m *onnx.Model, freeze *regexp.Regexp) ([]string, error) {
 	g := m.Graph()
 	// Walk back from the outputs, not through Cos/Sin, marking every value that feeds them.
-	producer := onnx.Producers(g)
 	feeds := map[string]bool{}
-	var stack []string
-	for _, o := range g.GetOutput() {
-		stack = append(stack, o.GetName())
-	}
-	for len(stack) > 0 {
-		v := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		if feeds[v] {
-			continue
-		}
+	onnx.WalkBack(g, func(v string, n *onnxpb.NodeProto) bool {
 		feeds[v] = true
-		n := producer[v]
-		if n == nil || n.GetOpType() == "Cos" || n.GetOpType() == "Sin" {
-			continue
-		}
-		stack = append(stack, onnx.NodeInputs(n)...)
-	}
+		return n == nil || (n.GetOpType() != "Cos" && n.GetOpType() != "Sin")
+	})
 	var names []string
 	for _, t := range g.GetInitializer() {
 		if onnx.DataType(t.GetDataType()) != onnx.Float || !feeds[t.GetName()] {

@@ -212,31 +212,18 @@ func markOutputLayers(g *onnxpb.GraphProto, targets []Target) {
 	for i, t := range targets {
 		byOutput[t.Output] = i
 	}
-	producers := onnx.Producers(g)
-	seen := map[string]bool{}
-	var stack []string
-	for _, o := range g.GetOutput() {
-		stack = append(stack, o.GetName())
-	}
-	for len(stack) > 0 {
-		v := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		if seen[v] {
-			continue
-		}
-		seen[v] = true
-		n := producers[v]
+	onnx.WalkBack(g, func(v string, n *onnxpb.NodeProto) bool {
 		if n == nil {
-			continue
+			return false
 		}
 		if op := n.GetOpType(); op == "MatMul" || op == "Gemm" {
 			if i, ok := byOutput[v]; ok {
 				targets[i].OutputLayer = true
 			}
-			continue
+			return false
 		}
-		stack = append(stack, onnx.NodeInputs(n)...)
-	}
+		return true
+	})
 }
 
 // Matches reports whether a module path is selected by a target-module name, with PEFT's
