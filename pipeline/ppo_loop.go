@@ -59,17 +59,8 @@ func (c PPORunConfig) Validate() error {
 		return fmt.Errorf("num ppo epochs must be >= 1, got %d", c.NumPPOEpochs)
 	case c.NumMiniBatches < 0:
 		return fmt.Errorf("num mini batches must be >= 1, got %d", c.NumMiniBatches)
-	case len(c.Rewards) == 0:
-		return fmt.Errorf("no reward: give a reward model or reward functions")
-	case c.RewardWeights != nil && len(c.RewardWeights) != len(c.Rewards):
-		return fmt.Errorf("%d reward weights for %d rewards", len(c.RewardWeights), len(c.Rewards))
-	case c.MissingEOSPenalty < 0:
-		return fmt.Errorf("missing EOS penalty must be >= 0, got %g", c.MissingEOSPenalty)
-	case c.Sample.MaxNewTokens <= 0:
-		return fmt.Errorf("max new tokens must be positive, got %d", c.Sample.MaxNewTokens)
 	}
-	so := c.Sample
-	return so.Check()
+	return checkRollouts(len(c.Rewards), c.RewardWeights, c.MissingEOSPenalty, c.Sample)
 }
 
 func (c PPORunConfig) settings() map[string]string {

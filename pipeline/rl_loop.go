@@ -57,17 +57,23 @@ func (c RLRunConfig) Validate() error {
 		return fmt.Errorf("num generations must be at least 2 (advantages compare completions of a prompt), got %d", c.NumGenerations)
 	case c.NumIterations < 0:
 		return fmt.Errorf("num iterations must be >= 1, got %d", c.NumIterations)
-	case len(c.Rewards) == 0:
-		return fmt.Errorf("no reward: give a reward model or reward functions")
-	case c.RewardWeights != nil && len(c.RewardWeights) != len(c.Rewards):
-		return fmt.Errorf("%d reward weights for %d rewards", len(c.RewardWeights), len(c.Rewards))
-	case c.MissingEOSPenalty < 0:
-		return fmt.Errorf("missing EOS penalty must be >= 0, got %g", c.MissingEOSPenalty)
-	case c.Sample.MaxNewTokens <= 0:
-		return fmt.Errorf("max new tokens must be positive, got %d", c.Sample.MaxNewTokens)
 	}
-	so := c.Sample
-	return so.Check()
+	return checkRollouts(len(c.Rewards), c.RewardWeights, c.MissingEOSPenalty, c.Sample)
+}
+
+// checkRollouts checks what every online algorithm needs to sample and score rollouts.
+func checkRollouts(rewards int, weights []float64, missingEOSPenalty float64, sample SampleOptions) error {
+	switch {
+	case rewards == 0:
+		return fmt.Errorf("no reward: give a reward model or reward functions")
+	case weights != nil && len(weights) != rewards:
+		return fmt.Errorf("%d reward weights for %d rewards", len(weights), rewards)
+	case missingEOSPenalty < 0:
+		return fmt.Errorf("missing EOS penalty must be >= 0, got %g", missingEOSPenalty)
+	case sample.MaxNewTokens <= 0:
+		return fmt.Errorf("max new tokens must be positive, got %d", sample.MaxNewTokens)
+	}
+	return sample.Check()
 }
 
 func (c RLRunConfig) weight(i int) float64 {
