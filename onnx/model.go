@@ -116,10 +116,36 @@ func (m *Model) ExternalLocation(t *onnxpb.TensorProto) (ExternalLocation, bool)
 	return ExternalLocation{}, false
 }
 
-// Clone returns a deep copy of the model, including the remembered
-// external-data layout.
+// Clone returns a copy of the model, including the remembered external-data layout.
+// The graph is copied deeply, but the tensors' raw data (the weights) is shared with m:
+// copying hundreds of megabytes for every derived graph (training, scoring, generation)
+// multiplied the peak memory. Nothing in ortalign writes into raw data — a new value
+// replaces the slice (SetTensorFloats) — and callers must keep it that way.
 func (m *Model) Clone() *Model {
-	c := &Model{proto: proto.Clone(m.proto).(*onnxpb.ModelProto)}
+	var tensors []*onnxpb.TensorProto
+	var raws [][]byte
+	walkTensors(m.proto, func(t *onnxpb.TensorProto, _ string) error {
+		if t != nil {
+			tensors, raws = append(tensors, t), append(raws, t.RawData)
+			t.RawData = nil
+		}
+		return nil
+	})
+	cp := proto.Clone(m.proto).(*onnxpb.ModelProto)
+	i := 0
+	walkTensors(cp, func(t *onnxpb.TensorProto, _ string) error {
+		if t != nil {
+			if i < len(raws) {
+				t.RawData = raws[i]
+			}
+			i++
+		}
+		return nil
+	})
+	for k, t := range tensors {
+		t.RawData = raws[k]
+	}
+	c := &Model{proto: cp}
 	if len(m.ext) > 0 || len(m.extByName) > 0 {
 		var orig []*onnxpb.TensorProto
 		walkTensors(m.proto, func(t *onnxpb.TensorProto, _ string) error {
@@ -282,7 +308,13 @@ func walkSparse(st *onnxpb.SparseTensorProto, where string, fn func(*onnxpb.Tens
 
 func walkNodeTensors(nodes []*onnxpb.NodeProto, prefix string, fn func(*onnxpb.TensorProto, string) error) error {
 	for _, n := range nodes {
+		if n == nil {
+			continue // a damaged graph: reported by whoever reads it
+		}
 		for _, a := range n.Attribute {
+			if a == nil {
+				continue
+			}
 			where := fmt.Sprintf("%snode %q attribute %q", prefix, n.GetName(), a.GetName())
 			if a.T != nil {
 				if err := fn(a.T, where); err != nil {

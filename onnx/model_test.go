@@ -363,10 +363,29 @@ func TestCloneKeepsLayout(t *testing.T) {
 	if err := AddInitializer(g, proto.Clone(b1).(*onnxpb.TensorProto)); err != nil {
 		t.Fatal(err)
 	}
-	g.Initializer[0].RawData[0] ^= 1 // the clone is deep
-	if Initializer(m.Graph(), "W1").RawData[0] == g.Initializer[0].RawData[0] {
-		t.Error("clone shares tensor data with the original")
+	// The clone's graph is its own, its weights' bytes are shared (no copy of the
+	// weights); replacing a tensor's data in the clone leaves the original as it was.
+	w1, cw1 := Initializer(m.Graph(), "W1"), Initializer(g, "W1")
+	if &w1.RawData[0] != &cw1.RawData[0] {
+		t.Error("clone copied the tensor data instead of sharing it")
 	}
+	before := append([]byte(nil), w1.RawData...)
+	vals, err := TensorFloats(cw1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vals[0]++
+	if err := SetTensorFloats(cw1, vals); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(w1.RawData, before) || bytes.Equal(cw1.RawData, before) {
+		t.Error("setting the clone's tensor changed the original, or did not change the clone")
+	}
+	cw1.Dims[0]++ // the structure is deep
+	if w1.Dims[0] == cw1.Dims[0] {
+		t.Error("clone shares tensor dims with the original")
+	}
+	cw1.Dims[0]--
 	dir := t.TempDir()
 	if err := c.Save(filepath.Join(dir, "model.onnx"), SaveOptions{}); err != nil {
 		t.Fatal(err)
