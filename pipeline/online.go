@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"ortalign/onnx"
 )
 
 // onlineRun is the scaffolding shared by the online loops (RunRL, RunPPO): the run's
@@ -112,6 +114,25 @@ func (r *onlineRun[T]) open() error {
 	r.progress.Start(r.total)
 	r.progress.Resume(r.e.opt.Step)
 	return nil
+}
+
+// begin resumes from a checkpoint in Out, opens the reference scorer of the starting
+// policy base (temperature as the policy's log-probs use it), then metrics.jsonl and the
+// progress. The caller closes the scorer and the run.
+func (r *onlineRun[T]) begin(base *onnx.Model, temperature float64) (*refScorer, error) {
+	if err := r.resume(); err != nil {
+		return nil, err
+	}
+	cfg := r.e.cfg
+	ref, err := newRefScorer(base, temperature, cfg.Threads, cfg.PadID)
+	if err != nil {
+		return nil, fmt.Errorf("%s: reference: %w", r.e.path, err)
+	}
+	if err := r.open(); err != nil {
+		ref.Close()
+		return nil, err
+	}
+	return ref, nil
 }
 
 // close closes metrics.jsonl (once open).

@@ -296,17 +296,11 @@ func RunPPO(ctx context.Context, e *Engine[PPORollout], base *onnx.Model, prompt
 	if err := run.evalReward(c.Eval, &res.EvalBefore, "before training started; nothing was saved", heldOut(base)); err != nil {
 		return nil, err
 	}
-	if err := run.resume(); err != nil {
-		return nil, err
-	}
-	ref, err := newRefScorer(base, c.PPO.temperature(), cfg.Threads, cfg.PadID)
+	ref, err := run.begin(base, c.PPO.temperature())
 	if err != nil {
-		return nil, fmt.Errorf("%s: reference: %w", e.path, err)
+		return nil, err
 	}
 	defer ref.Close()
-	if err := run.open(); err != nil {
-		return nil, err
-	}
 	defer run.close()
 	for step := e.opt.Step; step < total; {
 		if err := run.interrupted(step); err != nil {

@@ -418,17 +418,11 @@ func RunRL(ctx context.Context, e *Engine[Rollout], base *onnx.Model, prompts []
 	if err := run.evalReward(c.Eval, &res.EvalBefore, "before training started; nothing was saved", heldOut); err != nil {
 		return nil, err
 	}
-	if err := run.resume(); err != nil {
-		return nil, err
-	}
-	ref, err := newRefScorer(base, c.RL.temperature(), cfg.Threads, cfg.PadID)
+	ref, err := run.begin(base, c.RL.temperature())
 	if err != nil {
-		return nil, fmt.Errorf("%s: reference: %w", e.path, err)
+		return nil, err
 	}
 	defer ref.Close()
-	if err := run.open(); err != nil {
-		return nil, err
-	}
 	defer run.close()
 	for step := e.opt.Step; step < total; {
 		if err := run.interrupted(step); err != nil {
