@@ -132,12 +132,7 @@ checkpoint; Ctrl-C saves one before stopping.`,
 		Example: `  ortalign dpo --model model.onnx --data train.parquet --tokenizer tokenizer.json \
       --out run1 --lr 5e-4 --batch-size 8 --epochs 1 --eval-data test.parquet`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if runF != nil {
-				return runF(o)
-			}
-			return runDPO(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
-		},
+		RunE: runner(o, runF, runDPO),
 	}
 	f := cmd.Flags()
 	addModelFlags(f, &o.modelFlags)

@@ -50,12 +50,7 @@ accumulation, evaluation and resume as dpo and sft. Score with
 		Example: `  ortalign reward --model model.onnx --data train.parquet --tokenizer tokenizer.json \
       --out rm1 --epochs 1 --eval-data test.parquet`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if runF != nil {
-				return runF(o)
-			}
-			return runReward(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
-		},
+		RunE: runner(o, runF, runReward),
 	}
 	f := cmd.Flags()
 	addModelFlags(f, &o.modelFlags)

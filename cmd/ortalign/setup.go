@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
+
+	"github.com/spf13/cobra"
 
 	"ortalign/onnx"
 	"ortalign/pipeline"
@@ -35,5 +38,16 @@ func prepareTraining(g *globalOptions, d *dataFlags, m *modelFlags, o *optimFlag
 func printNotices(stderr io.Writer, notices []string) {
 	for _, n := range notices {
 		fmt.Fprintf(stderr, "notice: %s\n", n)
+	}
+}
+
+// runner is a command's RunE: runF when a test replaces the work (flag parsing only),
+// else run with the command's context and output streams.
+func runner[O any](o *O, runF func(*O) error, run func(context.Context, *O, io.Writer, io.Writer) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		if runF != nil {
+			return runF(o)
+		}
+		return run(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 	}
 }

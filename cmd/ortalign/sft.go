@@ -34,12 +34,7 @@ num_tokens. Same engine, outputs and resume as dpo.`,
 		Example: `  ortalign sft --model model.onnx --data sft.parquet --tokenizer tokenizer.json \
       --out sft1 --lr 2e-5 --epochs 1 --eval-fraction 0.1`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if runF != nil {
-				return runF(o)
-			}
-			return runSFT(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
-		},
+		RunE: runner(o, runF, runSFT),
 	}
 	f := cmd.Flags()
 	addModelFlags(f, &o.modelFlags)
