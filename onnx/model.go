@@ -3,7 +3,6 @@ package onnx
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 
 	"google.golang.org/protobuf/proto"
@@ -204,12 +203,13 @@ func LoadBytes(b []byte) (*Model, error) {
 // (data_location EXTERNAL, with location/offset/length relative to the
 // model's directory) is read into raw_data, and its place is remembered so
 // that Save keeps the same layout.
+//
+// The file is mapped into memory where supported, and the large raw_data of
+// the main graph's initializers is used in place rather than copied (see
+// mmap.go): the file must not be rewritten in place while the model is in use
+// (Save replaces it with a new file, which is safe).
 func Load(path string) (*Model, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("load %s: %w", path, err)
-	}
-	p, err := parseModel(b)
+	p, err := readModel(path)
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", path, err)
 	}
