@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"ortalign/internal/hugepages"
 	"ortalign/onnx/onnxpb"
 )
 
@@ -276,7 +277,7 @@ func tensorFloats(t *onnxpb.TensorProto) ([]float32, error) {
 		if err != nil {
 			return nil, err
 		}
-		out := make([]float32, n)
+		out := hugepages.Floats(int(n))
 		if littleEndian && n > 0 {
 			copy(unsafe.Slice((*byte)(unsafe.Pointer(&out[0])), 4*n), raw) // memmove
 			return out, nil
@@ -460,6 +461,21 @@ func SetTensorFloats(t *onnxpb.TensorProto, data []float32) error {
 		return fmt.Errorf("%s: cannot store float32 values in a %s tensor", tensorLabel(t), dt)
 	}
 	setRaw(t, raw)
+	return nil
+}
+
+// ShareTensorFloats is SetTensorFloats without the copy, for a FLOAT tensor on a
+// little-endian machine: t's raw_data becomes data's own bytes, so a model can be
+// written out without a second copy of its weights. t then changes with data, and
+// nothing may write into t's raw data; for other types it copies, as SetTensorFloats.
+func ShareTensorFloats(t *onnxpb.TensorProto, data []float32) error {
+	if DataType(t.GetDataType()) != Float || !littleEndian || len(data) == 0 {
+		return SetTensorFloats(t, data)
+	}
+	if err := checkSet(t, len(data)); err != nil {
+		return err
+	}
+	setRaw(t, unsafe.Slice((*byte)(unsafe.Pointer(&data[0])), 4*len(data)))
 	return nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 
+	"ortalign/internal/hugepages"
 	"ortalign/onnx"
 	"ortalign/onnx/autodiff"
 	"ortalign/onnx/ort"
@@ -52,6 +53,11 @@ type Objective[T any] interface {
 	Fingerprint(h hash.Hash, item T)
 }
 
+// unpadded is implemented by objectives whose per-token inputs and outputs are sized by
+// the micro-batch's own longest row (online RL's rollouts), so that their rows are never
+// padded beyond it (TrainConfig.PadToMultipleOf does not apply).
+type unpadded interface{ unpaddedRows() }
+
 // Learning-rate schedules, with Hugging Face Trainer's names and formulas.
 const (
 	SchedulerConstant           = "constant"
@@ -82,6 +88,11 @@ type TrainConfig struct {
 	TieTransposedCopies bool
 	// GradientCheckpointing: see GraphConfig.
 	GradientCheckpointing bool
+	// PadToMultipleOf rounds every micro-batch's sequence length up to a multiple (TRL's
+	// pad_to_multiple_of), so that a run brings few distinct shapes: the training graph
+	// is opened once per shape (see shapes.go). 0 means DefaultPadToMultipleOf; 1 pads to
+	// the longest row only.
+	PadToMultipleOf int
 	// Adapter, when set, trains a parameter-efficient adapter (LoRA) instead of the
 	// model's weights: the training forward is Adapter.Apply's model, only its Trainable
 	// initializers train (Freeze still applies to them; ties are not looked for),
@@ -112,6 +123,8 @@ func (c TrainConfig) Validate() error {
 		return fmt.Errorf("max steps must be >= 0, got %d", c.MaxSteps)
 	case c.Epochs < 0:
 		return fmt.Errorf("epochs must be positive, got %d", c.Epochs)
+	case c.PadToMultipleOf < 0:
+		return fmt.Errorf("pad-to multiple must be >= 0, got %d", c.PadToMultipleOf)
 	case c.WarmupSteps < 0 || c.WarmupRatio < 0 || c.WarmupRatio > 1:
 		return fmt.Errorf("warm-up must be >= 0 steps or a ratio in [0, 1]")
 	}
@@ -160,12 +173,17 @@ type ModelInputs struct {
 	has   map[string]bool
 	pasts []pastInput
 	pad   int64
+	// multiple is the sequence-length multiple rows are padded to (TrainConfig.PadToMultipleOf).
+	multiple int
 }
+
+// batch right-pads rows to the longest, rounded up to the padding multiple.
+func (in ModelInputs) batch(rows []Sequence) Batch { return batchInputs(rows, in.pad, in.multiple) }
 
 // Rows returns input_ids, attention_mask and position_ids (those the model takes), the
 // empty KV-cache past, and completion_mask for rows.
 func (in ModelInputs) Rows(rows []Sequence) map[string]*ort.Tensor {
-	b := BatchInputs(rows, in.pad)
+	b := in.batch(rows)
 	feeds := map[string]*ort.Tensor{inputIDs: b.IDs, CompletionMaskInput: b.CompletionMask}
 	if in.has[attentionMask] {
 		feeds[attentionMask] = b.AttentionMask
@@ -284,9 +302,9 @@ type Engine[T any] struct {
 	shapes [][]int64
 	params [][]float32
 	grads  [][]float32
-	accum  [][]float32 // sum of scaled micro-batch gradients (only with accumulation)
-	sess   *ort.Session
-	eval   *ort.Session // forward-only graph, opened on first evaluation
+	accum  [][]float32    // sum of scaled micro-batch gradients (only with accumulation)
+	train  *shapeSessions // the training graph, opened per batch shape
+	eval   *ort.Session   // forward-only graph, opened on first evaluation
 	opt    *Optimizer
 	// totals are the running sums of the objective's counting metrics (Metric.Sum), so a
 	// step logs the count so far, as TRL's num_tokens; checkpoints keep them.
@@ -305,6 +323,13 @@ func NewEngine[T any](path string, m *onnx.Model, cfg TrainConfig, obj Objective
 	var err error
 	if e.in, err = modelInputsOf(m, cfg.PadID); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	e.in.multiple = cfg.PadToMultipleOf
+	if e.in.multiple == 0 {
+		e.in.multiple = DefaultPadToMultipleOf
+	}
+	if _, ok := any(obj).(unpadded); ok {
+		e.in.multiple = 1
 	}
 	train, gc := m, GraphConfig{Freeze: cfg.Freeze, TieTransposedCopies: cfg.TieTransposedCopies, GradientCheckpointing: cfg.GradientCheckpointing}
 	if cfg.Adapter != nil {
@@ -328,15 +353,13 @@ func NewEngine[T any](path string, m *onnx.Model, cfg TrainConfig, obj Objective
 		e.names = append(e.names, name)
 		e.shapes = append(e.shapes, append([]int64(nil), init.GetDims()...))
 		e.params = append(e.params, data)
-		e.grads = append(e.grads, make([]float32, len(data)))
+		e.grads = append(e.grads, hugepages.Floats(len(data)))
 	}
 	outputs := append([]string{LossOutput}, e.graph.Outputs...)
 	for _, name := range e.names {
 		outputs = append(outputs, e.graph.Grads[name])
 	}
-	if e.sess, err = newModelSession(e.graph.Model, outputs, ort.Options{Threads: cfg.Threads, ProfilePrefix: cfg.Profile}); err != nil {
-		return nil, fmt.Errorf("%s: training graph: %w", path, err)
-	}
+	e.train = newShapeSessions(e.graph.Model, outputs, ort.Options{Threads: cfg.Threads, ProfilePrefix: cfg.Profile})
 	sizes := make([]int, len(e.params))
 	for i, p := range e.params {
 		sizes[i] = len(p)
@@ -350,11 +373,12 @@ func NewEngine[T any](path string, m *onnx.Model, cfg TrainConfig, obj Objective
 
 // Close releases the sessions.
 func (e *Engine[T]) Close() {
-	for _, s := range []**ort.Session{&e.sess, &e.eval} {
-		if *s != nil {
-			(*s).Destroy()
-			*s = nil
-		}
+	if e.train != nil {
+		e.train.close()
+	}
+	if e.eval != nil {
+		e.eval.Destroy()
+		e.eval = nil
 	}
 }
 
@@ -395,7 +419,11 @@ func (e *Engine[T]) ComputeGradients(batch []T) (Metrics, error) {
 	for i, name := range e.names {
 		into[e.graph.Grads[name]] = &ort.Tensor{Shape: e.shapes[i], F32: e.grads[i]}
 	}
-	out, err := e.sess.Run(feeds, into)
+	sess, err := e.train.session(feeds)
+	if err != nil {
+		return nil, fmt.Errorf("%s: training graph: %w", e.path, err)
+	}
+	out, err := sess.Run(feeds, into)
 	if err != nil {
 		return nil, err
 	}
@@ -429,7 +457,7 @@ func (e *Engine[T]) gradients(micro [][]T) (Metrics, error) {
 	if len(micro) > 1 && e.accum == nil {
 		e.accum = make([][]float32, len(e.grads))
 		for i, g := range e.grads {
-			e.accum[i] = make([]float32, len(g))
+			e.accum[i] = hugepages.Floats(len(g))
 		}
 	}
 	for k, b := range micro {
@@ -543,7 +571,12 @@ func (e *Engine[T]) Forward(ctx context.Context, items []T, read func(batch []T,
 
 // Model returns a copy of the user's model holding the current weights: same graph,
 // inputs, outputs, names, opset and external-data layout.
-func (e *Engine[T]) Model() (*onnx.Model, error) {
+func (e *Engine[T]) Model() (*onnx.Model, error) { return e.model(false) }
+
+// model is Model; shared makes the trained initializers share the live parameter
+// buffers instead of copying them (for a model written out at once: no second copy of
+// the weights in memory).
+func (e *Engine[T]) model(shared bool) (*onnx.Model, error) {
 	m := e.base.Clone()
 	if e.adapted != nil {
 		if err := e.adapted.Fold(m, e.values()); err != nil {
@@ -551,20 +584,27 @@ func (e *Engine[T]) Model() (*onnx.Model, error) {
 		}
 		return m, nil
 	}
+	set := onnx.SetTensorFloats
+	if shared {
+		set = onnx.ShareTensorFloats
+	}
 	for i, name := range e.names {
 		init := onnx.Initializer(m.Graph(), name)
-		if err := onnx.SetTensorFloats(init, e.params[i]); err != nil {
+		if err := set(init, e.params[i]); err != nil {
 			return nil, fmt.Errorf("set %q: %w", name, err)
 		}
 	}
 	for _, tie := range e.graph.Ties {
 		src := onnx.Initializer(m.Graph(), tie.Source)
-		vals, err := onnx.TensorFloats(src)
-		if err != nil {
-			return nil, err
+		vals, ok := onnx.FloatsView(src)
+		if !ok {
+			var err error
+			if vals, err = onnx.TensorFloats(src); err != nil {
+				return nil, err
+			}
 		}
 		dims := src.GetDims()
-		if err := onnx.SetTensorFloats(onnx.Initializer(m.Graph(), tie.Copy), transposed(vals, int(dims[0]), int(dims[1]))); err != nil {
+		if err := set(onnx.Initializer(m.Graph(), tie.Copy), transposed(vals, int(dims[0]), int(dims[1]))); err != nil {
 			return nil, fmt.Errorf("set %q: %w", tie.Copy, err)
 		}
 	}
@@ -575,7 +615,7 @@ func (e *Engine[T]) Model() (*onnx.Model, error) {
 // adapter, the adapter is merged into it, and also saved on its own when the adapter asks
 // for that (Adapted.SaveDir).
 func (e *Engine[T]) Export(path string) error {
-	m, err := e.Model()
+	m, err := e.model(true)
 	if err != nil {
 		return err
 	}

@@ -550,11 +550,15 @@ type Batch struct {
 // BatchInputs right-pads rows to the longest and builds input_ids, attention_mask,
 // position_ids (0..len-1) and the completion mask (Sequence.Counts: the row's Mask when
 // it has one, else the tokens from CompletionStart on).
-func BatchInputs(rows []Sequence, padID int64) Batch {
+func BatchInputs(rows []Sequence, padID int64) Batch { return batchInputs(rows, padID, 1) }
+
+// batchInputs is BatchInputs with the width rounded up to a multiple of multiple.
+func batchInputs(rows []Sequence, padID int64, multiple int) Batch {
 	width := 0
 	for _, r := range rows {
 		width = max(width, len(r.IDs))
 	}
+	width = padWidth(width, multiple)
 	n := len(rows) * width
 	shape := []int64{int64(len(rows)), int64(width)}
 	ids := make([]int64, n)

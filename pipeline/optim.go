@@ -5,6 +5,8 @@ import (
 	"math"
 	"runtime"
 	"sync"
+
+	"ortalign/internal/hugepages"
 )
 
 // Optimizer names.
@@ -48,7 +50,7 @@ func NewOptimizer(cfg OptimConfig, sizes []int) (*Optimizer, error) {
 	case OptimAdamW:
 		o.M, o.V = make([][]float32, len(sizes)), make([][]float32, len(sizes))
 		for i, n := range sizes {
-			o.M[i], o.V[i] = make([]float32, n), make([]float32, n)
+			o.M[i], o.V[i] = hugepages.Floats(n), hugepages.Floats(n)
 		}
 	default:
 		return nil, fmt.Errorf("unknown optimizer %q (want %s or %s)", cfg.Name, OptimSGD, OptimAdamW)

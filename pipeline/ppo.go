@@ -540,6 +540,9 @@ func ppoWidth(batch []PPORollout) int {
 	return w
 }
 
+// unpaddedRows marks PPO as sized by its rollouts (see unpadded).
+func (PPO) unpaddedRows() {}
+
 // Feeds implements Objective. Missing old log-probs, advantages, values or returns are
 // fed as zeros (a forward pass that reads log-probs and values only).
 func (o PPO) Feeds(in ModelInputs, batch []PPORollout) (map[string]*ort.Tensor, error) {

@@ -71,7 +71,7 @@ func (Reward) Outputs() []string { return []string{RewardOutput} }
 // Feeds implements Objective: input_ids and attention_mask of the chosen rows then the
 // rejected rows (a reward graph takes nothing else), and the margins.
 func (Reward) Feeds(in ModelInputs, pairs []EncodedPair) (map[string]*ort.Tensor, error) {
-	b := BatchInputs(PairRows(pairs), in.pad)
+	b := in.batch(PairRows(pairs))
 	margin := make([]float32, len(pairs))
 	for i, p := range pairs {
 		if p.Margin != nil {

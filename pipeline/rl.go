@@ -336,6 +336,9 @@ func rolloutWidth(batch []Rollout) int {
 	return w
 }
 
+// unpaddedRows marks RL as sized by its rollouts (see unpadded).
+func (RL) unpaddedRows() {}
+
 // Feeds implements Objective.
 func (o RL) Feeds(in ModelInputs, batch []Rollout) (map[string]*ort.Tensor, error) {
 	c := o.Config

@@ -1,7 +1,9 @@
 package pipeline
 
 import (
+	"encoding/binary"
 	"fmt"
+	"math"
 
 	"ortalign/onnx"
 	"ortalign/onnx/onnxpb"
@@ -50,27 +52,44 @@ func FindTransposedCopies(m *onnx.Model) ([]Tie, error) {
 	return ties, nil
 }
 
-// isTranspose compares in place (no decoded copy when the data can be viewed): on a
-// Llama-style model nearly every candidate pair of MLP weights differs at the first
-// value, and decoding each pair cost seconds and gigabytes.
+// isTranspose compares in place, bit for bit, with no decoded copy: on a Llama-style
+// model nearly every candidate pair of MLP weights differs at the first value, and
+// decoding each pair cost seconds and gigabytes (weights in a mapped model file need not
+// even be aligned for a float32 view).
 func isTranspose(a, b *onnxpb.TensorProto) (bool, error) {
-	x, err := floatsOf(a)
+	x, err := floatBits(a)
 	if err != nil {
 		return false, err
 	}
-	y, err := floatsOf(b)
+	y, err := floatBits(b)
 	if err != nil {
 		return false, err
 	}
 	rows, cols := int(a.GetDims()[0]), int(a.GetDims()[1])
 	for i := 0; i < rows; i++ {
 		for j := 0; j < cols; j++ {
-			if x[i*cols+j] != y[j*rows+i] {
+			if x(i*cols+j) != y(j*rows+i) {
 				return false, nil
 			}
 		}
 	}
 	return true, nil
+}
+
+// floatBits returns a reader of the bits of t's k-th float32 value, over t's own data.
+func floatBits(t *onnxpb.TensorProto) (func(k int) uint32, error) {
+	n, err := onnx.NumElements(t)
+	if err != nil {
+		return nil, fmt.Errorf("initializer %q: %w", t.GetName(), err)
+	}
+	if raw := t.GetRawData(); t.GetDataLocation() != onnxpb.TensorProto_EXTERNAL && int64(len(raw)) == 4*n && n > 0 {
+		return func(k int) uint32 { return binary.LittleEndian.Uint32(raw[4*k:]) }, nil
+	}
+	v, err := floatsOf(t)
+	if err != nil {
+		return nil, err
+	}
+	return func(k int) uint32 { return math.Float32bits(v[k]) }, nil
 }
 
 // tieCopies rewrites m so that every use of a tie's copy reads Transpose(source)

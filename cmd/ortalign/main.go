@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"ortalign/internal/hugepages"
 	"ortalign/onnx/ort"
 )
 
@@ -55,6 +56,8 @@ func (g *globalOptions) initORT() error {
 }
 
 func main() {
+	// Before anything else: glibc reads its tunables only when a process starts.
+	hugepages.ReexecWithMallocHugePages("ORTALIGN_NO_HUGEPAGES")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := newRootCmd().ExecuteContext(ctx); err != nil {

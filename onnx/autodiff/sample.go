@@ -241,8 +241,17 @@ func fedFloats(t *onnxpb.TensorProto) []float32 {
 		return t.GetFloatData()
 	}
 	raw := t.GetRawData()
-	if !littleEndian || int64(len(raw)) != 4*n || uintptr(unsafe.Pointer(&raw[0]))%4 != 0 {
+	if int64(len(raw)) != 4*n {
 		return nil
+	}
+	if !littleEndian || uintptr(unsafe.Pointer(&raw[0]))%4 != 0 {
+		// A weight left unaligned in a mapped model file: one copy, still cheaper
+		// than embedding it in the probe model for ONNX Runtime to copy again.
+		data, err := onnx.TensorFloats(t)
+		if err != nil {
+			return nil
+		}
+		return data
 	}
 	return unsafe.Slice((*float32)(unsafe.Pointer(&raw[0])), n)
 }

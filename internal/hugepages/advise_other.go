@@ -1,0 +1,6 @@
+//go:build !linux
+
+package hugepages
+
+// Advise does nothing outside Linux.
+func Advise(b []float32) {}
