@@ -68,9 +68,21 @@ func readModel(path string) (*onnxpb.ModelProto, error) {
 	return p, err
 }
 
+// readModelMapped is readModel that also returns the mapping the model's raw_data
+// refers to (nil when none does).
+func readModelMapped(path string) (*onnxpb.ModelProto, []byte, error) {
+	p, mapped, _, err := readModelFile(path)
+	return p, mapped, err
+}
+
 // readModelAliased is readModel that also reports how many initializers'
 // raw_data refer to the mapped file (0 when the file was read).
 func readModelAliased(path string) (*onnxpb.ModelProto, int, error) {
+	p, _, aliased, err := readModelFile(path)
+	return p, aliased, err
+}
+
+func readModelFile(path string) (*onnxpb.ModelProto, []byte, int, error) {
 	if b, ok := mapModelFile(path); ok {
 		p, aliased, err := parseAliased(b, aliasMin)
 		if aliased == 0 {
@@ -78,15 +90,27 @@ func readModelAliased(path string) (*onnxpb.ModelProto, int, error) {
 			// bytes and string field, so it can go now. A failed unmap only
 			// leaks address space.
 			_ = unmapFile(b)
+			b = nil
 		}
-		return p, aliased, err
+		return p, b, aliased, err
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, 0, err
 	}
 	p, err := parseModel(b)
-	return p, 0, err
+	return p, nil, 0, err
+}
+
+// ReleaseResident lets the kernel take back the memory of the model file's pages that
+// this process has read: they count in its resident memory, yet a training run only
+// reads the weights once, into its own parameter buffers. Nothing is lost: a later read
+// brings a page back from the file (pages written in this process, which the code base
+// never does, stay). It does nothing for a model that was not mapped from its file.
+func (m *Model) ReleaseResident() {
+	if m.mapped != nil {
+		pageOut(m.mapped)
+	}
 }
 
 // mapModelFile maps the file at path, private and copy on write. ok is false

@@ -15,3 +15,11 @@ func mapFile(f *os.File, size int) ([]byte, error) {
 
 // unmapFile releases a mapping made by mapFile.
 func unmapFile(b []byte) error { return syscall.Munmap(b) }
+
+// madvPageout is MADV_PAGEOUT (Linux 5.4), missing from package syscall.
+const madvPageout = 21
+
+// pageOut asks the kernel to reclaim b's pages: clean file pages are dropped (read again
+// from the file when touched); pages this process wrote are anonymous and, without swap,
+// stay. Older kernels reject the advice, which is harmless.
+func pageOut(b []byte) { _ = syscall.Madvise(b, madvPageout) }

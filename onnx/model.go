@@ -32,6 +32,9 @@ type Model struct {
 	// extByName is the same for named tensors, so that a tensor replaced by
 	// a new TensorProto of the same name keeps its place.
 	extByName map[string]ExternalLocation
+	// mapped is the model file's mapping that large raw_data refers to (see
+	// mmap.go); nil when the model was read or built.
+	mapped []byte
 }
 
 // ExternalLocation is where a tensor's data is stored outside the model file.
@@ -144,7 +147,7 @@ func (m *Model) Clone() *Model {
 	for k, t := range tensors {
 		t.RawData = raws[k]
 	}
-	c := &Model{proto: cp}
+	c := &Model{proto: cp, mapped: m.mapped}
 	if len(m.ext) > 0 || len(m.extByName) > 0 {
 		var orig []*onnxpb.TensorProto
 		walkTensors(m.proto, func(t *onnxpb.TensorProto, _ string) error {
@@ -209,11 +212,11 @@ func LoadBytes(b []byte) (*Model, error) {
 // mmap.go): the file must not be rewritten in place while the model is in use
 // (Save replaces it with a new file, which is safe).
 func Load(path string) (*Model, error) {
-	p, err := readModel(path)
+	p, mapped, err := readModelMapped(path)
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", path, err)
 	}
-	m := &Model{proto: p}
+	m := &Model{proto: p, mapped: mapped}
 	if err := m.resolveExternal(filepath.Dir(path)); err != nil {
 		return nil, fmt.Errorf("load %s: %w", path, err)
 	}
