@@ -685,6 +685,9 @@ func (e *Engine[T]) Train(ctx context.Context, items []T, rc RunConfig[T]) error
 		return err
 	}
 	settings := e.settings(plan, items)
+	// The weights are in the engine's own buffers now: the pages of the model file that
+	// loading and the reference pass read need not stay resident through training.
+	e.base.ReleaseResident()
 	if rc.Checkpoint != "" {
 		ok, err := e.loadCheckpoint(rc.Checkpoint, settings)
 		if err != nil {
