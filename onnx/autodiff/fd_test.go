@@ -300,6 +300,13 @@ var fdCases = []fdCase{
 	{op: "Slice", name: "default-axes-clamped", build: func(c *tc) []string {
 		return []string{c.b.Slice(c.param(4, 3), []int64{1, -100}, []int64{100, 2}, nil, nil)}
 	}},
+	{op: "Slice", name: "axes-computed", build: func(c *tc) []string {
+		// Axes and bounds computed from constants, as torch.onnx.export writes
+		// Qwen2-style attention without constant folding.
+		unsq := func(v int64) string { return c.op("Unsqueeze", []string{c.b.ConstScalarInt64(v), c.ints(0)}) }
+		axes := c.op("Cast", []string{c.op("Squeeze", []string{c.op("Unsqueeze", []string{unsq(1), c.ints(1)}), c.ints(1)})}, ai("to", int64(onnx.Int64)))
+		return []string{c.op("Slice", []string{c.param(4, 5), c.op("Concat", []string{unsq(1)}, ai("axis", 0)), unsq(4), c.op("Identity", []string{axes})})}
+	}},
 	{op: "Slice", name: "steps", build: func(c *tc) []string {
 		return []string{c.b.Slice(c.param(5, 6), []int64{0, 5}, []int64{5, 0}, []int64{0, 1}, []int64{2, -2})}
 	}},

@@ -1,6 +1,8 @@
 package autodiff
 
 import (
+	"slices"
+
 	"ortalign/onnx"
 	"ortalign/onnx/onnxpb"
 )
@@ -142,5 +144,139 @@ func constValues(g *onnxpb.GraphProto) map[string]*onnxpb.TensorProto {
 			}
 		}
 	}
+	foldIndexConstants(g, out)
 	return out
+}
+
+// foldIndexConstants adds to consts the small integer values that exporters compute
+// from constants with Unsqueeze, Squeeze, Concat, Cast or Identity — a Slice's axes
+// written as Unsqueeze(Constant) is one (Qwen2-style attention from torch.onnx.export):
+// gradient rules need such values as constants. Nodes are visited in graph order, which
+// is topological.
+func foldIndexConstants(g *onnxpb.GraphProto, consts map[string]*onnxpb.TensorProto) {
+	const maxElems = 64
+	ints := func(v string) ([]int64, []int64, bool) {
+		t, ok := consts[v]
+		if !ok || numel(t.GetDims()) > maxElems {
+			return nil, nil, false
+		}
+		var vals []int64
+		var err error
+		switch onnx.DataType(t.GetDataType()) {
+		case onnx.Int64:
+			vals, err = onnx.TensorInt64s(t)
+		case onnx.Int32:
+			vals, err = int32s(t)
+		default:
+			return nil, nil, false
+		}
+		return vals, t.GetDims(), err == nil
+	}
+	for _, n := range g.GetNode() {
+		if n.GetDomain() != "" || len(n.GetOutput()) != 1 || len(n.GetInput()) == 0 {
+			continue
+		}
+		vals, dims, ok := ints(n.GetInput()[0])
+		if !ok {
+			continue
+		}
+		var outDims []int64
+		switch n.GetOpType() {
+		case "Identity":
+			outDims = dims
+		case "Cast":
+			to := int32(0)
+			for _, a := range n.GetAttribute() {
+				if a.GetName() == "to" {
+					to = int32(a.GetI())
+				}
+			}
+			if onnx.DataType(to) != onnx.Int64 {
+				continue
+			}
+			outDims = dims
+		case "Unsqueeze", "Squeeze":
+			var axes []int64
+			if len(n.GetInput()) > 1 {
+				if axes, _, ok = ints(n.GetInput()[1]); !ok {
+					continue
+				}
+			}
+			for _, a := range n.GetAttribute() {
+				if a.GetName() == "axes" {
+					axes = a.GetInts()
+				}
+			}
+			if outDims, ok = squeezeDims(dims, axes, n.GetOpType() == "Unsqueeze"); !ok {
+				continue
+			}
+		case "Concat":
+			if len(dims) != 1 {
+				continue
+			}
+			all := slices.Clone(vals)
+			for _, in := range n.GetInput()[1:] {
+				more, d, ok2 := ints(in)
+				if !ok2 || len(d) != 1 {
+					ok = false
+					break
+				}
+				all = append(all, more...)
+			}
+			if !ok {
+				continue
+			}
+			vals, outDims = all, []int64{int64(len(all))}
+		default:
+			continue
+		}
+		consts[n.GetOutput()[0]] = onnx.Int64Tensor("", outDims, vals)
+	}
+}
+
+// squeezeDims is the shape after Unsqueeze (insert) or Squeeze (remove) of axes; nil
+// axes on Squeeze removes every 1.
+func squeezeDims(dims, axes []int64, insert bool) ([]int64, bool) {
+	if insert {
+		r := int64(len(dims) + len(axes))
+		at := map[int64]bool{}
+		for _, a := range axes {
+			if a < 0 {
+				a += r
+			}
+			if a < 0 || a >= r || at[a] {
+				return nil, false
+			}
+			at[a] = true
+		}
+		out := make([]int64, 0, r)
+		k := 0
+		for i := int64(0); i < r; i++ {
+			if at[i] {
+				out = append(out, 1)
+			} else {
+				out = append(out, dims[k])
+				k++
+			}
+		}
+		return out, true
+	}
+	drop := map[int64]bool{}
+	for _, a := range axes {
+		if a < 0 {
+			a += int64(len(dims))
+		}
+		if a < 0 || a >= int64(len(dims)) || dims[a] != 1 {
+			return nil, false
+		}
+		drop[a] = true
+	}
+	var out []int64
+	for i, d := range dims {
+		if (len(axes) == 0 && d == 1) || drop[int64(i)] {
+			continue
+		}
+		out = append(out, d)
+	}
+	return out, true
 }

@@ -52,7 +52,8 @@ type Target struct {
 	Module string // dotted module path, as PyTorch names it (model.layers.0.self_attn.q_proj)
 	In     int64  // input features
 	Out    int64  // output features
-	// Gemm targets: TransB says W is [out, in]; Alpha is Gemm's alpha (1 for MatMul).
+	// TransB says W is [out, in]: a Gemm with transB, or a MatMul of W's Transpose (Node
+	// then reads W through that Transpose); Alpha is Gemm's alpha (1 for MatMul).
 	Gemm   bool
 	TransB bool
 	Alpha  float32
@@ -87,6 +88,14 @@ func FindTargets(m *onnx.Model) ([]Target, error) {
 		}
 		x, w := n.GetInput()[0], n.GetInput()[1]
 		t := inits[w]
+		// torch.onnx.export without constant folding (models near 2 GB) writes a
+		// Linear as MatMul(x, Transpose(W)) with W [out, in]: the layer is W, transposed.
+		transposedW := false
+		if tr := producers[w]; t == nil && op == "MatMul" && isTranspose2D(tr) && len(consumers[w]) == 1 {
+			if src := tr.GetInput()[0]; inits[src] != nil {
+				w, t, transposedW = src, inits[src], true
+			}
+		}
 		if t == nil || isInput[w] || isOutput[w] || len(t.GetDims()) != 2 || onnx.DataType(t.GetDataType()) != onnx.Float {
 			continue
 		}
@@ -100,6 +109,9 @@ func FindTargets(m *onnx.Model) ([]Target, error) {
 			continue // shared weight: merging one adapter would change the other uses
 		}
 		tg := Target{Node: n.GetName(), Output: n.GetOutput()[0], Input: x, Weight: w, In: t.GetDims()[0], Out: t.GetDims()[1], Alpha: 1}
+		if transposedW {
+			tg.TransB, tg.In, tg.Out = true, tg.Out, tg.In
+		}
 		if op == "Gemm" {
 			if a := onnx.FindAttr(n, "transA"); a != nil && a.GetI() != 0 {
 				continue
@@ -121,6 +133,15 @@ func FindTargets(m *onnx.Model) ([]Target, error) {
 	}
 	markOutputLayers(g, out)
 	return out, nil
+}
+
+// isTranspose2D reports whether n swaps the two axes of a matrix.
+func isTranspose2D(n *onnxpb.NodeProto) bool {
+	if n == nil || n.GetOpType() != "Transpose" || n.GetDomain() != "" || len(n.GetInput()) != 1 {
+		return false
+	}
+	perm := onnx.FindAttr(n, "perm")
+	return perm == nil || slices.Equal(perm.GetInts(), []int64{1, 0})
 }
 
 // modulePath recovers the PyTorch module path of a linear layer from its weight's name

@@ -187,9 +187,11 @@ func TestInsertThenMergeGemmAndMatMul(t *testing.T) {
 	}
 	g := &onnxpb.GraphProto{Name: proto.String("g")}
 	g.Input = []*onnxpb.ValueInfoProto{onnx.TensorValueInfo("x", onnx.Float, onnx.Dims(2, 3))}
-	g.Output = []*onnxpb.ValueInfoProto{onnx.TensorValueInfo("y", onnx.Float, onnx.Dims(2, 2)), onnx.TensorValueInfo("z", onnx.Float, onnx.Dims(2, 2))}
+	g.Output = []*onnxpb.ValueInfoProto{onnx.TensorValueInfo("y", onnx.Float, onnx.Dims(2, 2)), onnx.TensorValueInfo("z", onnx.Float, onnx.Dims(2, 2)),
+		onnx.TensorValueInfo("v", onnx.Float, onnx.Dims(2, 5))}
 	g.Initializer = []*onnxpb.TensorProto{
 		onnx.FloatTensor("fc1.weight", []int64{4, 3}, vals(12)), onnx.FloatTensor("fc1.bias", []int64{4}, vals(4)),
+		onnx.FloatTensor("fc3.weight", []int64{5, 4}, vals(20)),
 		onnx.FloatTensor("onnx::MatMul_7", []int64{4, 2}, vals(8)), onnx.FloatTensor("shared", []int64{4, 2}, vals(8)),
 	}
 	node := func(name, op string, in []string, out string, attrs ...*onnxpb.AttributeProto) *onnxpb.NodeProto {
@@ -198,6 +200,9 @@ func TestInsertThenMergeGemmAndMatMul(t *testing.T) {
 	g.Node = []*onnxpb.NodeProto{
 		node("/fc1/Gemm", "Gemm", []string{"x", "fc1.weight", "fc1.bias"}, "h", onnx.AttrInt("transB", 1), onnx.AttrFloat("alpha", 0.5)),
 		node("/act/Relu", "Relu", []string{"h"}, "a"),
+		// A Linear exported without constant folding: MatMul(a, Transpose(W [out, in])).
+		node("/fc3/Transpose", "Transpose", []string{"fc3.weight"}, "fc3_t", onnx.AttrInts("perm", []int64{1, 0})),
+		node("/fc3/MatMul", "MatMul", []string{"a", "fc3_t"}, "v"),
 		node("/head/fc2/MatMul", "MatMul", []string{"a", "onnx::MatMul_7"}, "y"),
 		node("/s1/MatMul", "MatMul", []string{"a", "shared"}, "s1"),
 		node("/s2/MatMul", "MatMul", []string{"a", "shared"}, "s2"),
@@ -208,7 +213,8 @@ func TestInsertThenMergeGemmAndMatMul(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := modules(targets); !slices.Equal(got, []string{"fc1", "head.fc2"}) || !targets[0].Gemm || !targets[0].TransB || targets[0].In != 3 || targets[0].Out != 4 || !targets[1].OutputLayer {
+	if got := modules(targets); !slices.Equal(got, []string{"fc1", "fc3", "head.fc2"}) || !targets[0].Gemm || !targets[0].TransB || targets[0].In != 3 || targets[0].Out != 4 ||
+		targets[1].Gemm || !targets[1].TransB || targets[1].Weight != "fc3.weight" || targets[1].In != 4 || targets[1].Out != 5 || !targets[2].OutputLayer {
 		t.Fatalf("targets %+v", targets)
 	}
 	adapted := m.Clone()
@@ -236,7 +242,7 @@ func TestInsertThenMergeGemmAndMatMul(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s, err := ort.NewSession(b, []string{"y"}, ort.Options{Threads: 1})
+		s, err := ort.NewSession(b, []string{"y", "v"}, ort.Options{Threads: 1})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -245,7 +251,7 @@ func TestInsertThenMergeGemmAndMatMul(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return out["y"].F32
+		return append(out["y"].F32, out["v"].F32...)
 	}
 	got, want := run(adapted), run(m)
 	for i := range want {
@@ -253,7 +259,7 @@ func TestInsertThenMergeGemmAndMatMul(t *testing.T) {
 			t.Fatalf("adapted graph gives %v, merged %v", got, want)
 		}
 	}
-	if len(m.Graph().GetNode()) != 6 {
+	if len(m.Graph().GetNode()) != 8 {
 		t.Fatal("merge changed the graph")
 	}
 }
