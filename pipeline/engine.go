@@ -98,6 +98,11 @@ type TrainConfig struct {
 	// initializers train (Freeze still applies to them; ties are not looked for),
 	// checkpoints hold only them, and Model/Export fold them into the user's graph.
 	Adapter Adapter
+	// GraphCache, when set, is a directory (the run's) where the engine keeps the training
+	// graph it builds, keyed by the model and every option that shapes the graph, and
+	// reuses it when the key matches, so that a resumed run starts without rebuilding it
+	// (see graphcache.go). A damaged or mismatching cache is rebuilt, never an error.
+	GraphCache string
 }
 
 // Validate reports settings out of range. Messages name settings, not CLI flags.
@@ -311,6 +316,8 @@ type Engine[T any] struct {
 	totals map[string]float64
 	// adapted is the adapter's training forward and how it folds back (TrainConfig.Adapter).
 	adapted *Adapted
+	// reusedGraph is the cache file the training graph was read from ("" when built).
+	reusedGraph string
 }
 
 // NewEngine builds the training graph of the model at path (already loaded as m) for
@@ -338,7 +345,7 @@ func NewEngine[T any](path string, m *onnx.Model, cfg TrainConfig, obj Objective
 		}
 		train, gc.Trainable, gc.TieTransposedCopies = e.adapted.Model, e.adapted.Trainable, false
 	}
-	if e.graph, err = BuildTrainingGraph(train, obj, gc); err != nil {
+	if e.graph, e.reusedGraph, err = cachedTrainingGraph(cfg.GraphCache, train, obj, gc, cfg.Adapter); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	for _, name := range e.graph.Trainable {
@@ -385,8 +392,13 @@ func (e *Engine[T]) Close() {
 // Ties returns the transposed copies trained as their source (see GraphConfig).
 func (e *Engine[T]) Ties() []Tie { return e.graph.Ties }
 
-// Notices say what the training graph's gradient checkpointing could not do.
+// Notices say what the training graph's gradient checkpointing could not do, and that
+// the graph could not be cached (TrainConfig.GraphCache).
 func (e *Engine[T]) Notices() []string { return e.graph.Notices }
+
+// ReusedGraph is the cached training graph the engine reused (TrainConfig.GraphCache),
+// or "" when it built the graph.
+func (e *Engine[T]) ReusedGraph() string { return e.reusedGraph }
 
 // Trainable returns the names of the trained initializers.
 func (e *Engine[T]) Trainable() []string { return e.names }

@@ -179,6 +179,7 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 	}
 	defer engine.Close()
 	printNotices(stderr, engine.Notices())
+	printReusedGraph(stderr, engine.ReusedGraph())
 	for _, tie := range engine.Ties() {
 		fmt.Fprintf(stderr, "training %q as the transpose of %q, as the exporter copied it (--untie trains it separately)\n", tie.Copy, tie.Source)
 	}

@@ -88,6 +88,7 @@ func runReward(ctx context.Context, o *rewardOptions, stdout, stderr io.Writer) 
 	}
 	defer engine.Close()
 	printNotices(stderr, engine.Notices())
+	printReusedGraph(stderr, engine.ReusedGraph())
 	switch rg.Kind {
 	case pipeline.RewardHeadGrafted:
 		fmt.Fprintf(stderr, "reward head: new %s [hidden, 1] on the final hidden state of the last token (LM head pruned)\n", rg.Weight)

@@ -258,6 +258,7 @@ func runRLHF(ctx context.Context, o *rlhfOptions, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer engine.Close()
+	printReusedGraph(stderr, engine.ReusedGraph())
 	fmt.Fprintf(stderr, "%s: training %d tensors of %s on %d prompts × %d completions (%s, lr %g)\n",
 		o.algo, len(engine.Trainable()), o.model, len(train), o.numGenerations, o.optimizer, o.lr)
 	ro := o.optimFlags.runOptions("rlhf")

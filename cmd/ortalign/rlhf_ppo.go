@@ -84,6 +84,7 @@ func runPPO(ctx context.Context, o *rlhfOptions, base *onnx.Model, cfg pipeline.
 		return err
 	}
 	defer engine.Close()
+	printReusedGraph(stderr, engine.ReusedGraph())
 	fmt.Fprintf(stderr, "ppo: training %d tensors of %s (policy and a value head from %s, sharing the backbone) on %d prompts (%s, lr %g)\n",
 		len(engine.Trainable()), o.model, from, len(train), o.optimizer, o.lr)
 	ro := o.optimFlags.runOptions("rlhf")

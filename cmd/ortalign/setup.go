@@ -41,6 +41,14 @@ func printNotices(stderr io.Writer, notices []string) {
 	}
 }
 
+// printReusedGraph says when the engine took its training graph from the run's
+// directory (path, from Engine.ReusedGraph) instead of building it.
+func printReusedGraph(stderr io.Writer, path string) {
+	if path != "" {
+		fmt.Fprintf(stderr, "training graph: reused %s (built for this model and options)\n", path)
+	}
+}
+
 // runner is a command's RunE: runF when a test replaces the work (flag parsing only),
 // else run with the command's context and output streams.
 func runner[O any](o *O, runF func(*O) error, run func(context.Context, *O, io.Writer, io.Writer) error) func(*cobra.Command, []string) error {

@@ -64,6 +64,7 @@ func runSFT(ctx context.Context, o *sftOptions, stdout, stderr io.Writer) error 
 	}
 	defer engine.Close()
 	printNotices(stderr, engine.Notices())
+	printReusedGraph(stderr, engine.ReusedGraph())
 	fmt.Fprintf(stderr, "training %d tensors of %s on %d sequences (%s, lr %g)\n", len(engine.Trainable()), o.model, len(train), o.optimizer, o.lr)
 	ro := o.optimFlags.runOptions("sft")
 	ro.Stderr = stderr

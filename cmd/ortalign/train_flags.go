@@ -176,6 +176,8 @@ func (o *optimFlags) trainConfig(m *modelFlags, threads int, pad int64) (pipelin
 		TieTransposedCopies:   !m.untie,
 		GradientCheckpointing: o.gradientCheckpointing,
 		PadToMultipleOf:       o.padToMultipleOf,
+		// A resumed run (same --out) reuses the training graph the first one built.
+		GraphCache: o.out,
 	}
 	if err := o.validate(); err != nil {
 		return c, err
