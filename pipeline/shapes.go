@@ -39,7 +39,8 @@ const (
 
 // shapeSessions opens and caches sessions of one graph for the shapes it is fed.
 type shapeSessions struct {
-	model   *onnx.Model
+	model   *onnx.Model            // the graph, its large initializers turned into inputs
+	fixed   map[string]*ort.Tensor // their values, fed on every run
 	outputs []string
 	opts    ort.Options
 	inputs  []string       // inputs with a symbolic or unknown dimension, sorted
@@ -55,8 +56,12 @@ type keyedSession struct {
 }
 
 func newShapeSessions(m *onnx.Model, outputs []string, o ort.Options) *shapeSessions {
-	s := &shapeSessions{model: m, outputs: outputs, opts: o, rank: map[string]int{}}
+	m, fixed := feedLargeInitializers(m)
+	s := &shapeSessions{model: m, fixed: fixed, outputs: outputs, opts: o, rank: map[string]int{}}
 	for _, in := range m.Graph().GetInput() {
+		if _, ok := fixed[in.GetName()]; ok {
+			continue
+		}
 		dims := in.GetType().GetTensorType().GetShape().GetDim()
 		for _, d := range dims {
 			if d.GetDimParam() != "" || d.GetDimValue() <= 0 {
@@ -71,8 +76,11 @@ func newShapeSessions(m *onnx.Model, outputs []string, o ort.Options) *shapeSess
 }
 
 // session returns a session for feeds: one specialised to their shapes while the run
-// has opened few, else the symbolic one.
+// has opened few, else the symbolic one. It adds the graph's fixed weights to feeds.
 func (s *shapeSessions) session(feeds map[string]*ort.Tensor) (*ort.Session, error) {
+	for name, t := range s.fixed {
+		feeds[name] = t
+	}
 	if s.dynamic != nil {
 		return s.dynamic, nil
 	}
@@ -142,6 +150,55 @@ func (s *shapeSessions) close() {
 		s.dynamic.Destroy()
 		s.dynamic = nil
 	}
+}
+
+// fedMinElements is the size from which a float initializer of a training graph is fed
+// as an input over Go memory rather than embedded in the graph.
+const fedMinElements = 1 << 16
+
+// feedLargeInitializers returns m with its large float32 initializers turned into graph
+// inputs, and their values. A LoRA training graph holds the frozen base weights (2 GB for
+// Qwen2.5-0.5B): embedded, every session would serialize them, ONNX Runtime would copy
+// them, fold each Transpose of them into yet another copy and prepack them for MatMul —
+// three copies per open session. Fed, they are read where they are: a view of the
+// model's memory, or one aligned copy of a weight left unaligned in a mapped model file.
+// m itself is not changed; without large initializers it is returned as is.
+func feedLargeInitializers(m *onnx.Model) (*onnx.Model, map[string]*ort.Tensor) {
+	fixed := map[string]*ort.Tensor{}
+	for _, t := range m.Graph().GetInitializer() {
+		n, err := onnx.NumElements(t)
+		if err != nil || n < fedMinElements || onnx.DataType(t.GetDataType()) != onnx.Float {
+			continue
+		}
+		data, ok := onnx.FloatsView(t)
+		if !ok {
+			if data, err = onnx.TensorFloats(t); err != nil {
+				continue // stays embedded; ONNX Runtime reports what is wrong with it
+			}
+		}
+		fixed[t.GetName()] = &ort.Tensor{Shape: append([]int64(nil), t.GetDims()...), F32: data}
+	}
+	if len(fixed) == 0 {
+		return m, nil
+	}
+	fed := m.Clone()
+	g := fed.Graph()
+	inputs := map[string]bool{}
+	for _, in := range g.GetInput() {
+		inputs[in.GetName()] = true // an older model may list initializers as inputs too
+	}
+	kept := g.Initializer[:0]
+	for _, t := range g.GetInitializer() {
+		if _, ok := fixed[t.GetName()]; !ok {
+			kept = append(kept, t)
+			continue
+		}
+		if !inputs[t.GetName()] {
+			g.Input = append(g.Input, onnx.TensorValueInfo(t.GetName(), onnx.Float, onnx.Dims(t.GetDims()...)))
+		}
+	}
+	g.Initializer = kept
+	return fed, fixed
 }
 
 // padWidth rounds a batch's sequence length up to a multiple of m (m <= 1: unchanged).

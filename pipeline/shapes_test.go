@@ -110,3 +110,45 @@ func TestShapeSessionsBadFeeds(t *testing.T) {
 		t.Fatal("x of rank 1: no error")
 	}
 }
+
+// A large initializer is fed from Go memory, not embedded: the opened graph has it as an
+// input, the caller's model keeps it, and the results are the embedded graph's.
+func TestShapeSessionsFeedLargeInitializers(t *testing.T) {
+	m := sumModel(t)
+	g := m.Graph()
+	w := make([]float32, fedMinElements)
+	for i := range w {
+		w[i] = float32(i%7) - 3
+	}
+	if err := onnx.AddInitializer(g, onnx.FloatTensor("w", []int64{int64(len(w))}, w)); err != nil {
+		t.Fatal(err)
+	}
+	b := onnx.NewBuilder(g, 17, "w")
+	y := g.GetNode()[len(g.GetNode())-1] // the Identity to y
+	y.Input[0] = b.Add(y.GetInput()[0], b.Op("ReduceSum", []string{"w"}, onnx.AttrInt("keepdims", 0)))
+	if err := onnx.TopologicalSort(g); err != nil {
+		t.Fatal(err)
+	}
+	var want float32
+	for _, v := range w {
+		want += v
+	}
+	s := newShapeSessions(m, []string{"y"}, ort.Options{Threads: 1})
+	defer s.close()
+	if onnx.Initializer(s.model.Graph(), "w") != nil || len(s.fixed) != 1 || onnx.Initializer(m.Graph(), "w") == nil {
+		t.Fatalf("w: fed %d, still embedded in the opened graph %v, kept in the caller's %v", len(s.fixed),
+			onnx.Initializer(s.model.Graph(), "w") != nil, onnx.Initializer(m.Graph(), "w") != nil)
+	}
+	feeds := map[string]*ort.Tensor{"x": {Shape: []int64{1, 2}, F32: []float32{1, 1}}, "z": {Shape: []int64{1}, F32: []float32{2}}}
+	sess, err := s.session(feeds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := sess.Run(feeds, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := out["y"].F32[0]; got != 4+want {
+		t.Fatalf("y = %g, want %g", got, 4+want)
+	}
+}
