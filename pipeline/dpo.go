@@ -202,6 +202,7 @@ func ReferenceFromPolicy(ctx context.Context, e *Engine[EncodedPair], pairs []En
 		return nil
 	})
 	progress.Done()
+	e.ReleaseForward()
 	if err != nil {
 		return nil, fmt.Errorf("reference log-probs: %w", err)
 	}

@@ -310,7 +310,10 @@ type Engine[T any] struct {
 	accum  [][]float32    // sum of scaled micro-batch gradients (only with accumulation)
 	train  *shapeSessions // the training graph, opened per batch shape
 	eval   *ort.Session   // forward-only graph, opened on first evaluation
-	opt    *Optimizer
+	// evalFixed are the forward graph's large frozen weights, fed on every run (see
+	// feedLargeInitializers).
+	evalFixed map[string]*ort.Tensor
+	opt       *Optimizer
 	// totals are the running sums of the objective's counting metrics (Metric.Sum), so a
 	// step logs the count so far, as TRL's num_tokens; checkpoints keep them.
 	totals map[string]float64
@@ -383,9 +386,16 @@ func (e *Engine[T]) Close() {
 	if e.train != nil {
 		e.train.close()
 	}
+	e.ReleaseForward()
+}
+
+// ReleaseForward closes the forward-only session (Forward opens it again when needed):
+// its memory arena keeps the largest batch's activations, which a run that only needed
+// it once (the reference log-probs) should not carry through training.
+func (e *Engine[T]) ReleaseForward() {
 	if e.eval != nil {
 		e.eval.Destroy()
-		e.eval = nil
+		e.eval, e.evalFixed = nil, nil
 	}
 }
 
@@ -553,6 +563,7 @@ func (e *Engine[T]) Forward(ctx context.Context, items []T, read func(batch []T,
 		}
 		g.Output = outs
 		onnx.Prune(g, valueNames(g.GetInput()))
+		fwd, e.evalFixed = feedLargeInitializers(fwd)
 		sess, err := newModelSession(fwd, append([]string{LossOutput}, e.graph.Outputs...), ort.Options{Threads: e.cfg.Threads})
 		if err != nil {
 			return fmt.Errorf("%s: forward graph: %w", e.path, err)
@@ -570,6 +581,9 @@ func (e *Engine[T]) Forward(ctx context.Context, items []T, read func(batch []T,
 			return err
 		}
 		e.paramFeeds(feeds)
+		for name, t := range e.evalFixed {
+			feeds[name] = t
+		}
 		out, err := e.eval.Run(feeds, nil)
 		if err != nil {
 			return fmt.Errorf("forward: %w", err)
