@@ -167,12 +167,47 @@ def score(a):
                       "tokens_per_s": a.batch * a.seq / sec, "peak_rss_mb": rss_mb()}))
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def add_lora(m, r, alpha):
+    """Wraps the attention and MLP projections as PEFT's LoRA does (A kaiming-uniform,
+    B zero, y = x·Wᵀ + (alpha/r)·x·Aᵀ·Bᵀ, base frozen); returns the adapter parameters."""
+    import math
+    import torch
+    from torch import nn
+
+    class LoRALinear(nn.Module):
+        def __init__(self, base):
+            super().__init__()
+            self.base = base
+            self.lora_A = nn.Parameter(torch.empty(r, base.in_features))
+            self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+            self.scale = alpha / r
+
+        def forward(self, x):
+            return self.base(x) + (x @ self.lora_A.t() @ self.lora_B.t()) * self.scale
+
+    for p in m.parameters():
+        p.requires_grad_(False)
+    params = []
+    for name, mod in list(m.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if child_name in LORA_TARGETS and isinstance(child, nn.Linear):
+                w = LoRALinear(child)
+                setattr(mod, child_name, w)
+                params += [w.lora_A, w.lora_B]
+    return params
+
+
 def dpo(a):
     import torch
     torch.set_num_threads(a.threads)
     t_import = time.time() - T_START
     pairs = [json.loads(l) for l in open(a.data)]
     m = load(a.shape).train()
+    trained = add_lora(m, a.lora_r, a.lora_alpha) if a.lora_r > 0 else list(m.parameters())
     t_load = time.time() - T_START
     ids, comp = [], []
     for side in ("chosen_input_ids", "rejected_input_ids"):
@@ -187,7 +222,7 @@ def dpo(a):
     n = len(pairs)
     with torch.no_grad():
         ref = completion_logps(m(ids, att, pos), ids, comp)
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-6, weight_decay=0.0)
+    opt = torch.optim.AdamW(trained, lr=1e-6, weight_decay=0.0)
     t_first = time.time() - T_START
     steps = []
     for _ in range(a.steps):
@@ -197,15 +232,18 @@ def dpo(a):
         loss = -torch.nn.functional.logsigmoid(logits).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         steps.append(time.time() - t0)
     t0 = time.time()
     os.makedirs(a.out, exist_ok=True)
-    torch.save(m.state_dict(), os.path.join(a.out, "model.pt"))
+    if a.lora_r > 0:
+        torch.save({i: p for i, p in enumerate(trained)}, os.path.join(a.out, "adapter.pt"))
+    else:
+        torch.save(m.state_dict(), os.path.join(a.out, "model.pt"))
     torch.save(opt.state_dict(), os.path.join(a.out, "optimizer.pt"))
     t_save = time.time() - t0
-    print(json.dumps({"mode": "torch-dpo", "shape": a.shape, "threads": a.threads, "pairs": n, "seq": T,
+    print(json.dumps({"mode": "torch-dpo", "shape": a.shape, "lora_r": a.lora_r, "threads": a.threads, "pairs": n, "seq": T,
                       "steps": a.steps, "import_s": t_import, "load_s": t_load - t_import,
                       "startup_s": t_first, "step_s": steps, "save_s": t_save,
                       "wall_s": time.time() - T_START, "loss": loss.item(), "peak_rss_mb": rss_mb()}))
@@ -290,9 +328,16 @@ def ort_phases(w):
 
 
 def table(a):
-    import glob
     import re
     d = a.results
+    side_by_side(d, "dpo", "DPO, 2 pairs, 2 steps")
+    side_by_side(d, "lora", "LoRA DPO (r 16, alpha 32), 2 pairs, 2 steps")
+    scoring(d)
+
+
+def side_by_side(d, kind, title):
+    import glob
+    import re
     gib = lambda mb: f"{mb / 1024:.1f} GiB"
     # ortalign opens its training graph when the first batch comes (its shape fixes the
     # graph's dimensions), so step 1 includes that: the fair start-up figure is process
@@ -303,15 +348,17 @@ def table(a):
             "DPO step, ortalign (steps 1, 2)": [], "DPO step, PyTorch (steps 1, 2)": [],
             "export + checkpoint / save, ortalign": [], "save (model + optimizer), PyTorch": [],
             "whole run (wall), ortalign": [], "whole run (wall), PyTorch": []}
-    seqs = sorted({int(re.search(r"_(\d+)\.json$", f).group(1)) for f in glob.glob(os.path.join(d, "*_dpo_*.json"))})
+    seqs = sorted({int(re.search(r"_(\d+)\.json$", f).group(1)) for f in glob.glob(os.path.join(d, f"*_{kind}_*.json"))})
+    if not seqs:
+        return
     for T in seqs:
         o = t = None
         try:
-            o = json.load(open(os.path.join(d, f"ort_dpo_{T}.json")))
+            o = json.load(open(os.path.join(d, f"ort_{kind}_{T}.json")))
         except (OSError, ValueError):
             pass
         try:
-            t = json.load(open(os.path.join(d, f"torch_dpo_{T}.json")))
+            t = json.load(open(os.path.join(d, f"torch_{kind}_{T}.json")))
         except (OSError, ValueError):
             pass
         if o and o["rc"] == 0:
@@ -337,10 +384,14 @@ def table(a):
             for k in rows:
                 if "PyTorch" in k:
                     rows[k].append("–")
-    print("| DPO, 2 pairs, 2 steps | " + " | ".join(f"{T} tokens" for T in seqs) + " |")
+    print(f"\n| {title} | " + " | ".join(f"{T} tokens" for T in seqs) + " |")
     print("|---|" + "---|" * len(seqs))
     for k, v in rows.items():
         print(f"| {k} | " + " | ".join(v) + " |")
+
+
+def scoring(d):
+    import re
     try:
         ts = json.load(open(os.path.join(d, "torch_score.json")))
         txt = open(os.path.join(d, "ort_score.txt")).read()
@@ -376,6 +427,8 @@ def main():
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True)
+    p.add_argument("--lora-r", type=int, default=0)
+    p.add_argument("--lora-alpha", type=float, default=32)
     tb = sub.add_parser("table")
     tb.add_argument("results")
     w = sub.add_parser("watch")

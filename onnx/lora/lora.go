@@ -24,11 +24,14 @@ package lora
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 
 	"google.golang.org/protobuf/proto"
 
@@ -405,28 +408,49 @@ func Delta(ad Adapter, scale float64, a, b []float32) ([]float64, error) {
 // target weight W becomes W + Delta. values holds A's and B's values by initializer name.
 func Merge(m *onnx.Model, adapters []Adapter, scale float64, values map[string][]float32) error {
 	g := m.Graph()
-	for _, ad := range adapters {
-		w := onnx.Initializer(g, ad.Weight)
-		if w == nil {
+	weights := make([]*onnxpb.TensorProto, len(adapters))
+	for i, ad := range adapters {
+		if weights[i] = onnx.Initializer(g, ad.Weight); weights[i] == nil {
 			return fmt.Errorf("merge LoRA adapter of %s: the model has no initializer %q", ad.Module, ad.Weight)
 		}
-		d, err := Delta(ad, scale, values[ad.A], values[ad.B])
-		if err != nil {
-			return err
-		}
-		wv, err := onnx.TensorFloats(w)
-		if err != nil {
-			return err
-		}
-		if len(wv) != len(d) {
-			return fmt.Errorf("merge LoRA adapter of %s: weight %q has %d values, the adapter %d", ad.Module, ad.Weight, len(wv), len(d))
-		}
-		for i := range wv {
-			wv[i] = float32(float64(wv[i]) + d[i])
-		}
-		if err := onnx.SetTensorFloats(w, wv); err != nil {
-			return err
-		}
 	}
-	return nil
+	// Each adapter has its own weight (shared weights are not targets): merge them in
+	// parallel, as the float64 products dominate an export (8 s of 13 on Qwen2.5-0.5B).
+	errs := make([]error, len(adapters))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(adapters)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				errs[i] = mergeOne(weights[i], adapters[i], scale, values)
+			}
+		}()
+	}
+	for i := range adapters {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// mergeOne folds one adapter into its weight w.
+func mergeOne(w *onnxpb.TensorProto, ad Adapter, scale float64, values map[string][]float32) error {
+	d, err := Delta(ad, scale, values[ad.A], values[ad.B])
+	if err != nil {
+		return err
+	}
+	wv, err := onnx.TensorFloats(w)
+	if err != nil {
+		return err
+	}
+	if len(wv) != len(d) {
+		return fmt.Errorf("merge LoRA adapter of %s: weight %q has %d values, the adapter %d", ad.Module, ad.Weight, len(wv), len(d))
+	}
+	for i := range wv {
+		wv[i] = float32(float64(wv[i]) + d[i])
+	}
+	return onnx.SetTensorFloats(w, wv)
 }
