@@ -16,9 +16,9 @@ import (
 // every value it frees with every one it allocates. With symbolic batch and sequence
 // dimensions on a training graph that costs time quadratic in the graph's size: 9 of the
 // 15 s it takes to open a SmolLM2-135M training graph (11.5k nodes after optimisation),
-// minutes on larger ones. With every input dimension fixed, ORT folds the shape
+// more on larger graphs. With every input dimension fixed, ORT folds the shape
 // arithmetic away (a third of the nodes) and sizes are plain numbers: the same graph
-// opens in 1.4 s and steps faster. So the engine opens the training graph once per batch
+// opens in under 3 s. So the engine opens the training graph once per batch
 // shape, with the shape written into the graph's inputs, and pads sequences to a
 // multiple (TrainConfig.PadToMultipleOf) so that a run sees few shapes. A run that keeps
 // bringing new shapes (online RL's varying completions) would pay an opening per shape:
