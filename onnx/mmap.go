@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math"
 	"os"
+	"unsafe"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
@@ -100,6 +101,32 @@ func readModelFile(path string) (*onnxpb.ModelProto, []byte, int, error) {
 	}
 	p, err := parseModel(b)
 	return p, nil, 0, err
+}
+
+// AlignFloats copies, once, the raw data of m's main-graph float32 initializers of at
+// least minElems elements that sit at an address FloatsView cannot read in place (a
+// mapped model file leaves raw data wherever the file put it) into aligned memory; the
+// values do not change. After it, every clone of m shares views that need no copy: for
+// frozen weights that several sessions read (LoRA's base model), one copy instead of one
+// per reader.
+func (m *Model) AlignFloats(minElems int64) error {
+	if !littleEndian {
+		return nil // FloatsView never reads in place there
+	}
+	for _, t := range m.Graph().GetInitializer() {
+		if DataType(t.GetDataType()) != Float || len(t.GetRawData()) < 4*int(minElems) {
+			continue
+		}
+		if _, ok := FloatsView(t); ok {
+			continue
+		}
+		data, err := TensorFloats(t)
+		if err != nil {
+			return err
+		}
+		t.RawData = unsafe.Slice((*byte)(unsafe.Pointer(&data[0])), 4*len(data))
+	}
+	return nil
 }
 
 // ReleaseResident lets the kernel take back the memory of the model file's pages that

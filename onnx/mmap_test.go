@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -477,4 +478,48 @@ func rssFileKB(t *testing.T) int {
 	}
 	t.Fatal("no RssFile in /proc/self/status")
 	return 0
+}
+
+// AlignFloats leaves every large float32 initializer of a mapped model readable in place,
+// with the same values.
+func TestAlignFloats(t *testing.T) {
+	setLoadMode(t, true, 64)
+	var misaligned int
+	for _, path := range testModelFiles(t) {
+		m, err := Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := map[string][]float32{}
+		for _, init := range m.Graph().GetInitializer() {
+			if DataType(init.GetDataType()) != Float || len(init.GetRawData()) < 64 {
+				continue
+			}
+			if _, ok := FloatsView(init); !ok {
+				misaligned++
+			}
+			if before[init.GetName()], err = TensorFloats(init); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := m.AlignFloats(16); err != nil {
+			t.Fatal(err)
+		}
+		for _, init := range m.Graph().GetInitializer() {
+			want, ok := before[init.GetName()]
+			if !ok {
+				continue
+			}
+			got, ok := FloatsView(init)
+			if !ok {
+				t.Fatalf("%s: %s still not readable in place", path, init.GetName())
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("%s: %s changed", path, init.GetName())
+			}
+		}
+	}
+	if misaligned == 0 {
+		t.Fatal("no test model has an unaligned mapped weight: the test proves nothing")
+	}
 }

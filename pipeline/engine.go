@@ -343,6 +343,12 @@ func NewEngine[T any](path string, m *onnx.Model, cfg TrainConfig, obj Objective
 	}
 	train, gc := m, GraphConfig{Freeze: cfg.Freeze, TieTransposedCopies: cfg.TieTransposedCopies, GradientCheckpointing: cfg.GradientCheckpointing}
 	if cfg.Adapter != nil {
+		// The frozen base weights are read by the shape probe, the training and the
+		// forward sessions: one aligned copy of those a mapped file left unaligned, not
+		// one per reader.
+		if err := m.AlignFloats(fedMinElements); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
 		if e.adapted, err = cfg.Adapter.Apply(m); err != nil {
 			return nil, fmt.Errorf("%s: %s: %w", path, cfg.Adapter.Name(), err)
 		}

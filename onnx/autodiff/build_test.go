@@ -176,3 +176,20 @@ func TestLogSoftmaxGatherIsFused(t *testing.T) {
 		t.Fatalf("want the fused gradient (one ScatterElements, no ConstantOfShape or Sub), got %v", ops)
 	}
 }
+
+// The shape probe feeds a large weight's transpose as the weight's own bytes with the
+// transposed shape (it learns shapes only): gradients through MatMul(x, Transpose(W)),
+// as exports near 2 GB write every projection, are still right for a batch size the
+// sample did not have.
+func TestProbeFeedsTransposedWeights(t *testing.T) {
+	m, c := newCase("transposed")
+	x := c.data([]int64{3, 40}, onnx.DimParam("n"), onnx.DimValue(40))
+	w := c.f32(32, 40) // 1280 elements: fed to the probe
+	wt := c.b.Op("Transpose", []string{w}, onnx.AttrInts("perm", []int64{1, 0}))
+	h := c.b.Cast(c.b.MatMul(c.b.Cast(x, onnx.Float), wt), onnx.Double)
+	setLoss(m, c.b.ReduceSum(c.b.Mul(h, c.b.Tanh(h)), nil, false))
+	sample := map[string]*ort.Tensor{x: {Shape: []int64{1, 40}, F64: c.fill(40, "")}}
+	if e := fdCheckSample(t, m, c.trainable, c.feeds, sample); e > 1e-2 {
+		t.Fatalf("gradient error %.3g", e)
+	}
+}
