@@ -684,6 +684,10 @@ type RunConfig[T any] struct {
 	// metrics are logged with TRL's "eval_" prefix.
 	Eval      []T
 	EvalEvery int
+	// AlongFinalSave, when set, runs while the last checkpoint is written, once every
+	// step is done (not on an interrupted or failed run): the export, which like the
+	// checkpoint only reads the weights, so that the two writes overlap.
+	AlongFinalSave func()
 }
 
 // Plan is the shape of a run: how items become micro-batches and optimizer steps.
@@ -814,7 +818,17 @@ func (e *Engine[T]) Train(ctx context.Context, items []T, rc RunConfig[T]) error
 		}
 	}
 	rc.Progress.Done()
-	return save()
+	if rc.AlongFinalSave == nil {
+		return save()
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rc.AlongFinalSave()
+	}()
+	err = save()
+	<-done
+	return err
 }
 
 // settings are what a checkpoint records and a resume must match: everything that

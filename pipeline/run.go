@@ -65,11 +65,17 @@ func RunTraining[T any](ctx context.Context, e *Engine[T], items, eval []T, o Ru
 	if o.EvalSteps > 0 {
 		rc.Eval, rc.EvalEvery = eval, o.EvalSteps
 	}
+	exported := false
+	var exportErr error
+	rc.AlongFinalSave = func() { exported, exportErr = true, e.Export(res.ModelPath) }
 	if err := e.Train(ctx, items, rc); err != nil {
 		return nil, interrupted(err, "checkpoint saved to "+res.CheckpointPath+": run the same command to resume")
 	}
-	if err := e.Export(res.ModelPath); err != nil {
-		return nil, err
+	if !exported {
+		exportErr = e.Export(res.ModelPath)
+	}
+	if exportErr != nil {
+		return nil, exportErr
 	}
 	if len(eval) > 0 {
 		if res.EvalAfter, err = e.Evaluate(ctx, eval); err != nil {
