@@ -61,15 +61,7 @@ func TestShapeSessions(t *testing.T) {
 			z[i] = 2
 		}
 		feeds := map[string]*ort.Tensor{"x": {Shape: []int64{batch, seq}, F32: x}, "z": {Shape: []int64{zlen}, F32: z}}
-		sess, err := s.session(feeds)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, err := sess.Run(feeds, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got, want := out["y"].F32[0], float32(batch*seq+2*zlen); got != want {
+		if got, want := runY(t, s, feeds), float32(batch*seq+2*zlen); got != want {
 			t.Fatalf("shape %dx%d, z %d: y = %g, want %g", batch, seq, zlen, got, want)
 		}
 	}
@@ -140,6 +132,14 @@ func TestShapeSessionsFeedLargeInitializers(t *testing.T) {
 			onnx.Initializer(s.model.Graph(), "w") != nil, onnx.Initializer(m.Graph(), "w") != nil)
 	}
 	feeds := map[string]*ort.Tensor{"x": {Shape: []int64{1, 2}, F32: []float32{1, 1}}, "z": {Shape: []int64{1}, F32: []float32{2}}}
+	if got := runY(t, s, feeds); got != 4+want {
+		t.Fatalf("y = %g, want %g", got, 4+want)
+	}
+}
+
+// runY runs feeds on the session s picks for them and returns sumModel's output y.
+func runY(t *testing.T, s *shapeSessions, feeds map[string]*ort.Tensor) float32 {
+	t.Helper()
 	sess, err := s.session(feeds)
 	if err != nil {
 		t.Fatal(err)
@@ -148,7 +148,5 @@ func TestShapeSessionsFeedLargeInitializers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := out["y"].F32[0]; got != 4+want {
-		t.Fatalf("y = %g, want %g", got, 4+want)
-	}
+	return out["y"].F32[0]
 }
