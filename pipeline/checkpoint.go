@@ -7,22 +7,45 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
+	"math"
 	"os"
+	"runtime"
 	"slices"
 	"sort"
+	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"ortalign/internal/atomicfile"
 )
 
-// checkpointMagic starts every checkpoint file; its number is the format version.
+// A checkpoint file (version 3) is, in order:
+//
+//	"ORTALIGN-CHECKPOINT-3\n"
+//	uint64 (little-endian)  the length n of the header
+//	n bytes                 the header, JSON (checkpointHeader)
+//	uint32                  CRC-32C (Castagnoli) of the header's n bytes
+//	for each state array (parameters, then AdamW's first and second moments, each in
+//	the header's name order):
+//	    float32s (little-endian), then uint32 CRC-32C of their bytes
+//
+// Each checksum covers one section, so a damaged byte is reported with the section it
+// is in. Version 2 is the same without the checksums; it still loads.
 const (
 	checkpointMagicPrefix = "ORTALIGN-CHECKPOINT-"
-	checkpointVersion     = 2
+	checkpointVersion     = 3
+	// checkpointVersionNoCRC is the previous format, read for checkpoints written by
+	// earlier releases: no checksums.
+	checkpointVersionNoCRC = 2
 )
 
 var checkpointMagic = fmt.Sprintf("%s%d\n", checkpointMagicPrefix, checkpointVersion)
+
+// castagnoli is the CRC-32C table (the polynomial with hardware support on x86-64 and
+// arm64).
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // checkpointHeader describes the float32 arrays that follow it: the parameters, then
 // (AdamW) the first and second moments, each in Names order.
@@ -56,11 +79,11 @@ func (e *Engine[T]) saveCheckpoint(path string, settings map[string]string) erro
 		if err := binary.Write(w, binary.LittleEndian, uint64(len(hdr))); err != nil {
 			return err
 		}
-		if _, err := w.Write(hdr); err != nil {
+		if err := writeSection(w, hdr); err != nil {
 			return err
 		}
 		for _, a := range e.stateArrays(h.Moments) {
-			if err := writeFloats(w, a); err != nil {
+			if err := writeSection(w, floatBytes(a)); err != nil {
 				return err
 			}
 		}
@@ -72,6 +95,14 @@ func (e *Engine[T]) saveCheckpoint(path string, settings map[string]string) erro
 	return nil
 }
 
+// writeSection writes b and its CRC-32C.
+func writeSection(w io.Writer, b []byte) error {
+	if _, err := w.Write(b); err != nil {
+		return err
+	}
+	return binary.Write(w, binary.LittleEndian, crc32.Checksum(b, castagnoli))
+}
+
 // stateArrays are the buffers a checkpoint holds, in file order.
 func (e *Engine[T]) stateArrays(moments bool) [][]float32 {
 	arrays := slices.Clone(e.params)
@@ -81,9 +112,16 @@ func (e *Engine[T]) stateArrays(moments bool) [][]float32 {
 	return arrays
 }
 
+// sectionName names state array i of stateArrays for messages.
+func (e *Engine[T]) sectionName(i int) string {
+	kind := [...]string{"parameters", "AdamW first moments (exp_avg)", "AdamW second moments (exp_avg_sq)"}
+	return fmt.Sprintf("%s of %q", kind[i/len(e.names)], e.names[i%len(e.names)])
+}
+
 // loadCheckpoint restores state from path; it reports false when there is none. A
 // checkpoint of another model, optimizer or settings, or a damaged one, is an error
-// naming what differs; nothing is restored then.
+// naming what differs (for a checksum, the section it fails in); nothing is restored
+// then.
 func (e *Engine[T]) loadCheckpoint(path string, settings map[string]string) (bool, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -105,8 +143,13 @@ func (e *Engine[T]) loadCheckpoint(path string, settings map[string]string) (boo
 	if _, err := io.ReadFull(r, magic); err != nil || !bytes.HasPrefix(magic, []byte(checkpointMagicPrefix)) {
 		return bad("not an ortalign checkpoint")
 	}
-	if string(magic) != checkpointMagic {
-		return bad("format %q, this ortalign reads version %d", bytes.TrimSpace(magic[len(checkpointMagicPrefix):]), checkpointVersion)
+	var checksums bool
+	switch string(magic) {
+	case checkpointMagic:
+		checksums = true
+	case fmt.Sprintf("%s%d\n", checkpointMagicPrefix, checkpointVersionNoCRC):
+	default:
+		return bad("format %q, this ortalign reads versions %d and %d", bytes.TrimSpace(magic[len(checkpointMagicPrefix):]), checkpointVersionNoCRC, checkpointVersion)
 	}
 	var n uint64
 	if err := binary.Read(r, binary.LittleEndian, &n); err != nil || n > 1<<30 || int64(n) > st.Size() {
@@ -115,6 +158,17 @@ func (e *Engine[T]) loadCheckpoint(path string, settings map[string]string) (boo
 	hdr := make([]byte, n)
 	if _, err := io.ReadFull(r, hdr); err != nil {
 		return bad("truncated header")
+	}
+	dataStart := int64(len(magic)) + 8 + int64(n)
+	if checksums {
+		var stored uint32
+		if err := binary.Read(r, binary.LittleEndian, &stored); err != nil {
+			return bad("header: no checksum after it (truncated)")
+		}
+		if got := crc32.Checksum(hdr, castagnoli); got != stored {
+			return bad("header: CRC-32C %08x, the file records %08x: the checkpoint is damaged", got, stored)
+		}
+		dataStart += 4
 	}
 	var h checkpointHeader
 	if err := json.Unmarshal(hdr, &h); err != nil {
@@ -142,17 +196,38 @@ func (e *Engine[T]) loadCheckpoint(path string, settings map[string]string) (boo
 	if h.Moments {
 		want *= 3
 	}
-	if got := st.Size() - int64(len(checkpointMagic)) - 8 - int64(n); got != 4*want {
-		return bad("holds %d bytes of tensor data, its header describes %d (truncated or damaged)", got, 4*want)
+	arrays := e.stateArrays(h.Moments)
+	want *= 4
+	what := "tensor data"
+	if checksums {
+		want += 4 * int64(len(arrays))
+		what = "tensor data and checksums"
+	}
+	if got := st.Size() - dataStart; got != want {
+		return bad("holds %d bytes of %s, its header describes %d (truncated or damaged)", got, what, want)
 	}
 	if err := compareSettings(h.Settings, settings); err != nil {
 		return false, fmt.Errorf("checkpoint %s: %w", path, err)
 	}
+	if checksums {
+		// Every section is checked before any is read into the live buffers, so a
+		// damaged file restores nothing.
+		if i, got, stored, err := verifySections(f, dataStart, arrays); err != nil {
+			return bad("reading tensor data: %v", err)
+		} else if i >= 0 {
+			return bad("%s: CRC-32C %08x, the file records %08x: the checkpoint is damaged", e.sectionName(i), got, stored)
+		}
+	}
 	// The header and the file's size agree with this engine, so the data is all there:
 	// it is read straight into the live buffers (no second copy of the state).
-	for _, a := range e.stateArrays(h.Moments) {
+	for _, a := range arrays {
 		if err := readFloats(r, a); err != nil {
 			return bad("reading tensor data: %v", err)
+		}
+		if checksums {
+			if _, err := r.Discard(4); err != nil { // verified above
+				return bad("reading tensor data: %v", err)
+			}
 		}
 	}
 	e.opt.Step = h.Step
@@ -161,6 +236,54 @@ func (e *Engine[T]) loadCheckpoint(path string, settings map[string]string) (boo
 		e.totals[k] = v
 	}
 	return true, nil
+}
+
+// verifySections checks the CRC-32C of each state array's section (sized as arrays,
+// laid out from offset start of f), several sections at a time. It returns the index
+// of the first that fails, with the computed and the recorded checksum, or -1.
+func verifySections(f io.ReaderAt, start int64, arrays [][]float32) (int, uint32, uint32, error) {
+	type result struct {
+		got, stored uint32
+		err         error
+	}
+	results := make([]result, len(arrays))
+	offsets := make([]int64, len(arrays))
+	for i := range arrays {
+		offsets[i] = start
+		start += 4*int64(len(arrays[i])) + 4
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), 4, len(arrays)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 1<<20)
+			for i := int(next.Add(1) - 1); i < len(arrays); i = int(next.Add(1) - 1) {
+				r := &results[i]
+				sr := io.NewSectionReader(f, offsets[i], 4*int64(len(arrays[i]))+4)
+				for left := 4 * len(arrays[i]); left > 0 && r.err == nil; {
+					n, err := io.ReadFull(sr, buf[:min(left, len(buf))])
+					r.got = crc32.Update(r.got, castagnoli, buf[:n])
+					left -= n
+					r.err = err
+				}
+				if r.err == nil {
+					r.err = binary.Read(sr, binary.LittleEndian, &r.stored)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.err != nil {
+			return i, 0, 0, r.err
+		}
+		if r.got != r.stored {
+			return i, r.got, r.stored, nil
+		}
+	}
+	return -1, 0, 0, nil
 }
 
 // compareSettings names the first setting (in name order) that differs.
@@ -255,14 +378,20 @@ type nopCloser struct{ io.Writer }
 
 func (nopCloser) Close() error { return nil }
 
-// writeFloats writes a as little-endian float32s without a byte copy of the array
-// (binary.Write makes one) on little-endian machines.
-func writeFloats(w io.Writer, a []float32) error {
-	if !littleEndian || len(a) == 0 {
-		return binary.Write(w, binary.LittleEndian, a)
+// floatBytes is a as little-endian float32 bytes: a's own memory on little-endian
+// machines (no copy), a converted copy elsewhere.
+func floatBytes(a []float32) []byte {
+	if len(a) == 0 {
+		return nil
 	}
-	_, err := w.Write(unsafe.Slice((*byte)(unsafe.Pointer(&a[0])), 4*len(a)))
-	return err
+	if littleEndian {
+		return unsafe.Slice((*byte)(unsafe.Pointer(&a[0])), 4*len(a))
+	}
+	b := make([]byte, 4*len(a))
+	for i, v := range a {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
+	}
+	return b
 }
 
 // readFloats fills a from little-endian float32s, in place.

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"hash/crc32"
 	"math"
 	"os"
 	"path/filepath"
@@ -371,7 +372,7 @@ func readCheckpointFile(t *testing.T, path string) checkpointFile {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const magic = "ORTALIGN-CHECKPOINT-2\n"
+	const magic = "ORTALIGN-CHECKPOINT-3\n"
 	if !bytes.HasPrefix(b, []byte(magic)) {
 		t.Fatalf("checkpoint starts %q, want %q", b[:min(len(b), len(magic))], magic)
 	}
@@ -381,7 +382,8 @@ func readCheckpointFile(t *testing.T, path string) checkpointFile {
 	if err := json.Unmarshal(hdr, &h); err != nil {
 		t.Fatal(err)
 	}
-	return checkpointFile{magic: magic, header: h, data: b[len(magic)+8+int(n):]}
+	// The header's CRC-32C follows it; data is the arrays with their checksums.
+	return checkpointFile{magic: magic, header: h, data: b[len(magic)+8+int(n)+4:]}
 }
 
 // bytes assembles the file, with the header's length field as written.
@@ -399,6 +401,7 @@ func (c checkpointFile) raw(hdr []byte, n uint64) []byte {
 	buf.WriteString(c.magic)
 	binary.Write(&buf, binary.LittleEndian, n)
 	buf.Write(hdr)
+	binary.Write(&buf, binary.LittleEndian, crc32.Checksum(hdr, crc32.MakeTable(crc32.Castagnoli)))
 	buf.Write(c.data)
 	return buf.Bytes()
 }
@@ -476,8 +479,8 @@ func TestDamagedCheckpointIsAnError(t *testing.T) {
 		file []byte
 		want string
 	}{
-		{"version 1", append([]byte("ORTALIGN-CHECKPOINT-1\n"), valid[len(ckpt.magic):]...), `format "1", this ortalign reads version 2`},
-		{"version 3", append([]byte("ORTALIGN-CHECKPOINT-3\n"), valid[len(ckpt.magic):]...), `format "3", this ortalign reads version 2`},
+		{"version 1", append([]byte("ORTALIGN-CHECKPOINT-1\n"), valid[len(ckpt.magic):]...), `format "1", this ortalign reads versions 2 and 3`},
+		{"version 4", append([]byte("ORTALIGN-CHECKPOINT-4\n"), valid[len(ckpt.magic):]...), `format "4", this ortalign reads versions 2 and 3`},
 		{"not a checkpoint", []byte("PK\x03\x04 this is a zip file, not a checkpoint at all"), "not an ortalign checkpoint"},
 		{"empty", nil, "not an ortalign checkpoint"},
 		{"magic only", valid[:len(ckpt.magic)], "bad header length"},
@@ -489,15 +492,15 @@ func TestDamagedCheckpointIsAnError(t *testing.T) {
 		{"a size changed", setHeader("sizes", bumped), fmt.Sprintf("tensor %q has %d values, the model %d", name0, size0+1, size0)},
 		{"other optimizer", ckpt.edit(func(h map[string]any) { h["optimizer"], h["moments"] = "sgd", false }).bytes(t), "written for optimizer sgd, this run uses adamw"},
 		{"moments missing", setHeader("moments", false), "moments recorded false"},
-		{"truncated data", valid[:len(valid)-100], fmt.Sprintf("holds %d bytes of tensor data, its header describes %d (truncated or damaged)", len(ckpt.data)-100, len(ckpt.data))},
-		{"no data", valid[:len(valid)-len(ckpt.data)], fmt.Sprintf("holds 0 bytes of tensor data, its header describes %d", len(ckpt.data))},
-		{"extra trailing bytes", append(slices.Clone(valid), 1, 2, 3, 4, 5, 6, 7, 8), fmt.Sprintf("holds %d bytes of tensor data, its header describes %d (truncated or damaged)", len(ckpt.data)+8, len(ckpt.data))},
+		{"truncated data", valid[:len(valid)-100], fmt.Sprintf("holds %d bytes of tensor data and checksums, its header describes %d (truncated or damaged)", len(ckpt.data)-100, len(ckpt.data))},
+		{"no data", valid[:len(valid)-len(ckpt.data)], fmt.Sprintf("holds 0 bytes of tensor data and checksums, its header describes %d", len(ckpt.data))},
+		{"extra trailing bytes", append(slices.Clone(valid), 1, 2, 3, 4, 5, 6, 7, 8), fmt.Sprintf("holds %d bytes of tensor data and checksums, its header describes %d (truncated or damaged)", len(ckpt.data)+8, len(ckpt.data))},
 		{"huge header length", ckpt.raw(hdr, 1<<40), "bad header length"},
 		{"header length beyond the file", ckpt.raw(hdr, uint64(len(valid))+1), "bad header length"},
 		{"file ends in the header", valid[:len(ckpt.magic)+8+len(hdr)/2], "bad header length"},
 		{"header cut short", valid[:len(ckpt.magic)+8+len(hdr)-5], "truncated header"},
 		{"header length too long", ckpt.raw(hdr, uint64(len(hdr))+7), "header: "},
-		{"header length too short", ckpt.raw(hdr, uint64(len(hdr))-1), "header: unexpected end of JSON input"},
+		{"header length too short", ckpt.raw(hdr, uint64(len(hdr))-1), "header: CRC-32C"},
 		{"invalid JSON header", ckpt.raw(badJSON, uint64(len(badJSON))), "header: invalid character"},
 		{"header of the wrong type", setHeader("step", "two"), "header: json: cannot unmarshal string"},
 		{"negative step", setHeader("step", -2), "negative step -2"},
