@@ -3,6 +3,7 @@ package pipeline
 import (
 	"bytes"
 	"crypto/sha256"
+	"embed"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -19,9 +20,11 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"ortalign/internal/atomicfile"
+	"ortalign/internal/srcdigest"
 	"ortalign/onnx"
 	"ortalign/onnx/autodiff"
 	"ortalign/onnx/onnxpb"
+	"ortalign/onnx/ort"
 )
 
 // Training-graph cache.
@@ -31,8 +34,11 @@ import (
 // would pay it again for the very same graph. So the engine keeps the graph it built in
 // the run's directory (TrainConfig.GraphCache) and reuses it when the key matches: a
 // SHA-256 over the model that is differentiated — its graph and every initializer's
-// bytes, since ties compare values and the adapter's initial weights are in it — and
-// every option that shapes the graph.
+// bytes, since ties compare values and the adapter's initial weights are in it — every
+// option that shapes the graph, and the code that builds it (graphBuilder): the ONNX
+// Runtime version and digests of autodiff's and this package's sources, so that a cache
+// written by another build is never taken for the graph this one would make, with no
+// version constant to bump by hand.
 //
 // The file holds no copy of the weights: an initializer of the training graph that is
 // the model's own (a frozen weight, the base weights under LoRA) is written as a stub
@@ -55,19 +61,51 @@ const (
 	GraphCacheMetaFile = "training_graph.json"
 )
 
-// graphCacheVersion is part of the cache key. Bump it whenever the training graph built
-// for the same model and options changes — autodiff's rules, emission, gradient
-// checkpointing or shape probing, a loss head (Objective.AppendLoss), tying, trainable
-// selection — or the cache's format does: a cache written by an older ortalign would
-// otherwise be reused as if it were current.
-const graphCacheVersion = 1
+// graphBuilder is the code that builds a training graph, as part of the cache key: the
+// graph built for the same model and options changes with autodiff (rules, emission,
+// gradient checkpointing, shape probing), with this package (loss heads, tying,
+// trainable selection, the cache's own format) and with the ONNX Runtime that probes
+// the shapes. Each is named by a digest of its code or its version, so none needs a
+// constant bumped by hand.
+type graphBuilder struct {
+	// ORT is the version of the ONNX Runtime library (ort.Version).
+	ORT string `json:"onnxruntime"`
+	// Autodiff is autodiff.RulesDigest.
+	Autodiff string `json:"autodiff"`
+	// Pipeline is the digest of this package's Go sources (pipelineSources).
+	Pipeline string `json:"pipeline"`
+}
+
+// pipelineSources are this package's files as built; the cache key digests its non-test
+// Go sources.
+//
+//go:embed *.go
+var pipelineSources embed.FS
+
+// pipelineDigest is srcdigest.Of(pipelineSources), computed once.
+var pipelineDigest = sync.OnceValues(func() (string, error) { return srcdigest.Of(pipelineSources) })
+
+// currentGraphBuilder returns this build's graphBuilder, loading ONNX Runtime when it is
+// not loaded yet. Tests replace it to stand for another build.
+var currentGraphBuilder = func() (graphBuilder, error) {
+	v, err := ort.Version()
+	if err != nil {
+		return graphBuilder{}, err
+	}
+	p, err := pipelineDigest()
+	if err != nil {
+		return graphBuilder{}, err
+	}
+	return graphBuilder{ORT: v, Autodiff: autodiff.RulesDigest(), Pipeline: p}, nil
+}
 
 // graphCacheMeta is GraphCacheMetaFile.
 type graphCacheMeta struct {
-	Version     int    `json:"version"`
-	Key         string `json:"key"`
-	ModelSHA256 string `json:"model_sha256"` // of GraphCacheModelFile's bytes
-	ModelSize   int64  `json:"model_size"`
+	Key string `json:"key"`
+	// Builder is the code the graph was built by (in the key; written for readers).
+	Builder     graphBuilder `json:"builder"`
+	ModelSHA256 string       `json:"model_sha256"` // of GraphCacheModelFile's bytes
+	ModelSize   int64        `json:"model_size"`
 	// Shared are the initializers written as stubs, whose data is the model's own.
 	Shared       []string          `json:"shared_initializers"`
 	Trainable    []string          `json:"trainable"`
@@ -88,7 +126,11 @@ func cachedTrainingGraph[T any](dir string, m *onnx.Model, obj Objective[T], c G
 		g, err := BuildTrainingGraph(m, obj, c)
 		return g, "", err
 	}
-	key, kerr := graphCacheKey(m, obj, c, ad)
+	builder, kerr := currentGraphBuilder()
+	var key string
+	if kerr == nil {
+		key, kerr = graphCacheKey(m, obj, c, ad, builder)
+	}
 	if kerr == nil {
 		if g, ok := readGraphCache(dir, key, m); ok {
 			return g, filepath.Join(dir, GraphCacheModelFile), nil
@@ -98,7 +140,7 @@ func cachedTrainingGraph[T any](dir string, m *onnx.Model, obj Objective[T], c G
 		return nil, "", err
 	}
 	if kerr == nil {
-		kerr = writeGraphCache(dir, key, g, m)
+		kerr = writeGraphCache(dir, key, builder, g, m)
 	}
 	if kerr != nil {
 		g.Notices = append(slices.Clip(g.Notices), fmt.Sprintf("training graph not cached in %s: %v", dir, kerr))
@@ -107,11 +149,11 @@ func cachedTrainingGraph[T any](dir string, m *onnx.Model, obj Objective[T], c G
 }
 
 // graphCacheKey is the cache key of the training graph of m for obj with c and the
-// adapter ad (m being ad's adapted model): SHA-256 over the format version, the options
-// and the model, in hex.
-func graphCacheKey[T any](m *onnx.Model, obj Objective[T], c GraphConfig, ad Adapter) (string, error) {
+// adapter ad (m being ad's adapted model), built by b: SHA-256 over the builder, the
+// options and the model, in hex.
+func graphCacheKey[T any](m *onnx.Model, obj Objective[T], c GraphConfig, ad Adapter, b graphBuilder) (string, error) {
 	opts := struct {
-		Version        int               `json:"version"`
+		Builder        graphBuilder      `json:"builder"`
 		ObjectiveType  string            `json:"objective_type"`
 		Objective      string            `json:"objective"`
 		Settings       map[string]string `json:"settings"`
@@ -124,7 +166,7 @@ func graphCacheKey[T any](m *onnx.Model, obj Objective[T], c GraphConfig, ad Ada
 		Adapter        string            `json:"adapter"`
 		AdapterOptions map[string]string `json:"adapter_settings"`
 	}{
-		Version: graphCacheVersion, ObjectiveType: fmt.Sprintf("%T", obj), Objective: obj.Name(),
+		Builder: b, ObjectiveType: fmt.Sprintf("%T", obj), Objective: obj.Name(),
 		Settings: obj.Settings(), Outputs: obj.Outputs(),
 		Tie: c.TieTransposedCopies, Checkpointing: c.GradientCheckpointing, Trainable: c.Trainable,
 	}
@@ -140,12 +182,12 @@ func graphCacheKey[T any](m *onnx.Model, obj Objective[T], c GraphConfig, ad Ada
 	if ad != nil {
 		opts.Adapter, opts.AdapterOptions = ad.Name(), ad.Settings()
 	}
-	b, err := json.Marshal(opts)
+	j, err := json.Marshal(opts)
 	if err != nil {
 		return "", fmt.Errorf("cache key: %w", err)
 	}
 	h := sha256.New()
-	writeLenBytes(h, b)
+	writeLenBytes(h, j)
 	if err := hashModel(h, m); err != nil {
 		return "", fmt.Errorf("cache key: %w", err)
 	}
@@ -235,7 +277,7 @@ func readGraphCache(dir, key string, src *onnx.Model) (*TrainingGraph, bool) {
 		return nil, false
 	}
 	var c graphCacheMeta
-	if json.Unmarshal(b, &c) != nil || c.Version != graphCacheVersion || c.Key != key {
+	if json.Unmarshal(b, &c) != nil || c.Key != key {
 		return nil, false
 	}
 	path := filepath.Join(dir, GraphCacheModelFile)
@@ -256,8 +298,8 @@ func readGraphCache(dir, key string, src *onnx.Model) (*TrainingGraph, bool) {
 	return &TrainingGraph{Result: res, Trainable: c.Trainable, Ties: c.Ties, Outputs: c.Outputs}, true
 }
 
-// writeGraphCache caches g, the training graph of src, under key in dir.
-func writeGraphCache(dir, key string, g *TrainingGraph, src *onnx.Model) error {
+// writeGraphCache caches g, the training graph of src built by builder, under key in dir.
+func writeGraphCache(dir, key string, builder graphBuilder, g *TrainingGraph, src *onnx.Model) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -267,7 +309,7 @@ func writeGraphCache(dir, key string, g *TrainingGraph, src *onnx.Model) error {
 	}
 	sum := sha256.Sum256(b)
 	meta, err := json.MarshalIndent(graphCacheMeta{
-		Version: graphCacheVersion, Key: key, ModelSHA256: hex.EncodeToString(sum[:]), ModelSize: int64(len(b)),
+		Key: key, Builder: builder, ModelSHA256: hex.EncodeToString(sum[:]), ModelSize: int64(len(b)),
 		Shared: shared, Trainable: g.Trainable, Ties: g.Ties, Outputs: g.Outputs,
 		Grads: g.Grads, Manifest: g.Manifest, Checkpointed: g.Checkpointed, Notices: g.Notices,
 	}, "", "  ")

@@ -2,16 +2,22 @@ package pipeline
 
 import (
 	"encoding/json"
+	"errors"
 	"math"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
 
+	"ortalign/internal/srcdigest"
 	"ortalign/onnx"
+	"ortalign/onnx/autodiff"
+	"ortalign/onnx/ort"
 )
 
 // cachedEngine builds an engine on the model at path (loaded afresh, or m when given)
@@ -225,6 +231,77 @@ func TestGraphCacheRebuildsOnChange(t *testing.T) {
 	cfg.Adapter = LoRA{R: 2, Alpha: 8, Seed: 2}
 	if e := cachedEngine(t, engineModel, changed, dir, cfg, dpo(0.2)); e.ReusedGraph() == "" {
 		t.Fatal("the last options again: rebuilt")
+	}
+}
+
+// TestGraphCacheBuilder: the sidecar records the build that made the graph — the ONNX
+// Runtime version, autodiff.RulesDigest and the digest of this package's sources as
+// they are on disk — and a cache made by a build that differs in any of them is rebuilt,
+// with no error, and rewritten, so the next engine of that build reuses it.
+func TestGraphCacheBuilder(t *testing.T) {
+	_, pad := enginePairs(t)
+	dir := t.TempDir()
+	cfg := TrainConfig{Optim: OptimConfig{Name: OptimSGD}, LR: 1e-2, BatchSize: 4, Threads: 1, PadID: pad}
+	obj := SFT{}
+	if e := cachedEngine(t, engineModel, nil, dir, cfg, obj); e.ReusedGraph() != "" {
+		t.Fatalf("first engine reused %s", e.ReusedGraph())
+	}
+	version, err := ort.Version()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sources, err := srcdigest.Of(os.DirFS("."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	this := graphBuilder{ORT: version, Autodiff: autodiff.RulesDigest(), Pipeline: sources}
+	if got := readGraphMeta(t, dir).Builder; got != this {
+		t.Fatalf("the sidecar records builder %+v, want %+v", got, this)
+	}
+	saved := currentGraphBuilder
+	t.Cleanup(func() { currentGraphBuilder = saved })
+	for _, tc := range []struct {
+		name string
+		edit func(*graphBuilder)
+	}{
+		{"another ONNX Runtime", func(b *graphBuilder) { b.ORT = "1.25.0" }},
+		{"other gradient rules", func(b *graphBuilder) { b.Autodiff = strings.Repeat("0", 64) }},
+		{"another pipeline", func(b *graphBuilder) { b.Pipeline = strings.Repeat("1", 64) }},
+		{"this build again", func(*graphBuilder) {}},
+	} {
+		other := this
+		tc.edit(&other)
+		currentGraphBuilder = func() (graphBuilder, error) { return other, nil }
+		if e := cachedEngine(t, engineModel, nil, dir, cfg, obj); e.ReusedGraph() != "" {
+			t.Fatalf("%s: reused %s", tc.name, e.ReusedGraph())
+		}
+		if got := readGraphMeta(t, dir).Builder; got != other {
+			t.Fatalf("%s: the rewritten sidecar records builder %+v, want %+v", tc.name, got, other)
+		}
+		if e := cachedEngine(t, engineModel, nil, dir, cfg, obj); e.ReusedGraph() == "" {
+			t.Fatalf("%s again: rebuilt", tc.name)
+		}
+	}
+}
+
+// TestGraphCacheBuilderUnknown: when the build cannot be told (ONNX Runtime gives no
+// version), the graph is built and not cached, and a notice says so.
+func TestGraphCacheBuilderUnknown(t *testing.T) {
+	_, pad := enginePairs(t)
+	dir := t.TempDir()
+	cfg := TrainConfig{Optim: OptimConfig{Name: OptimSGD}, LR: 1e-2, BatchSize: 4, Threads: 1, PadID: pad}
+	saved := currentGraphBuilder
+	t.Cleanup(func() { currentGraphBuilder = saved })
+	currentGraphBuilder = func() (graphBuilder, error) { return graphBuilder{}, errors.New("no version") }
+	e := cachedEngine(t, engineModel, nil, dir, cfg, SFT{})
+	if e.ReusedGraph() != "" {
+		t.Fatalf("reused %s", e.ReusedGraph())
+	}
+	if !slices.ContainsFunc(e.graph.Notices, func(n string) bool { return strings.Contains(n, "no version") }) {
+		t.Fatalf("notices %q do not say why the graph was not cached", e.graph.Notices)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("wrote %v without a key", entries)
 	}
 }
 

@@ -155,7 +155,7 @@ func Unsupported(m *onnx.Model, loss string, trainable []string) []NodeRef {
 	p := analyze(g, types, loss, trainable, stopGradient(m, Config{}))
 	var out []NodeRef
 	for _, n := range p.active {
-		if _, ok := rules[opKey(n)]; !ok {
+		if _, ok := gradRule(n); !ok {
 			out = append(out, nodeRef(n))
 		}
 	}
@@ -245,7 +245,7 @@ func build(forward *onnx.Model, cfg Config) (*Result, error) {
 	phase("analyze")
 	var missing []NodeRef
 	for _, n := range p.active {
-		if _, ok := rules[opKey(n)]; !ok {
+		if _, ok := gradRule(n); !ok {
 			missing = append(missing, nodeRef(n))
 		}
 	}
@@ -263,12 +263,15 @@ func build(forward *onnx.Model, cfg Config) (*Result, error) {
 		return nil, fmt.Errorf("autodiff: loss %q has shape %v on the sample; it must be a scalar", cfg.Loss, shapes[cfg.Loss])
 	}
 
-	// Scatter-add (Gather's gradient) needs opset 16; the forward operators
-	// of opsets 13-15 mean the same at 16.
-	if m.Opset("") < 16 && slices.ContainsFunc(p.active, func(n *onnxpb.NodeProto) bool {
-		return n.GetOpType() == "Gather" || n.GetOpType() == "GatherElements"
-	}) {
-		m.SetOpset("", 16)
+	// Some gradients need a later opset than the model's (scatter-add, the
+	// gradient of Gather, needs 16); the forward operators of opsets 13-15
+	// mean the same at 16.
+	need := m.Opset("")
+	for _, n := range p.active {
+		need = max(need, opOf(n).opset)
+	}
+	if need > m.Opset("") {
+		m.SetOpset("", need)
 	}
 
 	// Trainable initializers become inputs.
@@ -469,7 +472,7 @@ func analyze(g *onnxpb.GraphProto, types map[string]onnx.DataType, loss string, 
 		requires[t], from[t] = true, t
 	}
 	for _, n := range g.GetNode() {
-		if n == nil || nonDifferentiable[n.GetOpType()] {
+		if n == nil || opOf(n).noGrad {
 			continue
 		}
 		i := slices.IndexFunc(n.GetInput(), func(s string) bool { return requires[s] })

@@ -62,12 +62,6 @@ var layerName = regexp.MustCompile(`^(.*?(?:^|[/.])(?:layers|layer|h|blocks|bloc
 // (torch.onnx.export with dynamo=True).
 var scopeMetadata = []string{"pkg.torch.onnx.name_scopes", "namespace"}
 
-// randomOps are operators whose recomputation would not give the same values.
-var randomOps = map[string]bool{
-	"RandomNormal": true, "RandomNormalLike": true, "RandomUniform": true, "RandomUniformLike": true,
-	"Bernoulli": true, "Multinomial": true,
-}
-
 // segment is a decoder layer whose forward is recomputed in the backward pass.
 type segment struct {
 	name string
@@ -306,7 +300,7 @@ func cmpOr(a, b string) string {
 // unrecomputable reports whether n cannot be recomputed: a random operator
 // would give other values, a subgraph reads values the copy would not rename.
 func unrecomputable(n *onnxpb.NodeProto) bool {
-	if randomOps[n.GetOpType()] {
+	if opOf(n).random {
 		return true
 	}
 	return slices.ContainsFunc(n.GetAttribute(), func(a *onnxpb.AttributeProto) bool {

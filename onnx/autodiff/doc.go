@@ -12,14 +12,18 @@
 //   - the outputs are the loss, the requested auxiliary outputs, and
 //     "grad.<param>" for each trainable parameter.
 //
-// The gradient engine is a table (rules.go) from ONNX operator type to a
-// short rule that, given the gradients of a node's outputs, emits the
-// gradients of its inputs with an onnx.Builder. A walk over the nodes in
-// reverse topological order sums the contributions of values used several
-// times. Only nodes on a path from a trainable parameter to the loss are
-// differentiated; integer, boolean and shape logic gets no gradient work.
-// An operator on that path without a rule is an error naming the operator
-// and the node, reported before anything runs (see Unsupported).
+// The gradient engine is a registry (rules.go) holding one record per ONNX
+// operator type: a short rule that, given the gradients of a node's outputs,
+// emits the gradients of its inputs with an onnx.Builder; whether the
+// operator carries gradients at all (shape logic, comparisons and random
+// numbers do not); and the element types of its outputs. A walk over the
+// nodes in reverse topological order sums the contributions of values used
+// several times. Only nodes on a path from a trainable parameter to the loss
+// are differentiated; integer, boolean and shape logic gets no gradient
+// work. An operator on that path without a rule (or without a record) is an
+// error naming the operator and the node, reported before anything runs
+// (see Unsupported). RulesDigest digests the package's sources, for caches
+// of the graphs it emits.
 //
 // No gradient is silently zero: a rule must return one gradient per input
 // of its node, and one for every input that depends on a trainable

@@ -210,7 +210,11 @@ func (e *emitter) apply(n *node) (gx []string, err error) {
 			err = panicError(r, e.label(n.NodeProto))
 		}
 	}()
-	return rules[opKey(n.NodeProto)](e, n), nil
+	r, ok := gradRule(n.NodeProto)
+	if !ok { // Build checks every active node first
+		return nil, fmt.Errorf("gradient of %s: no gradient rule", e.label(n.NodeProto))
+	}
+	return r(e, n), nil
 }
 
 // panicError turns a value recovered at some point of the emitter into an

@@ -107,6 +107,10 @@ type fdCase struct {
 	op    string // the rule the case checks
 	name  string
 	opset int64 // 0 means 17
+	// fused marks a case of a pattern the walk differentiates in one piece
+	// instead of through the rule (fusedLogSoftmaxGather): the rule must not
+	// run.
+	fused bool
 	build func(c *tc) []string
 }
 
@@ -337,11 +341,11 @@ var fdCases = []fdCase{
 			onnx.AttrInt("axis", 0), onnx.AttrString("reduction", "add"))}
 	}},
 	// GatherElements of a LogSoftmax along its axis takes the fused sparse rule.
-	{op: "GatherElements", name: "fused-log-softmax", build: func(c *tc) []string {
+	{op: "GatherElements", name: "fused-log-softmax", fused: true, build: func(c *tc) []string {
 		idx := c.b.Const(onnx.Int64Tensor("", []int64{2, 3, 1}, []int64{0, 4, 2, 1, 1, 3}))
 		return []string{c.b.GatherElements(c.b.LogSoftmax(c.param(2, 3, 5), -1), idx, 2)}
 	}},
-	{op: "GatherElements", name: "fused-log-softmax-repeated", build: func(c *tc) []string {
+	{op: "GatherElements", name: "fused-log-softmax-repeated", fused: true, build: func(c *tc) []string {
 		idx := c.b.Const(onnx.Int64Tensor("", []int64{2, 2}, []int64{1, 1, 0, 3}))
 		return []string{c.b.GatherElements(c.b.LogSoftmax(c.param(2, 4), 1), idx, 1)}
 	}},
@@ -553,30 +557,61 @@ func fdCheckSample(t *testing.T, m *onnx.Model, trainable []string, feeds, sampl
 	return worst
 }
 
+// TestRulesFiniteDifferences runs every gradient rule of the registry
+// against central finite differences, through the cases of its operator in
+// fdCases: a rule without a case that runs it fails, as does a case whose
+// model never reaches its rule (or, for a fused case, takes it) or whose
+// operator has none.
 func TestRulesFiniteDifferences(t *testing.T) {
-	worst, cases := 0.0, 0
+	byOp := map[string][]int{}
 	for i, fc := range fdCases {
-		t.Run(fc.op+"/"+fc.name, func(t *testing.T) {
-			m, c := caseModel(t, fc, uint64(i+1))
-			w := fdCheck(t, m, c.trainable, c.feeds)
-			worst = max(worst, w)
-			cases++
-		})
-	}
-	t.Logf("%d cases, %d rules; largest error %.3g (relative, float32 cases scaled by 1e-3)", cases, len(rules), worst)
-}
-
-func TestEveryRuleHasACase(t *testing.T) {
-	covered := map[string]bool{}
-	for _, fc := range fdCases {
-		covered[fc.op] = true
-		if _, ok := rules[fc.op]; !ok {
+		if _, ok := ops[fc.op]; !ok || ops[fc.op].grad == nil {
 			t.Errorf("case %s/%s is for %s, which has no rule", fc.op, fc.name, fc.op)
 		}
+		byOp[fc.op] = append(byOp[fc.op], i)
 	}
+	worst, cases := 0.0, 0
 	for _, op := range Rules() {
-		if !covered[op] {
-			t.Errorf("rule %s has no finite-difference case", op)
+		t.Run(op, func(t *testing.T) {
+			if !slices.ContainsFunc(byOp[op], func(i int) bool { return !fdCases[i].fused }) {
+				t.Fatalf("rule %s has no finite-difference case", op)
+			}
+			calls := 0
+			r := ops[op].grad
+			withRule(t, op, func(e *emitter, n *node) []string {
+				calls++
+				return r(e, n)
+			})
+			for _, i := range byOp[op] {
+				fc := fdCases[i]
+				t.Run(fc.name, func(t *testing.T) {
+					before := calls
+					m, c := caseModel(t, fc, uint64(i+1))
+					w := fdCheck(t, m, c.trainable, c.feeds)
+					if ran := calls > before; ran == fc.fused {
+						t.Errorf("the rule of %s ran: %v, want %v (fused case: %v)", op, ran, !fc.fused, fc.fused)
+					}
+					worst = max(worst, w)
+					cases++
+				})
+			}
+		})
+	}
+	t.Logf("%d cases, %d rules; largest error %.3g (relative, float32 cases scaled by 1e-3)", cases, len(Rules()), worst)
+}
+
+// TestRegistryEntries checks what the walk relies on in every entry: an
+// operator without gradient has no rule, and a random one has no gradient.
+func TestRegistryEntries(t *testing.T) {
+	for op, d := range ops {
+		if d.noGrad && d.grad != nil {
+			t.Errorf("%s is marked without gradient but has a rule", op)
+		}
+		if d.random && !d.noGrad {
+			t.Errorf("%s is random but not marked without gradient", op)
+		}
+		if d.grad == nil && !d.noGrad && d.types == nil {
+			t.Errorf("%s has an empty entry: it says nothing a missing one would not", op)
 		}
 	}
 }

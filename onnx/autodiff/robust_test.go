@@ -29,12 +29,14 @@ func buildNoPanic(t *testing.T, m *onnx.Model, cfg Config) (res *Result, err err
 // withRule replaces the rule of op for the rest of the test.
 func withRule(t *testing.T, op string, r rule) {
 	t.Helper()
-	old, ok := rules[op]
-	if !ok {
+	old, ok := ops[op]
+	if !ok || old.grad == nil {
 		t.Fatalf("no rule for %s to replace", op)
 	}
-	rules[op] = r
-	t.Cleanup(func() { rules[op] = old })
+	d := old
+	d.grad = r
+	ops[op] = d
+	t.Cleanup(func() { ops[op] = old })
 }
 
 // mulModel is loss = ReduceSum(Mul(a, x)) with a = p or, when viaNeg,

@@ -8,6 +8,37 @@ import (
 	"ortalign/onnx/onnxpb"
 )
 
+// opDef is everything autodiff knows about one ONNX operator type: how to
+// differentiate it, whether it can be, and the element types of its
+// outputs. The registry ops holds one per operator type, so a new operator
+// is one entry (tinygrad's gradient table, ONNX Runtime's gradient builder
+// registry with its SHOULD_NOT_DO_GRADIENT list).
+type opDef struct {
+	// grad emits the gradients of the node's inputs (see rule). nil: the
+	// operator has no gradient rule, and a node of it on the path from a
+	// trainable parameter to the loss is an UnsupportedError.
+	grad rule
+	// noGrad marks an operator whose outputs never carry a gradient, even
+	// when computed from a trainable value: shape and index logic,
+	// comparisons, rounding, random numbers. The walk passes it by; it has
+	// no grad.
+	noGrad bool
+	// types returns the element types of the node's outputs, one per
+	// output or a single one for all (nil: every output has the type of the
+	// first input, as most operators). in gives the type of input i,
+	// onnx.Undefined when absent or unknown.
+	types typeRule
+	// random marks an operator whose recomputation would not give the same
+	// values: gradient checkpointing keeps the layers that hold one.
+	random bool
+	// opset is the least default-domain opset that the gradient's operators
+	// need (0: any that autodiff accepts); Build raises a model below it.
+	opset int64
+}
+
+// typeRule gives the element types of a node's outputs (opDef.types).
+type typeRule func(n *onnxpb.NodeProto, in func(i int) onnx.DataType) []onnx.DataType
+
 // rule emits the gradients of a node's inputs, given those of its outputs
 // (n.gy), and returns them by input position: exactly one entry per input
 // of the node (a different count is an error). An entry is "" for an input
@@ -27,143 +58,198 @@ func only(n *node, gx ...string) []string {
 	return out
 }
 
+// opOf returns the registry entry of n, keyed by opKey (a node of another
+// domain is not the default-domain operator of the same name); the zero
+// opDef when there is none: no gradient rule, outputs of the first input's
+// type.
+func opOf(n *onnxpb.NodeProto) opDef { return ops[opKey(n)] }
+
+// gradRule returns n's gradient rule, false when its operator has none.
+func gradRule(n *onnxpb.NodeProto) (rule, bool) {
+	r := opOf(n).grad
+	return r, r != nil
+}
+
 // Rules returns the operator types that have a gradient rule, sorted.
 func Rules() []string {
-	out := make([]string, 0, len(rules))
-	for k := range rules {
-		out = append(out, k)
+	var out []string
+	for k, d := range ops {
+		if d.grad != nil {
+			out = append(out, k)
+		}
 	}
 	slices.Sort(out)
 	return out
 }
 
-// rules is the gradient table: one entry per ONNX operator type (default
-// domain). In the comments, g is the gradient of output 0, y output 0, and
-// sumTo reduces a broadcast gradient to an input's shape.
-var rules = map[string]rule{
+// ops is the registry: one entry per ONNX operator type (default domain)
+// that autodiff knows. In the comments, g is the gradient of output 0, y
+// output 0, and sumTo reduces a broadcast gradient to an input's shape.
+var ops = map[string]opDef{
 	// Elementwise arithmetic (broadcasting).
-	"Add": func(e *emitter, n *node) []string { // da = g, db = g
+	"Add": {grad: func(e *emitter, n *node) []string { // da = g, db = g
 		return []string{e.unb(n, n.g(), 0), e.unb(n, n.g(), 1)}
-	},
-	"Sub": func(e *emitter, n *node) []string { // da = g, db = -g
+	}},
+	"Sub": {grad: func(e *emitter, n *node) []string { // da = g, db = -g
 		return []string{e.unb(n, n.g(), 0), e.unb(n, e.b.Neg(n.g()), 1)}
-	},
-	"Mul": func(e *emitter, n *node) []string { // da = g·b, db = g·a
+	}},
+	"Mul": {grad: func(e *emitter, n *node) []string { // da = g·b, db = g·a
 		return []string{e.unb(n, e.b.Mul(n.g(), n.x(1)), 0), e.unb(n, e.b.Mul(n.g(), n.x(0)), 1)}
-	},
-	"Div": func(e *emitter, n *node) []string { // da = g/b, db = -(g/b)·y
+	}},
+	"Div": {grad: func(e *emitter, n *node) []string { // da = g/b, db = -(g/b)·y
 		t := e.b.Div(n.g(), n.x(1))
 		return []string{e.unb(n, t, 0), e.unb(n, e.b.Neg(e.b.Mul(t, n.y(0))), 1)}
-	},
-	"Sum": func(e *emitter, n *node) []string { // dx_i = g
+	}},
+	"Sum": {grad: func(e *emitter, n *node) []string { // dx_i = g
 		out := make([]string, len(n.Input))
 		for i := range out {
 			out[i] = e.unb(n, n.g(), i)
 		}
 		return out
-	},
-	"Pow": powGrad,
-	"Max": minMaxGrad,
-	"Min": minMaxGrad,
+	}},
+	"Pow": {grad: powGrad},
+	"Max": {grad: minMaxGrad},
+	"Min": {grad: minMaxGrad},
 
 	// Elementwise unary.
-	"Neg":      func(e *emitter, n *node) []string { return []string{e.b.Neg(n.g())} },
-	"Identity": func(e *emitter, n *node) []string { return []string{n.g()} },
-	"Dropout":  dropoutGrad,
-	"Exp":      func(e *emitter, n *node) []string { return []string{e.b.Mul(n.g(), n.y(0))} },
-	"Log":      func(e *emitter, n *node) []string { return []string{e.b.Div(n.g(), n.x(0))} },
-	"Sqrt": func(e *emitter, n *node) []string {
+	"Neg":      {grad: func(e *emitter, n *node) []string { return []string{e.b.Neg(n.g())} }},
+	"Identity": {grad: func(e *emitter, n *node) []string { return []string{n.g()} }},
+	"Dropout":  {grad: dropoutGrad, types: firstAnd(onnx.Bool)}, // output, mask
+	"Exp":      {grad: func(e *emitter, n *node) []string { return []string{e.b.Mul(n.g(), n.y(0))} }},
+	"Log":      {grad: func(e *emitter, n *node) []string { return []string{e.b.Div(n.g(), n.x(0))} }},
+	"Sqrt": {grad: func(e *emitter, n *node) []string {
 		return []string{e.b.Div(e.b.Mul(n.g(), e.scalar(0.5, n.y(0))), n.y(0))}
-	},
-	"Reciprocal": func(e *emitter, n *node) []string { return []string{e.b.Neg(e.b.Mul(n.g(), e.b.Mul(n.y(0), n.y(0))))} },
-	"Sin":        func(e *emitter, n *node) []string { return []string{e.b.Mul(n.g(), e.b.Op("Cos", []string{n.x(0)}))} },
-	"Cos": func(e *emitter, n *node) []string {
+	}},
+	"Reciprocal": {grad: func(e *emitter, n *node) []string {
+		return []string{e.b.Neg(e.b.Mul(n.g(), e.b.Mul(n.y(0), n.y(0))))}
+	}},
+	"Sin": {grad: func(e *emitter, n *node) []string { return []string{e.b.Mul(n.g(), e.b.Op("Cos", []string{n.x(0)}))} }},
+	"Cos": {grad: func(e *emitter, n *node) []string {
 		return []string{e.b.Neg(e.b.Mul(n.g(), e.b.Op("Sin", []string{n.x(0)})))}
-	},
-	"Abs": func(e *emitter, n *node) []string { return []string{e.b.Mul(n.g(), e.b.Op("Sign", []string{n.x(0)}))} },
-	"Tanh": func(e *emitter, n *node) []string { // g * (1 - y²)
+	}},
+	"Abs": {grad: func(e *emitter, n *node) []string { return []string{e.b.Mul(n.g(), e.b.Op("Sign", []string{n.x(0)}))} }},
+	"Tanh": {grad: func(e *emitter, n *node) []string { // g * (1 - y²)
 		y := n.y(0)
 		return []string{e.b.Mul(n.g(), e.b.Sub(e.scalar(1, y), e.b.Mul(y, y)))}
-	},
-	"Sigmoid": func(e *emitter, n *node) []string { // g * y * (1 - y)
+	}},
+	"Sigmoid": {grad: func(e *emitter, n *node) []string { // g * y * (1 - y)
 		y := n.y(0)
 		return []string{e.b.Mul(n.g(), e.b.Mul(y, e.b.Sub(e.scalar(1, y), y)))}
-	},
-	"Softplus": func(e *emitter, n *node) []string { // g * σ(x)
+	}},
+	"Softplus": {grad: func(e *emitter, n *node) []string { // g * σ(x)
 		return []string{e.b.Mul(n.g(), e.b.Sigmoid(n.x(0)))}
-	},
-	"Erf": func(e *emitter, n *node) []string { // g * 2/√π * exp(-x²)
+	}},
+	"Erf": {grad: func(e *emitter, n *node) []string { // g * 2/√π * exp(-x²)
 		x := n.x(0)
 		return []string{e.b.Mul(n.g(), e.b.Mul(e.scalar(2/math.Sqrt(math.Pi), x), e.b.Exp(e.b.Neg(e.b.Mul(x, x)))))}
-	},
-	"Relu": func(e *emitter, n *node) []string { // g where y > 0
+	}},
+	"Relu": {grad: func(e *emitter, n *node) []string { // g where y > 0
 		y := n.y(0)
 		return []string{e.b.Where(e.b.Greater(y, e.scalar(0, y)), n.g(), e.scalar(0, y))}
-	},
-	"Cast": func(e *emitter, n *node) []string { // back to the input's type
+	}},
+	"Cast": {grad: func(e *emitter, n *node) []string { // back to the input's type
 		if !e.dtype(n.x(0)).IsFloat() {
 			return only(n)
 		}
 		return []string{e.b.Cast(n.g(), e.dtype(n.x(0)))}
-	},
-	"Clip":  clipGrad,
-	"Where": whereGrad,
+	}, types: attrType("to", nil)},
+	"CastLike": {types: input(1)},
+	"Clip":     {grad: clipGrad},
+	"Where":    {grad: whereGrad, types: input(1)},
 
 	// Normalisation and activations over an axis.
-	"Softmax": func(e *emitter, n *node) []string { // y*g - y*sum(y*g)
+	"Softmax": {grad: func(e *emitter, n *node) []string { // y*g - y*sum(y*g)
 		y, t := n.y(0), e.b.Mul(n.g(), n.y(0))
 		return []string{e.b.Sub(t, e.b.Mul(y, e.b.ReduceSum(t, []int64{n.attrInt("axis", -1)}, true)))}
-	},
-	"LogSoftmax": func(e *emitter, n *node) []string { // g - exp(y)*sum(g)
+	}},
+	"LogSoftmax": {grad: func(e *emitter, n *node) []string { // g - exp(y)*sum(g)
 		s := e.b.ReduceSum(n.g(), []int64{n.attrInt("axis", -1)}, true)
 		return []string{e.b.Sub(n.g(), e.b.Mul(e.b.Exp(n.y(0)), s))}
-	},
-	"LayerNormalization": layerNormGrad,
-	"CumSum": func(e *emitter, n *node) []string { // cumsum of g the other way
+	}},
+	"LayerNormalization": {grad: layerNormGrad, types: layerNormTypes},
+	"CumSum": {grad: func(e *emitter, n *node) []string { // cumsum of g the other way
 		return only(n, e.b.Op("CumSum", []string{n.g(), n.x(1)},
 			onnx.AttrInt("exclusive", n.attrInt("exclusive", 0)), onnx.AttrInt("reverse", 1-n.attrInt("reverse", 0))))
-	},
-	"Trilu": func(e *emitter, n *node) []string { // the same triangle of g
+	}},
+	"Trilu": {grad: func(e *emitter, n *node) []string { // the same triangle of g
 		in := []string{n.g()}
 		if k := n.x(1); k != "" {
 			in = append(in, k)
 		}
 		return only(n, e.b.Op("Trilu", in, onnx.AttrInt("upper", n.attrInt("upper", 1))))
-	},
+	}},
 
 	// Linear algebra.
-	"MatMul": matMulGrad,
-	"Gemm":   gemmGrad,
+	"MatMul": {grad: matMulGrad},
+	"Gemm":   {grad: gemmGrad},
 
 	// Reductions.
-	"ReduceSum":  reduceGrad,
-	"ReduceMean": reduceGrad,
-	"ReduceMax":  reduceGrad,
-	"ReduceMin":  reduceGrad,
+	"ReduceSum":  {grad: reduceGrad},
+	"ReduceMean": {grad: reduceGrad},
+	"ReduceMax":  {grad: reduceGrad},
+	"ReduceMin":  {grad: reduceGrad},
+	"TopK":       {types: firstAnd(onnx.Int64)}, // values, indices
 
 	// Shape and layout: the gradient is g moved back.
-	"Reshape":   func(e *emitter, n *node) []string { return only(n, e.like(n.g(), n.x(0))) },
-	"Flatten":   func(e *emitter, n *node) []string { return only(n, e.like(n.g(), n.x(0))) },
-	"Squeeze":   func(e *emitter, n *node) []string { return only(n, e.like(n.g(), n.x(0))) },
-	"Unsqueeze": func(e *emitter, n *node) []string { return only(n, e.like(n.g(), n.x(0))) },
-	"Transpose": func(e *emitter, n *node) []string {
+	"Reshape":   {grad: func(e *emitter, n *node) []string { return only(n, e.like(n.g(), n.x(0))) }},
+	"Flatten":   {grad: func(e *emitter, n *node) []string { return only(n, e.like(n.g(), n.x(0))) }},
+	"Squeeze":   {grad: func(e *emitter, n *node) []string { return only(n, e.like(n.g(), n.x(0))) }},
+	"Unsqueeze": {grad: func(e *emitter, n *node) []string { return only(n, e.like(n.g(), n.x(0))) }},
+	"Transpose": {grad: func(e *emitter, n *node) []string {
 		perm, ok := n.attrInts("perm")
 		if !ok {
 			perm = arange(e.rank(n.x(0)))
 			slices.Reverse(perm)
 		}
 		return []string{e.b.Transpose(n.g(), inversePerm(perm))}
-	},
-	"Expand": func(e *emitter, n *node) []string { return only(n, e.unb(n, n.g(), 0)) },
-	"Tile":   tileGrad,
-	"Concat": concatGrad,
-	"Split":  splitGrad,
-	"Slice":  sliceGrad,
+	}},
+	"Expand": {grad: func(e *emitter, n *node) []string { return only(n, e.unb(n, n.g(), 0)) }},
+	"Tile":   {grad: tileGrad},
+	"Concat": {grad: concatGrad},
+	"Split":  {grad: splitGrad},
+	"Slice":  {grad: sliceGrad},
 
-	// Indexing: scatter-add g back.
-	"Gather":          gatherGrad,
-	"GatherElements":  gatherElementsGrad,
-	"ScatterElements": scatterElementsGrad,
+	// Indexing: scatter-add g back (ScatterND's and ScatterElements'
+	// reduction needs opset 16).
+	"Gather":          {grad: gatherGrad, opset: 16},
+	"GatherElements":  {grad: gatherElementsGrad, opset: 16},
+	"ScatterElements": {grad: scatterElementsGrad},
+
+	// No gradient: shape and index logic.
+	"Shape":           {noGrad: true, types: fixed(onnx.Int64)},
+	"Size":            {noGrad: true, types: fixed(onnx.Int64)},
+	"NonZero":         {noGrad: true, types: fixed(onnx.Int64)},
+	"ArgMax":          {noGrad: true, types: fixed(onnx.Int64)},
+	"ArgMin":          {noGrad: true, types: fixed(onnx.Int64)},
+	"Range":           {noGrad: true},
+	"Constant":        {noGrad: true, types: constantTypes},
+	"ConstantOfShape": {noGrad: true, types: constantOfShapeTypes},
+	"EyeLike":         {noGrad: true, types: attrType("dtype", input(0))},
+	"OneHot":          {noGrad: true, types: input(2)},
+	// Comparisons and logic.
+	"Equal":          {noGrad: true, types: fixed(onnx.Bool)},
+	"Less":           {noGrad: true, types: fixed(onnx.Bool)},
+	"LessOrEqual":    {noGrad: true, types: fixed(onnx.Bool)},
+	"Greater":        {noGrad: true, types: fixed(onnx.Bool)},
+	"GreaterOrEqual": {noGrad: true, types: fixed(onnx.Bool)},
+	"And":            {noGrad: true, types: fixed(onnx.Bool)},
+	"Or":             {noGrad: true, types: fixed(onnx.Bool)},
+	"Xor":            {noGrad: true, types: fixed(onnx.Bool)},
+	"Not":            {noGrad: true, types: fixed(onnx.Bool)},
+	"IsNaN":          {noGrad: true, types: fixed(onnx.Bool)},
+	"IsInf":          {noGrad: true, types: fixed(onnx.Bool)},
+	// Rounding.
+	"Floor": {noGrad: true},
+	"Ceil":  {noGrad: true},
+	"Round": {noGrad: true},
+	"Sign":  {noGrad: true},
+	// Random numbers.
+	"RandomNormal":      {noGrad: true, random: true, types: attrType("dtype", fixed(onnx.Float))},
+	"RandomUniform":     {noGrad: true, random: true, types: attrType("dtype", fixed(onnx.Float))},
+	"RandomNormalLike":  {noGrad: true, random: true, types: attrType("dtype", input(0))},
+	"RandomUniformLike": {noGrad: true, random: true, types: attrType("dtype", input(0))},
+	"Bernoulli":         {noGrad: true, random: true, types: attrType("dtype", fixed(onnx.Float))},
+	"Multinomial":       {noGrad: true, random: true, types: attrType("dtype", fixed(onnx.Int32))},
 }
 
 // unb reduces g, of the shape of n's first output, to the shape of input i.

@@ -7,22 +7,10 @@ import (
 	"ortalign/onnx/onnxpb"
 )
 
-// nonDifferentiable lists operators whose outputs never carry a gradient,
-// even when computed from a trainable value: shape and index logic,
-// comparisons, rounding, random numbers. They pass through the walk.
-var nonDifferentiable = map[string]bool{
-	"Shape": true, "Size": true, "Range": true, "ConstantOfShape": true, "Constant": true,
-	"Equal": true, "Less": true, "LessOrEqual": true, "Greater": true, "GreaterOrEqual": true,
-	"And": true, "Or": true, "Xor": true, "Not": true, "IsNaN": true, "IsInf": true,
-	"NonZero": true, "ArgMax": true, "ArgMin": true, "EyeLike": true,
-	"Floor": true, "Ceil": true, "Round": true, "Sign": true,
-	"RandomNormal": true, "RandomNormalLike": true, "RandomUniform": true, "RandomUniformLike": true,
-	"Bernoulli": true, "Multinomial": true, "OneHot": true,
-}
-
 // inferTypes returns the element type of every value of g it can tell:
-// inputs, initializers, annotated values, and node outputs by simple
-// per-operator rules (most operators keep their first input's type).
+// inputs, initializers, annotated values, and node outputs by their
+// operator's entry in the registry (opDef.types; most operators keep their
+// first input's type).
 func inferTypes(g *onnxpb.GraphProto) map[string]onnx.DataType {
 	types := map[string]onnx.DataType{}
 	for _, vis := range [][]*onnxpb.ValueInfoProto{g.GetInput(), g.GetValueInfo(), g.GetOutput()} {
@@ -42,48 +30,7 @@ func inferTypes(g *onnxpb.GraphProto) map[string]onnx.DataType {
 			}
 			return onnx.Undefined
 		}
-		attrType := func(name string, def onnx.DataType) onnx.DataType {
-			if a := onnx.FindAttr(n, name); a != nil {
-				return onnx.DataType(a.GetI())
-			}
-			return def
-		}
-		var out []onnx.DataType // per output; a single entry applies to all
-		switch n.GetOpType() {
-		case "Constant":
-			out = []onnx.DataType{constantType(n)}
-		case "ConstantOfShape":
-			t := onnx.Float
-			if a := onnx.FindAttr(n, "value"); a != nil && a.T != nil {
-				t = onnx.DataType(a.T.GetDataType())
-			}
-			out = []onnx.DataType{t}
-		case "Shape", "Size", "NonZero", "ArgMax", "ArgMin":
-			out = []onnx.DataType{onnx.Int64}
-		case "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor", "Not", "IsNaN", "IsInf":
-			out = []onnx.DataType{onnx.Bool}
-		case "Cast":
-			out = []onnx.DataType{attrType("to", onnx.Undefined)}
-		case "CastLike", "Where":
-			out = []onnx.DataType{in(1)}
-		case "TopK":
-			out = []onnx.DataType{in(0), onnx.Int64}
-		case "Dropout":
-			out = []onnx.DataType{in(0), onnx.Bool}
-		case "LayerNormalization":
-			out = []onnx.DataType{in(0), onnx.Float, onnx.Float}
-			if a := onnx.FindAttr(n, "stash_type"); a != nil && a.GetI() != 1 {
-				out = []onnx.DataType{in(0), in(0), in(0)}
-			}
-		case "EyeLike", "RandomNormalLike", "RandomUniformLike":
-			out = []onnx.DataType{attrType("dtype", in(0))}
-		case "RandomNormal", "RandomUniform", "Bernoulli":
-			out = []onnx.DataType{attrType("dtype", onnx.Float)}
-		case "OneHot":
-			out = []onnx.DataType{in(2)}
-		default:
-			out = []onnx.DataType{in(0)}
-		}
+		out := outputTypes(n, in)
 		for i, o := range n.GetOutput() {
 			if o == "" {
 				continue
@@ -99,6 +46,73 @@ func inferTypes(g *onnxpb.GraphProto) map[string]onnx.DataType {
 		}
 	}
 	return types
+}
+
+// outputTypes returns the element types of n's outputs, one per output or a
+// single one for all, given its inputs' (in).
+func outputTypes(n *onnxpb.NodeProto, in func(int) onnx.DataType) []onnx.DataType {
+	if t := opOf(n).types; t != nil {
+		return t(n, in)
+	}
+	return []onnx.DataType{in(0)}
+}
+
+// fixed is the typeRule of an operator whose outputs have the types ts.
+func fixed(ts ...onnx.DataType) typeRule {
+	return func(*onnxpb.NodeProto, func(int) onnx.DataType) []onnx.DataType { return ts }
+}
+
+// input is the typeRule of an operator whose outputs have input i's type.
+func input(i int) typeRule {
+	return func(_ *onnxpb.NodeProto, in func(int) onnx.DataType) []onnx.DataType {
+		return []onnx.DataType{in(i)}
+	}
+}
+
+// firstAnd is the typeRule of an operator with two outputs: the first of
+// the first input's type, the second of type t (a mask, indices).
+func firstAnd(t onnx.DataType) typeRule {
+	return func(_ *onnxpb.NodeProto, in func(int) onnx.DataType) []onnx.DataType {
+		return []onnx.DataType{in(0), t}
+	}
+}
+
+// attrType is the typeRule of an operator whose output type is given by
+// the integer attribute name, and otherwise by def (nil: unknown).
+func attrType(name string, def typeRule) typeRule {
+	return func(n *onnxpb.NodeProto, in func(int) onnx.DataType) []onnx.DataType {
+		if a := onnx.FindAttr(n, name); a != nil {
+			return []onnx.DataType{onnx.DataType(a.GetI())}
+		}
+		if def == nil {
+			return []onnx.DataType{onnx.Undefined}
+		}
+		return def(n, in)
+	}
+}
+
+// constantTypes is Constant's typeRule: its value's type.
+func constantTypes(n *onnxpb.NodeProto, _ func(int) onnx.DataType) []onnx.DataType {
+	return []onnx.DataType{constantType(n)}
+}
+
+// constantOfShapeTypes is ConstantOfShape's typeRule: its value's type,
+// float by default.
+func constantOfShapeTypes(n *onnxpb.NodeProto, _ func(int) onnx.DataType) []onnx.DataType {
+	if a := onnx.FindAttr(n, "value"); a != nil && a.T != nil {
+		return []onnx.DataType{onnx.DataType(a.T.GetDataType())}
+	}
+	return []onnx.DataType{onnx.Float}
+}
+
+// layerNormTypes is LayerNormalization's typeRule: Y has X's type; Mean and
+// InvStdDev have stash_type's, float unless the attribute says otherwise
+// (then X's type).
+func layerNormTypes(n *onnxpb.NodeProto, in func(int) onnx.DataType) []onnx.DataType {
+	if a := onnx.FindAttr(n, "stash_type"); a != nil && a.GetI() != 1 {
+		return []onnx.DataType{in(0), in(0), in(0)}
+	}
+	return []onnx.DataType{in(0), onnx.Float, onnx.Float}
 }
 
 // constantType is the element type of a Constant node's value.

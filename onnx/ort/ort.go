@@ -126,8 +126,18 @@ func Init(explicit string) error {
 	return nil
 }
 
-// Version returns the loaded ONNX Runtime version string.
-func Version() string { return ortgo.GetVersion() }
+// Version returns the version of the ONNX Runtime library that sessions run on
+// ("1.24.1"), loading the library (Init("")) when it is not loaded yet.
+func Version() (string, error) {
+	if err := Init(""); err != nil {
+		return "", err
+	}
+	v := ortgo.GetVersion()
+	if v == "" {
+		return "", errors.New("ONNX Runtime did not report its version")
+	}
+	return v, nil
+}
 
 // Options configures a session.
 type Options struct {
