@@ -74,7 +74,7 @@ func newEngineOf[T any](t *testing.T, path string, cfg TrainConfig, obj Objectiv
 
 // TestLoRAGradientsMatchPyTorch: with adapters set to the oracle's (non-zero B) values,
 // the SFT loss and the gradients of every lora_A and lora_B equal PyTorch autograd's on
-// PEFT's formulas (rel L2 <= 1e-4), on the tiny Llama (q_proj, v_proj, down_proj) and
+// PEFT's formulas (loss within oracleLossTol, rel L2 <= oracleGradTol), on the tiny Llama (q_proj, v_proj, down_proj) and
 // GPT-2 (c_attn, c_fc); the engine trains exactly the adapters, named as PEFT saves them.
 func TestLoRAGradientsMatchPyTorch(t *testing.T) {
 	var o loraOracle
@@ -118,7 +118,7 @@ func TestLoRAGradientsMatchPyTorch(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d := math.Abs(m0.Value("loss")-om.LossBase) / om.LossBase; d > 1e-5 {
+			if d := relErr(m0.Value("loss"), om.LossBase); d > oracleLossTol {
 				t.Errorf("loss at the start %.8f, base model's %.8f", m0.Value("loss"), om.LossBase)
 			}
 			for i, n := range e.Trainable() {
@@ -130,15 +130,15 @@ func TestLoRAGradientsMatchPyTorch(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d := math.Abs(m.Value("loss")-om.Loss) / om.Loss; d > 1e-5 {
+			if d := relErr(m.Value("loss"), om.Loss); d > oracleLossTol {
 				t.Errorf("loss %.8f, PyTorch %.8f (rel %.1e)", m.Value("loss"), om.Loss, d)
 			}
 			worst := 0.0
 			for i, n := range e.Trainable() {
 				worst = max(worst, relL2(e.Grads()[i], om.Grads["base_model.model."+n].Values))
 			}
-			if worst > 1e-4 {
-				t.Errorf("worst gradient relative L2 error %.2e, want <= 1e-4", worst)
+			if worst > oracleGradTol {
+				t.Errorf("worst gradient relative L2 error %.2e, want <= %.1e", worst, oracleGradTol)
 			}
 			t.Logf("%d adapters; loss %.8f (PyTorch %.8f), worst gradient rel L2 %.2e", len(e.Trainable())/2, m.Value("loss"), om.Loss, worst)
 		})
@@ -308,7 +308,7 @@ func TestLoRATrainResumeAndMerge(t *testing.T) {
 	for lo := 0; lo < len(pairs); lo += 4 {
 		got := pairLogps(t, lm, pairs[lo:lo+4])
 		for i, v := range got {
-			worst = max(worst, math.Abs(v-float64(want[2*lo+i])))
+			worst = max(worst, nanToInf(math.Abs(v-float64(want[2*lo+i]))))
 		}
 	}
 	if worst > 1e-5 {

@@ -73,7 +73,7 @@ func TestLossFormulas(t *testing.T) {
 				}
 				want += c.loss((pc-pr)-(rc-rr), c.cfg.Beta, c.cfg.LabelSmoothing) / float64(n)
 			}
-			if math.Abs(got.Value("loss")-want) > 1e-5*math.Max(1, math.Abs(want)) {
+			if !(math.Abs(got.Value("loss")-want) <= 1e-5*math.Max(1, math.Abs(want))) {
 				t.Fatalf("loss %.7f, TRL formula %.7f", got.Value("loss"), want)
 			}
 		})

@@ -109,7 +109,7 @@ func TestPPOMatchesPyTorch(t *testing.T) {
 			}{{LossOutput, c.Loss, 1e-5}, {"loss/policy_avg", c.PolicyLoss, 1e-5}, {"loss/value_avg", c.ValueLoss, 1e-5},
 				{"policy/clipfrac_avg", c.PolicyClipfrac, 1e-9}, {"val/clipfrac_avg", c.ValueClipfrac, 1e-9}} {
 				v := got.Value(x.name)
-				if d := math.Abs(v-x.want) / math.Max(math.Abs(x.want), 1e-3); d > x.tol {
+				if d := nanToInf(math.Abs(v-x.want) / math.Max(math.Abs(x.want), 1e-3)); d > x.tol {
 					t.Errorf("%s %.9f, PyTorch %.9f (rel %.1e)", x.name, v, x.want, d)
 				}
 			}

@@ -89,7 +89,7 @@ func TestRLLossesMatchPyTorch(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if d := math.Abs(got.Value(LossOutput)-c.Loss) / math.Abs(c.Loss); d > 1e-5 {
+				if d := relErr(got.Value(LossOutput), c.Loss); d > 1e-5 {
 					t.Errorf("%s: loss %.9f, PyTorch %.9f (rel %.1e)", label, got.Value(LossOutput), c.Loss, d)
 				}
 				worst, checked := 0.0, 0
