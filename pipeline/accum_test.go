@@ -47,7 +47,7 @@ func checkAccumulation[T any](t *testing.T, newE func(TrainConfig) *Engine[T], c
 			for k := range want {
 				for _, m := range want[k] {
 					a, b := m.Value, got[k].Value(m.Name)
-					if d := nanToInf(math.Abs(a-b)); d > accumTol*math.Max(1, math.Abs(a)) {
+					if d := nanToInf(math.Abs(a - b)); d > accumTol*math.Max(1, math.Abs(a)) {
 						t.Errorf("step %d: %s %.9g with accumulation, %.9g in one batch", k+1, m.Name, b, a)
 					}
 				}
