@@ -9,6 +9,7 @@ package hugepages
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -57,6 +58,8 @@ func ReexecWithMallocHugePages(optOut string) {
 	if cur != "" {
 		val = cur + ":" + mallocTunable
 	}
-	env := append(os.Environ(), TunablesEnv+"="+val, reexecMarker+"=1")
+	// The environment keeps one GLIBC_TUNABLES: with two, the first is the one read.
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, TunablesEnv+"=") })
+	env = append(env, TunablesEnv+"="+val, reexecMarker+"=1")
 	_ = syscall.Exec(exe, os.Args, env) // returns only on failure: carry on without
 }

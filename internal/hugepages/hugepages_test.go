@@ -1,7 +1,10 @@
 package hugepages
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -63,13 +66,66 @@ func anonHugeKB(t *testing.T) int {
 	return 0
 }
 
-func TestReexecIsANoOpWhenSet(t *testing.T) {
-	t.Setenv(reexecMarker, "1")
-	ReexecWithMallocHugePages("X") // would replace the test binary if it did anything
-	t.Setenv(reexecMarker, "")
-	t.Setenv("ORTALIGN_TEST_OPT_OUT", "1")
+// reexecHelperEnv makes TestReexecHelper act: it is set only in the child processes
+// TestReexec starts.
+const reexecHelperEnv = "ORTALIGN_HUGEPAGES_TEST_HELPER"
+
+// TestReexecHelper is the program TestReexec runs: it prints the tunables it started
+// with, calls ReexecWithMallocHugePages, and prints "returned" if that returned. A
+// re-execution shows as a second "start" line (the process image is replaced; the
+// output so far is already written).
+func TestReexecHelper(t *testing.T) {
+	if os.Getenv(reexecHelperEnv) != "1" {
+		t.Skip("run by TestReexec")
+	}
+	fmt.Printf("start tunables=%q marker=%q\n", os.Getenv(TunablesEnv), os.Getenv(reexecMarker))
 	ReexecWithMallocHugePages("ORTALIGN_TEST_OPT_OUT")
-	t.Setenv("ORTALIGN_TEST_OPT_OUT", "")
-	t.Setenv(TunablesEnv, "glibc.malloc.hugetlb=0")
-	ReexecWithMallocHugePages("ORTALIGN_TEST_OPT_OUT")
+	fmt.Println("returned")
+}
+
+// TestReexec: ReexecWithMallocHugePages re-executes the program once with glibc's
+// malloc tunable added to the ones already set (and then does nothing more); it does
+// nothing when the marker, the opt-out variable or a malloc.hugetlb tunable is set.
+func TestReexec(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		env  []string
+		want []string // the helper's output lines
+	}{
+		{"re-executes once", nil, []string{`start tunables="" marker=""`, `start tunables="glibc.malloc.hugetlb=1" marker="1"`, "returned"}},
+		{"keeps other tunables", []string{TunablesEnv + "=glibc.malloc.arena_max=2"}, []string{
+			`start tunables="glibc.malloc.arena_max=2" marker=""`, `start tunables="glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1" marker="1"`, "returned"}},
+		{"marker set", []string{reexecMarker + "=1"}, []string{`start tunables="" marker="1"`, "returned"}},
+		{"opted out", []string{"ORTALIGN_TEST_OPT_OUT=1"}, []string{`start tunables="" marker=""`, "returned"}},
+		{"tunable already set", []string{TunablesEnv + "=glibc.malloc.hugetlb=0"}, []string{`start tunables="glibc.malloc.hugetlb=0" marker=""`, "returned"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(exe, "-test.run=^TestReexecHelper$", "-test.count=1")
+			var env []string
+			for _, kv := range os.Environ() {
+				k, _, _ := strings.Cut(kv, "=")
+				if k != TunablesEnv && k != reexecMarker && k != "ORTALIGN_TEST_OPT_OUT" && k != reexecHelperEnv {
+					env = append(env, kv)
+				}
+			}
+			cmd.Env = append(append(env, reexecHelperEnv+"=1"), tc.env...)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("helper: %v\n%s", err, out)
+			}
+			var got []string
+			for _, line := range strings.Split(string(out), "\n") {
+				if strings.HasPrefix(line, "start ") || line == "returned" {
+					got = append(got, line)
+				}
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("helper printed\n%s\nwant\n%s\n(whole output:\n%s)", strings.Join(got, "\n"), strings.Join(tc.want, "\n"), out)
+			}
+		})
+	}
 }
