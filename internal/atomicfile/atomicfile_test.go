@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -173,31 +174,42 @@ func TestFailureLeavesOldFile(t *testing.T) {
 }
 
 func TestCreateErrors(t *testing.T) {
-	readOnly := func(t *testing.T) string {
+	// parentIsFile is a path whose directory is a regular file: no one, root included,
+	// can create a file there.
+	parentIsFile := func(t *testing.T) (string, error) {
+		file := filepath.Join(t.TempDir(), "file")
+		if err := os.WriteFile(file, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return filepath.Join(file, "out.txt"), syscall.ENOTDIR
+	}
+	// readOnly is a file in a read-only directory; for root, whom permissions do not
+	// stop, it is parentIsFile's.
+	readOnly := func(t *testing.T) (string, error) {
 		if os.Geteuid() == 0 {
-			t.Skip("root can write to a read-only directory")
+			return parentIsFile(t)
 		}
 		dir := t.TempDir()
 		if err := os.Chmod(dir, 0o555); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { os.Chmod(dir, 0o755) })
-		return filepath.Join(dir, "out.txt")
+		return filepath.Join(dir, "out.txt"), os.ErrPermission
 	}
-	missingParent := func(t *testing.T) string {
-		return filepath.Join(t.TempDir(), "no", "such", "dir", "out.txt")
+	missingParent := func(t *testing.T) (string, error) {
+		return filepath.Join(t.TempDir(), "no", "such", "dir", "out.txt"), os.ErrNotExist
 	}
 	tests := []struct {
 		name string
-		path func(t *testing.T) string
-		want error
+		path func(t *testing.T) (string, error) // the path and the error creating it gives
 	}{
-		{"read-only directory", readOnly, os.ErrPermission},
-		{"missing parent", missingParent, os.ErrNotExist},
+		{"read-only directory", readOnly},
+		{"missing parent", missingParent},
+		{"parent is a file", parentIsFile},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			path := tc.path(t)
+			path, want := tc.path(t)
 			err := WriteFile(path, func(w io.Writer) error {
 				t.Error("write called although the file could not be created")
 				return nil
@@ -205,8 +217,8 @@ func TestCreateErrors(t *testing.T) {
 			if err == nil {
 				t.Fatal("no error")
 			}
-			if !errors.Is(err, tc.want) {
-				t.Errorf("error %v: want %v", err, tc.want)
+			if !errors.Is(err, want) {
+				t.Errorf("error %v: want %v", err, want)
 			}
 			if !strings.Contains(err.Error(), path) || strings.Contains(err.Error(), ".tmp-") {
 				t.Errorf("error %q should name %s and not the temporary file", err, path)
