@@ -1,7 +1,9 @@
 package pipeline
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -79,7 +81,8 @@ type LoRA struct {
 	// lora.AllLinear every linear layer but the output layer.
 	TargetModules []string
 	Seed          int64 // seed of A's initialisation
-	// BaseModel is adapter_config.json's base_model_name_or_path.
+	// BaseModel is adapter_config.json's base_model_name_or_path, where PEFT's
+	// AutoPeftModelForCausalLM loads the base model from; PEFTBaseModel gives a default.
 	BaseModel string
 	// SaveDir, when set, makes Engine.Export also save the adapter there (SaveAdapter).
 	SaveDir string
@@ -216,7 +219,7 @@ func (l LoRA) save(dir string, all []lora.Target, adapters []lora.Adapter, value
 		"base_model_name_or_path": l.BaseModel,
 		"r":                       l.R,
 		"lora_alpha":              l.Alpha,
-		"lora_dropout":            l.Dropout,
+		"lora_dropout":            pyFloat(l.Dropout),
 		"target_modules":          peftTargets(all, targets),
 		"bias":                    "none",
 		"fan_in_fan_out":          fanInFanOut,
@@ -239,6 +242,53 @@ func (l LoRA) save(dir string, all []lora.Target, adapters []lora.Adapter, value
 		_, err := w.Write(append(b, '\n'))
 		return err
 	})
+}
+
+// pyFloat is a float64 that JSON-encodes as a float even when integral (0.0, not 0), so
+// that Python reads a float where PEFT's LoraConfig declares one.
+type pyFloat float64
+
+// MarshalJSON implements json.Marshaler.
+func (f pyFloat) MarshalJSON() ([]byte, error) {
+	b, err := json.Marshal(float64(f))
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.ContainsAny(b, ".eE") {
+		b = append(b, ".0"...)
+	}
+	return b, nil
+}
+
+// PEFTBaseModel is the default base_model_name_or_path of a LoRA adapter trained on the
+// model at modelPath with the tokenizer at tokenizerPath ("" if none): the name_or_path
+// recorded in the tokenizer_config.json beside the tokenizer (transformers writes there
+// the Hub id or folder the tokenizer was loaded from), else the absolute path of the
+// model's folder. PEFT's AutoPeftModelForCausalLM loads the base model from this value.
+func PEFTBaseModel(modelPath, tokenizerPath string) (string, error) {
+	if tokenizerPath != "" {
+		path := filepath.Join(filepath.Dir(tokenizerPath), "tokenizer_config.json")
+		b, err := os.ReadFile(path)
+		switch {
+		case err == nil:
+			var cfg struct {
+				NameOrPath any `json:"name_or_path"`
+			}
+			if err := json.Unmarshal(b, &cfg); err != nil {
+				return "", fmt.Errorf("%s: %w", path, err)
+			}
+			if s, ok := cfg.NameOrPath.(string); ok && strings.TrimSpace(s) != "" {
+				return s, nil
+			}
+		case !errors.Is(err, os.ErrNotExist):
+			return "", err
+		}
+	}
+	dir, err := filepath.Abs(filepath.Dir(modelPath))
+	if err != nil {
+		return "", fmt.Errorf("base model folder of %s: %w", modelPath, err)
+	}
+	return dir, nil
 }
 
 // peftTargets is adapter_config.json's target_modules: the layers' names (q_proj) when

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -397,6 +398,67 @@ func TestSaveAdapterPEFTFormat(t *testing.T) {
 	}
 	if tm := c["target_modules"].([]any); len(tm) != 2 || tm[0] != "q_proj" || tm[1] != "v_proj" {
 		t.Errorf("target_modules %v", tm)
+	}
+	// LoraConfig's lora_dropout is a float: Python must read 0.0, not the int 0.
+	if !bytes.Contains(cb, []byte(`"lora_dropout": 0.0,`)) {
+		t.Errorf("adapter_config.json writes lora_dropout as an integer:\n%s", cb)
+	}
+}
+
+// TestPyFloatJSON: pyFloat values read back as the same float64, always in a form
+// Python's json reads as a float.
+func TestPyFloatJSON(t *testing.T) {
+	for _, v := range []float64{0, 1, -2, 0.05, 0.1, 1e-7, 1e21, 123456789} {
+		b, err := json.Marshal(pyFloat(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back float64
+		if err := json.Unmarshal(b, &back); err != nil || back != v || !bytes.ContainsAny(b, ".eE") {
+			t.Errorf("%v encodes as %s (reads back %v, %v)", v, b, back, err)
+		}
+	}
+}
+
+// TestPEFTBaseModel: adapter_config.json's default base_model_name_or_path is the
+// name_or_path of the tokenizer_config.json beside the tokenizer, else the absolute path
+// of the model's folder; a malformed tokenizer config is an error naming it.
+func TestPEFTBaseModel(t *testing.T) {
+	dir := t.TempDir()
+	model := filepath.Join(dir, "onnx", "model.onnx")
+	tokDir := func(config string) string {
+		d := t.TempDir()
+		if config != "" {
+			if err := os.WriteFile(filepath.Join(d, "tokenizer_config.json"), []byte(config), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return filepath.Join(d, "tokenizer.json")
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name, model, tokenizer, want string
+	}{
+		{"hub id", model, tokDir(`{"name_or_path": "HuggingFaceTB/SmolLM2-135M", "eos_token": "</s>"}`), "HuggingFaceTB/SmolLM2-135M"},
+		{"local folder", model, tokDir(`{"name_or_path": "/models/base"}`), "/models/base"},
+		{"no name_or_path", model, tokDir(`{"eos_token": "</s>"}`), filepath.Join(dir, "onnx")},
+		{"empty name_or_path", model, tokDir(`{"name_or_path": ""}`), filepath.Join(dir, "onnx")},
+		{"not a string", model, tokDir(`{"name_or_path": null}`), filepath.Join(dir, "onnx")},
+		{"no tokenizer_config.json", model, tokDir(""), filepath.Join(dir, "onnx")},
+		{"no tokenizer", model, "", filepath.Join(dir, "onnx")},
+		{"relative model path", "m/model.onnx", "", filepath.Join(wd, "m")},
+	} {
+		got, err := PEFTBaseModel(c.model, c.tokenizer)
+		if err != nil || got != c.want {
+			t.Errorf("%s: %q, %v; want %q", c.name, got, err, c.want)
+		}
+	}
+	bad := tokDir(`{"name_or_path": `)
+	if _, err := PEFTBaseModel(model, bad); err == nil || !strings.Contains(err.Error(), filepath.Join(filepath.Dir(bad), "tokenizer_config.json")) {
+		t.Errorf("malformed tokenizer_config.json: %v", err)
 	}
 }
 

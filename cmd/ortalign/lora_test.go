@@ -65,7 +65,7 @@ func TestDPOWithLoRA(t *testing.T) {
 // bad values are errors naming the flag, before anything is loaded.
 func TestLoRAFlags(t *testing.T) {
 	o := parseSFT(t, "--model", "m", "--data", "d", "--out", "o", "--lora-r", "16", "--lora-target-modules", "q_proj, v_proj", "--save-adapter", "--seed", "5")
-	c, err := o.optimFlags.trainConfig(&o.modelFlags, 1, 0)
+	c, err := o.optimFlags.trainConfig(&o.modelFlags, 1, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,8 +73,42 @@ func TestLoRAFlags(t *testing.T) {
 	if !ok || l.R != 16 || l.Alpha != 8 || l.Dropout != 0 || strings.Join(l.TargetModules, ",") != "q_proj,v_proj" || l.SaveDir != "o" || l.Seed != 5 {
 		t.Fatalf("adapter %#v", c.Adapter)
 	}
-	if c, _ := parseDPO(t, "--model", "m", "--data", "d", "--out", "o").optimFlags.trainConfig(&modelFlags{}, 1, 0); c.Adapter != nil {
+	if wd, err := os.Getwd(); err != nil || l.BaseModel != wd {
+		t.Fatalf("without --tokenizer, --lora-base-model defaults to %q, want the model's folder as an absolute path", l.BaseModel)
+	}
+	if c, _ := parseDPO(t, "--model", "m", "--data", "d", "--out", "o").optimFlags.trainConfig(&modelFlags{}, 1, nil); c.Adapter != nil {
 		t.Fatalf("LoRA on by default: %#v", c.Adapter)
+	}
+	// --lora-base-model: as given, else the tokenizer config's name_or_path.
+	tokDir := t.TempDir()
+	for _, f := range []string{"tokenizer.json", "tokenizer_config.json"} {
+		b, err := os.ReadFile(filepath.Join(filepath.Dir(tinyTok), f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f == "tokenizer_config.json" {
+			b = bytes.Replace(b, []byte("{"), []byte(`{"name_or_path": "HuggingFaceTB/SmolLM2-135M",`), 1)
+		}
+		if err := os.WriteFile(filepath.Join(tokDir, f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tok, err := loadTokenizer(filepath.Join(tokDir, "tokenizer.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "HuggingFaceTB/SmolLM2-135M"},
+		{[]string{"--lora-base-model", "org/base"}, "org/base"},
+	} {
+		o := parseSFT(t, append([]string{"--model", "m", "--data", "d", "--out", "o", "--lora-r", "4", "--save-adapter"}, c.args...)...)
+		cfg, err := o.optimFlags.trainConfig(&o.modelFlags, 1, tok)
+		if l, ok := cfg.Adapter.(pipeline.LoRA); err != nil || !ok || l.BaseModel != c.want {
+			t.Errorf("%v: adapter %#v, %v; want base model %q", c.args, cfg.Adapter, err, c.want)
+		}
 	}
 	for _, c := range []struct {
 		args []string

@@ -206,7 +206,7 @@ func runRLHF(ctx context.Context, o *rlhfOptions, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("--tokenizer: %w", err)
 	}
-	cfg, err := o.optimFlags.trainConfig(&o.modelFlags, o.threads, padID(tok))
+	cfg, err := o.optimFlags.trainConfig(&o.modelFlags, o.threads, tok)
 	if err != nil {
 		return err
 	}

@@ -18,7 +18,7 @@ func prepareTraining(g *globalOptions, d *dataFlags, m *modelFlags, o *optimFlag
 	if err != nil {
 		return data, pipeline.TrainConfig{}, nil, err
 	}
-	cfg, err := o.trainConfig(m, g.threads, padID(data.Tokenizer))
+	cfg, err := o.trainConfig(m, g.threads, data.Tokenizer)
 	if err != nil {
 		return data, cfg, nil, err
 	}

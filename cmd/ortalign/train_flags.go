@@ -9,6 +9,7 @@ import (
 
 	"ortalign/onnx/lora"
 	"ortalign/pipeline"
+	"ortalign/tokenize"
 )
 
 // trainDefaults are an objective's defaults for the shared training flags (TRL's
@@ -43,7 +44,7 @@ func addModelFlags(f *pflag.FlagSet, m *modelFlags) {
 	f.Float64Var(&m.loraAlpha, "lora-alpha", pipeline.DefaultLoRAAlpha, "LoRA alpha: the adapters' update is scaled by alpha/r")
 	f.Float64Var(&m.loraDropout, "lora-dropout", 0, "LoRA dropout (only 0 is supported: the training graph has no training-mode Dropout)")
 	f.StringVar(&m.loraTargets, "lora-target-modules", "", "comma-separated module names to adapt, PEFT's matching (a module path equal to or ending in .NAME), or all-linear (default: "+strings.Join(lora.DefaultTargetModules, ",")+")")
-	f.StringVar(&m.loraBaseModel, "lora-base-model", "", "base_model_name_or_path written to adapter_config.json (--save-adapter)")
+	f.StringVar(&m.loraBaseModel, "lora-base-model", "", "base_model_name_or_path written to adapter_config.json (--save-adapter; default: name_or_path of the tokenizer_config.json beside --tokenizer, else the --model folder's absolute path)")
 	f.BoolVar(&m.saveAdapter, "save-adapter", false, "also write the LoRA adapter alone to --out as PEFT does (adapter_model.safetensors, adapter_config.json)")
 }
 
@@ -155,8 +156,10 @@ func (o *optimFlags) validate() error {
 	return nil
 }
 
-// trainConfig builds the engine's configuration; errors name the flag at fault.
-func (o *optimFlags) trainConfig(m *modelFlags, threads int, pad int64) (pipeline.TrainConfig, error) {
+// trainConfig builds the engine's configuration; errors name the flag at fault. tok
+// (nil for pre-tokenized data) gives the padding id and, for --save-adapter, the default
+// of --lora-base-model.
+func (o *optimFlags) trainConfig(m *modelFlags, threads int, tok *tokenize.Tokenizer) (pipeline.TrainConfig, error) {
 	c := pipeline.TrainConfig{
 		Optim:       pipeline.OptimConfig{Name: o.optimizer, WeightDecay: o.weightDecay, Beta1: o.beta1, Beta2: o.beta2, Eps: o.eps},
 		LR:          o.lr,
@@ -171,7 +174,7 @@ func (o *optimFlags) trainConfig(m *modelFlags, threads int, pad int64) (pipelin
 		Seed:        o.seed,
 		Shuffle:     !o.noShuffle,
 		Threads:     threads,
-		PadID:       pad,
+		PadID:       padID(tok),
 
 		TieTransposedCopies:   !m.untie,
 		GradientCheckpointing: o.gradientCheckpointing,
@@ -190,6 +193,15 @@ func (o *optimFlags) trainConfig(m *modelFlags, threads int, pad int64) (pipelin
 		return c, err
 	}
 	if l != nil {
+		if l.SaveDir != "" && l.BaseModel == "" {
+			tokPath := ""
+			if tok != nil {
+				tokPath = tok.Path()
+			}
+			if l.BaseModel, err = pipeline.PEFTBaseModel(m.model, tokPath); err != nil {
+				return c, fmt.Errorf("--lora-base-model (its default, from --tokenizer or --model): %w", err)
+			}
+		}
 		c.Adapter = *l
 	}
 	c.Freeze, err = m.freezeRegexp()
