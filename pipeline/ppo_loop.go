@@ -1,10 +1,8 @@
 package pipeline
 
 import (
-	"cmp"
 	"context"
 	"fmt"
-	"math"
 	"slices"
 	"strconv"
 	"time"
@@ -98,13 +96,12 @@ func PolicyModel(e *Engine[PPORollout]) (*onnx.Model, error) {
 // ppoCollect samples one completion per prompt with the engine's current policy, scores
 // it, reads the old log-probs and values (the training graph's forward) and the
 // reference's log-probs, and computes returns and advantages.
-func ppoCollect(ctx context.Context, e *Engine[PPORollout], ref *refScorer, prompts []EncodedPrompt, c PPORunConfig, seed uint64, notice func(string)) ([]PPORollout, Metrics, error) {
+func ppoCollect(ctx context.Context, e *Engine[PPORollout], gen *Generator, ref *refScorer, prompts []EncodedPrompt, c PPORunConfig, seed uint64) ([]PPORollout, Metrics, error) {
 	start := time.Now()
-	model, err := PolicyModel(e)
-	if err != nil {
+	if err := e.feedGenerator(gen); err != nil {
 		return nil, nil, err
 	}
-	comps, scores, per, err := ppoSampleAndScore(ctx, e.path, model, prompts, c, seed, e.cfg.Threads, notice)
+	comps, scores, per, err := sampleAndScoreGen(ctx, gen, prompts, c.rl(), seed)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -180,71 +177,6 @@ func ppoCollect(ctx context.Context, e *Engine[PPORollout], ref *refScorer, prom
 	return rollouts, m, nil
 }
 
-// ppoSampleAndScore samples one completion of each prompt from model with seed and
-// scores it: the completions, their scores (weighted sum, missing-EOS penalty taken off)
-// and per-function scores.
-func ppoSampleAndScore(ctx context.Context, path string, model *onnx.Model, prompts []EncodedPrompt, c PPORunConfig, seed uint64, threads int, notice func(string)) ([]Completion, []float64, [][]float64, error) {
-	gen, err := NewGenerator(path, model, GeneratorOptions{Threads: threads, Notice: notice})
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	defer gen.Close()
-	so := c.Sample
-	so.NumReturnSequences, so.Seed = 1, seed
-	in := make([]Prompt, len(prompts))
-	for i, p := range prompts {
-		in[i] = Prompt{IDs: p.IDs, Index: p.Index}
-	}
-	comps, err := gen.Generate(ctx, in, so)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	if len(comps) != len(prompts) {
-		return nil, nil, nil, fmt.Errorf("%d completions for %d prompts", len(comps), len(prompts))
-	}
-	inputs := make([]RewardInput, len(comps))
-	for i, cp := range comps {
-		p := prompts[i]
-		var prompt, text string
-		if c.Decode != nil {
-			if prompt, err = c.Decode(p.IDs); err != nil {
-				return nil, nil, nil, err
-			}
-			if text, err = c.Decode(cp.IDs); err != nil {
-				return nil, nil, nil, err
-			}
-		}
-		inputs[i] = RewardInput{Row: p.Row, Prompt: prompt, Completion: text, PromptIDs: p.IDs, CompletionIDs: cp.IDs, FinishReason: cp.FinishReason}
-	}
-	rc := c.rl()
-	total := make([]float64, len(comps))
-	per := make([][]float64, len(c.Rewards))
-	for k, rf := range c.Rewards {
-		s, err := rf.Score(ctx, inputs)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		if len(s) != len(inputs) {
-			return nil, nil, nil, fmt.Errorf("reward %s: %d scores for %d completions", rf.Name(), len(s), len(inputs))
-		}
-		per[k] = s
-		for i, v := range s {
-			if math.IsNaN(v) || math.IsInf(v, 0) {
-				return nil, nil, nil, fmt.Errorf("reward %s: score %v for the completion of row %d", rf.Name(), v, inputs[i].Row)
-			}
-			total[i] += rc.weight(k) * v
-		}
-	}
-	if c.MissingEOSPenalty > 0 {
-		for i, cp := range comps {
-			if cp.FinishReason != FinishEOS {
-				total[i] -= c.MissingEOSPenalty
-			}
-		}
-	}
-	return comps, total, per, nil
-}
-
 // RunPPO trains e (NewPPOEngine on base) with PPO as TRL v1.x's PPOTrainer: each round
 // takes the next BatchSize × GradAccum × NumMiniBatches prompts (a seeded shuffle per
 // epoch; an incomplete last round is dropped, as TRL's drop_last), samples one completion
@@ -266,12 +198,66 @@ func RunPPO(ctx context.Context, e *Engine[PPORollout], base *onnx.Model, prompt
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	run, err := newOnlineRun(ctx, e, prompts, o, cmp.Or(o.ModelFile, "model.onnx"))
+	src, err := newPPOSource(e, base, prompts, c)
 	if err != nil {
 		return nil, err
 	}
-	res := run.res
-	quiet := onceNotice(c.Notice)
+	res, stderr, err := o.start()
+	if err != nil {
+		return nil, err
+	}
+	cfg := e.cfg
+	// One generator for the run, fed the policy's live parameters (the engine's without
+	// the value head): before the checkpoint is loaded they are the starting policy's.
+	gen, err := e.NewGenerator(GeneratorOptions{Threads: cfg.Threads, Notice: onceNotice(c.Notice)})
+	if err != nil {
+		return nil, err
+	}
+	defer gen.Close()
+	src.gen = gen
+	defer src.ref.Close()
+	rc := c.rl()
+	heldOut := func() (float64, error) {
+		if err := e.feedGenerator(gen); err != nil {
+			return 0, err
+		}
+		return meanReward(ctx, gen, c.Eval, rc, roundSeed(cfg.Seed, -1))
+	}
+	if err := evalReward(c.Eval, &res.EvalBefore, "before training started; nothing was saved", heldOut); err != nil {
+		return nil, err
+	}
+	export := func() error {
+		model, err := PolicyModel(e)
+		if err != nil {
+			return err
+		}
+		if err := model.Save(res.ModelPath, onnx.SaveOptions{}); err != nil {
+			return fmt.Errorf("export %s: %w", res.ModelPath, err)
+		}
+		return nil
+	}
+	if err := runEngine(ctx, e, Source[PPORollout](src), o, res, stderr, nil, export); err != nil {
+		return nil, err
+	}
+	if err := evalReward(c.Eval, &res.EvalAfter, "after training; the model was written", heldOut); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// ppoSource is PPO's Source: a round samples one completion of each of the next prompts
+// with the current policy, and takes NumPPOEpochs × NumMiniBatches steps on them.
+type ppoSource struct {
+	e        *Engine[PPORollout]
+	gen      *Generator
+	ref      *lazyRef
+	prompts  *promptRounds
+	c        PPORunConfig
+	plan     Plan
+	perRound int
+}
+
+func newPPOSource(e *Engine[PPORollout], base *onnx.Model, prompts []EncodedPrompt, c PPORunConfig) (*ppoSource, error) {
 	cfg := e.cfg
 	E, M, B, A := c.epochs(), c.miniBatches(), cfg.BatchSize, cfg.accum()
 	perRound := B * A * M
@@ -284,55 +270,46 @@ func RunPPO(ctx context.Context, e *Engine[PPORollout], base *onnx.Model, prompt
 	if total <= 0 {
 		total = max(1, cfg.Epochs) * roundsPerEpoch * K
 	}
-	plan := Plan{Items: len(prompts), BatchSize: B, Accum: A, MicroPerEpoch: roundsPerEpoch * M * A, StepsPerEpoch: roundsPerEpoch * K, Total: total}
-	run.plan(plan, c.settings(), K, "steps", perRound, roundsPerEpoch)
+	return &ppoSource{
+		e: e, c: c, perRound: perRound,
+		ref:     &lazyRef{base: base, path: e.path, temperature: c.PPO.temperature(), cfg: cfg},
+		prompts: newPromptRounds(prompts, perRound, roundsPerEpoch, cfg),
+		plan: Plan{Items: len(prompts), BatchSize: B, Accum: A, MicroPerEpoch: roundsPerEpoch * M * A,
+			StepsPerEpoch: roundsPerEpoch * K, Total: total, RoundSteps: K, RoundUnit: "steps"},
+	}, nil
+}
 
-	rc := c.rl()
-	heldOut := func(model *onnx.Model) func() (float64, error) {
-		return func() (float64, error) {
-			return MeanReward(ctx, e.path, model, c.Eval, rc, roundSeed(cfg.Seed, -1), cfg.Threads)
-		}
-	}
-	if err := run.evalReward(c.Eval, &res.EvalBefore, "before training started; nothing was saved", heldOut(base)); err != nil {
-		return nil, err
-	}
-	ref, err := run.begin(base, c.PPO.temperature())
+func (s *ppoSource) Plan() Plan                  { return s.plan }
+func (s *ppoSource) Fingerprint() string         { return s.prompts.fingerprint() }
+func (s *ppoSource) Settings() map[string]string { return s.c.settings() }
+
+func (s *ppoSource) Round(ctx context.Context, step int) (*Round[PPORollout], error) {
+	ref, err := s.ref.get()
 	if err != nil {
 		return nil, err
 	}
-	defer ref.Close()
-	defer run.close()
-	for step := e.opt.Step; step < total; {
-		if err := run.interrupted(step); err != nil {
-			return nil, err
-		}
-		round := step / K
-		rollouts, rm, err := ppoCollect(ctx, e, ref, run.batch(round), c, roundSeed(cfg.Seed, round), quiet)
-		if err != nil {
-			return nil, run.fail(step, err)
-		}
-		var parts []Metrics
-		lr := 0.0
-		for ep := 0; ep < E && step < total; ep++ {
-			perm := ppoPermutation(len(rollouts), cfg.Seed, round, ep)
-			for mb := 0; mb < M && step < total; mb++ {
-				idx := perm[mb*B*A : (mb+1)*B*A]
-				micro := make([][]PPORollout, A)
-				for a := range micro {
-					for _, i := range idx[a*B : (a+1)*B] {
-						micro[a] = append(micro[a], rollouts[i])
-					}
+	cfg := s.e.cfg
+	round := step / s.plan.RoundSteps
+	rollouts, rm, err := ppoCollect(ctx, s.e, s.gen, ref, s.prompts.batch(round), s.c, roundSeed(cfg.Seed, round))
+	if err != nil {
+		return nil, err
+	}
+	B, A := cfg.BatchSize, cfg.accum()
+	var steps [][][]PPORollout
+	for ep := 0; ep < s.c.epochs(); ep++ {
+		perm := ppoPermutation(len(rollouts), cfg.Seed, round, ep)
+		for mb := 0; mb < s.c.miniBatches(); mb++ {
+			idx := perm[mb*B*A : (mb+1)*B*A]
+			micro := make([][]PPORollout, A)
+			for a := range micro {
+				for _, i := range idx[a*B : (a+1)*B] {
+					micro[a] = append(micro[a], rollouts[i])
 				}
-				lr = cfg.LearningRate(step, total)
-				m, err := e.StepOn(micro, lr)
-				if err != nil {
-					return nil, run.fail(step, err)
-				}
-				step++
-				parts = append(parts, m)
-				run.progress.Add(1)
 			}
+			steps = append(steps, micro)
 		}
+	}
+	summary := func(parts []Metrics, lr float64) Metrics {
 		line := meanMetrics(parts)
 		ratios := make([]float64, len(parts))
 		for i, p := range parts {
@@ -340,32 +317,11 @@ func RunPPO(ctx context.Context, e *Engine[PPORollout], base *onnx.Model, prompt
 		}
 		line = append(line, Metric{Name: "val/ratio_var", Value: stddev(ratios) * stddev(ratios)})
 		line = append(line, rm...)
-		line = append(line,
+		return append(line,
 			Metric{Name: "lr", Value: lr},
-			Metric{Name: "episode", Value: float64((round + 1) * perRound)},
-			Metric{Name: "epoch", Value: float64(step) / float64(plan.StepsPerEpoch)},
-			Metric{Name: "step", Value: float64(e.opt.Step)})
-		if err := run.write(line); err != nil {
-			return nil, err
-		}
-		if err := run.roundDone(step); err != nil {
-			return nil, err
-		}
+			Metric{Name: "episode", Value: float64((round + 1) * s.perRound)})
 	}
-	if err := run.finish(); err != nil {
-		return nil, err
-	}
-	model, err := PolicyModel(e)
-	if err != nil {
-		return nil, err
-	}
-	if err := model.Save(res.ModelPath, onnx.SaveOptions{}); err != nil {
-		return nil, fmt.Errorf("export %s: %w", res.ModelPath, err)
-	}
-	if err := run.evalReward(c.Eval, &res.EvalAfter, "after training; the model was written", heldOut(model)); err != nil {
-		return nil, err
-	}
-	return res, nil
+	return &Round[PPORollout]{Steps: steps, Summary: summary}, nil
 }
 
 // meanMetrics averages metrics lines name by name, in the first line's order.

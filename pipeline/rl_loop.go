@@ -278,7 +278,7 @@ func meanReward(ctx context.Context, gen *Generator, prompts []EncodedPrompt, c 
 // advantages.
 func collect(ctx context.Context, e *Engine[Rollout], gen *Generator, ref *refScorer, prompts []EncodedPrompt, c RLRunConfig, seed uint64) (*rlRound, error) {
 	start := time.Now()
-	if err := gen.SetParams(e.Trainable(), e.ParamShapes(), e.Params()); err != nil {
+	if err := e.feedGenerator(gen); err != nil {
 		return nil, err
 	}
 	comps, total, per, err := sampleAndScoreGen(ctx, gen, prompts, c, seed)
@@ -390,83 +390,84 @@ func RunRL(ctx context.Context, e *Engine[Rollout], base *onnx.Model, prompts []
 	if len(prompts) == 0 {
 		return nil, fmt.Errorf("no prompts")
 	}
-	run, err := newOnlineRun(ctx, e, prompts, o, "model.onnx")
+	o.ModelFile = ""
+	res, stderr, err := o.start()
 	if err != nil {
 		return nil, err
 	}
-	res := run.res
-	quiet := onceNotice(c.Notice)
 	cfg := e.cfg
-	mu := c.iterations()
-	B := cfg.BatchSize
-	roundsPerEpoch := (len(prompts) + B - 1) / B
-	total := cfg.MaxSteps
-	if total <= 0 {
-		total = max(1, cfg.Epochs) * roundsPerEpoch * mu
-	}
-	plan := Plan{Items: len(prompts), BatchSize: B, Accum: cfg.accum(), MicroPerEpoch: roundsPerEpoch, StepsPerEpoch: roundsPerEpoch * mu, Total: total}
-	run.plan(plan, c.settings(), mu, "iterations", B, roundsPerEpoch)
-
 	// One generator for the run, fed the engine's live parameters: before the checkpoint
 	// is loaded they are the starting policy's.
-	gen, err := e.NewGenerator(GeneratorOptions{Threads: cfg.Threads, Notice: quiet})
+	gen, err := e.NewGenerator(GeneratorOptions{Threads: cfg.Threads, Notice: onceNotice(c.Notice)})
 	if err != nil {
 		return nil, err
 	}
 	defer gen.Close()
 	heldOut := func() (float64, error) { return meanReward(ctx, gen, c.Eval, c, roundSeed(cfg.Seed, -1)) }
-	if err := run.evalReward(c.Eval, &res.EvalBefore, "before training started; nothing was saved", heldOut); err != nil {
+	if err := evalReward(c.Eval, &res.EvalBefore, "before training started; nothing was saved", heldOut); err != nil {
 		return nil, err
 	}
-	ref, err := run.begin(base, c.RL.temperature())
-	if err != nil {
+	src := newRLSource(e, gen, base, prompts, c)
+	defer src.ref.Close()
+	if err := runEngine(ctx, e, Source[Rollout](src), o, res, stderr, nil, func() error { return e.Export(res.ModelPath) }); err != nil {
 		return nil, err
 	}
-	defer ref.Close()
-	defer run.close()
-	for step := e.opt.Step; step < total; {
-		if err := run.interrupted(step); err != nil {
-			return nil, err
-		}
-		round := step / mu
-		r, err := collect(ctx, e, gen, ref, run.batch(round), c, roundSeed(cfg.Seed, round))
-		if err != nil {
-			return nil, run.fail(step, err)
-		}
-		micro := splitMicro(r.rollouts, cfg.accum(), c.NumGenerations)
-		for it := 0; it < mu && step < total; it++ {
-			lr := cfg.LearningRate(step, total)
-			m, err := e.StepOn(micro, lr)
-			if err != nil {
-				return nil, run.fail(step, err)
-			}
-			step++
-			line := slices.Clone(m)
-			line = append(line, Metric{Name: "loss/policy_avg", Value: m.Value(LossOutput)})
-			line = append(line, r.metrics...)
-			line = append(line,
-				Metric{Name: "learning_rate", Value: lr},
-				Metric{Name: "epoch", Value: float64(step) / float64(plan.StepsPerEpoch)},
-				Metric{Name: "step", Value: float64(e.opt.Step)})
-			if err := run.write(line); err != nil {
-				return nil, err
-			}
-			run.progress.Add(1)
-		}
-		if err := run.roundDone(step); err != nil {
-			return nil, err
-		}
-	}
-	if err := run.finish(); err != nil {
-		return nil, err
-	}
-	if err := e.Export(res.ModelPath); err != nil {
-		return nil, err
-	}
-	if err := run.evalReward(c.Eval, &res.EvalAfter, "after training; the model was written", heldOut); err != nil {
+	if err := evalReward(c.Eval, &res.EvalAfter, "after training; the model was written", heldOut); err != nil {
 		return nil, err
 	}
 	return res, nil
+}
+
+// rlSource is GRPO's and RLOO's Source: a round samples and scores the next prompts'
+// completions with the current weights, and takes NumIterations steps on them.
+type rlSource struct {
+	e       *Engine[Rollout]
+	gen     *Generator
+	ref     *lazyRef
+	prompts *promptRounds
+	c       RLRunConfig
+	plan    Plan
+}
+
+func newRLSource(e *Engine[Rollout], gen *Generator, base *onnx.Model, prompts []EncodedPrompt, c RLRunConfig) *rlSource {
+	cfg := e.cfg
+	mu, B := c.iterations(), cfg.BatchSize
+	roundsPerEpoch := (len(prompts) + B - 1) / B
+	total := cfg.MaxSteps
+	if total <= 0 {
+		total = max(1, cfg.Epochs) * roundsPerEpoch * mu
+	}
+	return &rlSource{
+		e: e, gen: gen, c: c,
+		ref:     &lazyRef{base: base, path: e.path, temperature: c.RL.temperature(), cfg: cfg},
+		prompts: newPromptRounds(prompts, B, roundsPerEpoch, cfg),
+		plan: Plan{Items: len(prompts), BatchSize: B, Accum: cfg.accum(), MicroPerEpoch: roundsPerEpoch,
+			StepsPerEpoch: roundsPerEpoch * mu, Total: total, RoundSteps: mu, RoundUnit: "iterations"},
+	}
+}
+
+func (s *rlSource) Plan() Plan                  { return s.plan }
+func (s *rlSource) Fingerprint() string         { return s.prompts.fingerprint() }
+func (s *rlSource) Settings() map[string]string { return s.c.settings() }
+
+func (s *rlSource) Round(ctx context.Context, step int) (*Round[Rollout], error) {
+	ref, err := s.ref.get()
+	if err != nil {
+		return nil, err
+	}
+	round := step / s.plan.RoundSteps
+	r, err := collect(ctx, s.e, s.gen, ref, s.prompts.batch(round), s.c, roundSeed(s.e.cfg.Seed, round))
+	if err != nil {
+		return nil, err
+	}
+	micro := splitMicro(r.rollouts, s.e.cfg.accum(), s.c.NumGenerations)
+	steps := make([][][]Rollout, s.plan.RoundSteps)
+	for i := range steps {
+		steps[i] = micro
+	}
+	return &Round[Rollout]{Steps: steps, Extra: func(m Metrics) Metrics {
+		return append(Metrics{{Name: "loss/policy_avg", Value: m.Value(LossOutput)}}, r.metrics...)
+	}}, nil
 }
 
 // splitMicro cuts a round's rollouts into n micro-batches, keeping each prompt's group

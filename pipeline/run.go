@@ -40,8 +40,38 @@ var ErrInterrupted = errors.New("interrupted")
 // EvalSteps and after training, and writes the trained model to Out/model.onnx in the
 // user's graph and layout. Interrupted runs leave a checkpoint that the same call resumes.
 func RunTraining[T any](ctx context.Context, e *Engine[T], items, eval []T, o RunOptions) (*RunResult, error) {
+	res, stderr, err := o.start()
+	if err != nil {
+		return nil, err
+	}
+	if len(eval) > 0 {
+		if res.EvalBefore, err = e.Evaluate(ctx, eval); err != nil {
+			return nil, interrupted(err, "before training started; nothing was saved")
+		}
+	}
+	src, err := e.Items(items)
+	if err != nil {
+		return nil, err
+	}
+	var every []T
+	if o.EvalSteps > 0 {
+		every = eval
+	}
+	if err := runEngine(ctx, e, src, o, res, stderr, every, func() error { return e.Export(res.ModelPath) }); err != nil {
+		return nil, err
+	}
+	if len(eval) > 0 {
+		if res.EvalAfter, err = e.Evaluate(ctx, eval); err != nil {
+			return nil, interrupted(err, "after training; the model was written")
+		}
+	}
+	return res, nil
+}
+
+// start creates Out and names the run's files.
+func (o RunOptions) start() (*RunResult, io.Writer, error) {
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
-		return nil, fmt.Errorf("output directory: %w", err)
+		return nil, nil, fmt.Errorf("output directory: %w", err)
 	}
 	res := &RunResult{
 		ModelPath:      filepath.Join(o.Out, cmp.Or(o.ModelFile, "model.onnx")),
@@ -52,37 +82,27 @@ func RunTraining[T any](ctx context.Context, e *Engine[T], items, eval []T, o Ru
 	if stderr == nil {
 		stderr = io.Discard
 	}
-	var err error
-	if len(eval) > 0 {
-		if res.EvalBefore, err = e.Evaluate(ctx, eval); err != nil {
-			return nil, interrupted(err, "before training started; nothing was saved")
-		}
-	}
+	return res, stderr, nil
+}
+
+// runEngine runs the engine's loop over src into res's files, evaluating eval every
+// EvalSteps, and calls export (which writes the trained model) while the final
+// checkpoint is written.
+func runEngine[T any](ctx context.Context, e *Engine[T], src Source[T], o RunOptions, res *RunResult, stderr io.Writer, eval []T, export func() error) error {
 	rc := RunConfig[T]{
 		Checkpoint: res.CheckpointPath, CheckpointEvery: o.CheckpointEvery, MetricsPath: res.MetricsPath,
-		Progress: NewProgress(stderr, o.Label, "steps"),
-	}
-	if o.EvalSteps > 0 {
-		rc.Eval, rc.EvalEvery = eval, o.EvalSteps
+		Progress: NewProgress(stderr, o.Label, "steps"), Eval: eval, EvalEvery: o.EvalSteps,
 	}
 	exported := false
 	var exportErr error
-	rc.AlongFinalSave = func() { exported, exportErr = true, e.Export(res.ModelPath) }
-	if err := e.Train(ctx, items, rc); err != nil {
-		return nil, interrupted(err, "checkpoint saved to "+res.CheckpointPath+": run the same command to resume")
+	rc.AlongFinalSave = func() { exported, exportErr = true, export() }
+	if err := e.Run(ctx, src, rc); err != nil {
+		return interrupted(err, "checkpoint saved to "+res.CheckpointPath+": run the same command to resume")
 	}
 	if !exported {
-		exportErr = e.Export(res.ModelPath)
+		exportErr = export()
 	}
-	if exportErr != nil {
-		return nil, exportErr
-	}
-	if len(eval) > 0 {
-		if res.EvalAfter, err = e.Evaluate(ctx, eval); err != nil {
-			return nil, interrupted(err, "after training; the model was written")
-		}
-	}
-	return res, nil
+	return exportErr
 }
 
 func interrupted(err error, what string) error {
