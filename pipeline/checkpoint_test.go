@@ -32,11 +32,11 @@ func TestCheckpointFlippedByteIsAnError(t *testing.T) {
 	headerEnd := len(file) - len(ck.data) // magic, length, header and its CRC-32C
 
 	e := newEngine(t, cfg, 0.1)
-	plan, err := cfg.Plan(len(pairs))
+	src, err := e.Items(pairs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	settings := e.settings(plan, pairs)
+	settings := e.runSettings(src)
 	beforeP, beforeM, beforeV := cloneBuffers(e.params), cloneBuffers(e.opt.M), cloneBuffers(e.opt.V)
 	path := filepath.Join(t.TempDir(), "checkpoint.bin")
 	load := func(pos int) error {
@@ -148,12 +148,12 @@ func TestCheckpointVersion2StillLoads(t *testing.T) {
 	pairs, pad := enginePairs(t)
 	cfg := TrainConfig{Optim: OptimConfig{Name: OptimAdamW}, LR: 1e-3, BatchSize: 4, MaxSteps: 2, Seed: 3, Shuffle: true, PadID: pad}
 	dir, trained := trainCheckpoint(t, cfg, 0.1, pairs)
-	plan, err := cfg.Plan(len(pairs))
+	src, err := trained.Items(pairs)
 	if err != nil {
 		t.Fatal(err)
 	}
 	v2 := filepath.Join(t.TempDir(), "checkpoint.bin")
-	if err := saveCheckpointV2(trained, v2, trained.settings(plan, pairs)); err != nil {
+	if err := saveCheckpointV2(trained, v2, trained.runSettings(src)); err != nil {
 		t.Fatal(err)
 	}
 	old, err := os.ReadFile(v2)

@@ -109,11 +109,7 @@ func (e *Engine[T]) Train(ctx context.Context, items []T, rc RunConfig[T]) error
 // before it is saved.
 func (e *Engine[T]) Run(ctx context.Context, src Source[T], rc RunConfig[T]) error {
 	plan := src.Plan()
-	settings := e.settings(plan)
-	for k, v := range src.Settings() {
-		settings[e.obj.Name()+"."+k] = v
-	}
-	settings["dataset_fingerprint"] = src.Fingerprint()
+	settings := e.runSettings(src)
 	// The weights are in the engine's own buffers now: the pages of the model file that
 	// loading and the reference pass read need not stay resident through training.
 	e.base.ReleaseResident()
@@ -262,6 +258,17 @@ func (e *Engine[T]) resume(rc RunConfig[T], plan Plan, settings map[string]strin
 		fmt.Fprintf(rc.Progress.Out, "resuming from %s at step %d\n", rc.Checkpoint, step)
 	}
 	return nil
+}
+
+// runSettings are a run's checkpoint settings over src: the engine's and the
+// objective's, the source's own and the data's fingerprint.
+func (e *Engine[T]) runSettings(src Source[T]) map[string]string {
+	settings := e.settings(src.Plan())
+	for k, v := range src.Settings() {
+		settings[e.obj.Name()+"."+k] = v
+	}
+	settings["dataset_fingerprint"] = src.Fingerprint()
+	return settings
 }
 
 // settings are what a checkpoint records and a resume must match: everything of the
