@@ -2,6 +2,7 @@ package onnx
 
 import (
 	"fmt"
+	"math"
 	"slices"
 
 	"google.golang.org/protobuf/proto"
@@ -51,6 +52,12 @@ type KVPoint struct {
 	Tensor       string
 	Reader       *onnxpb.NodeProto
 	ShapeReaders []*onnxpb.NodeProto
+	// Between are the layout nodes from Tensor down to the attention MatMul.
+	Between []*onnxpb.NodeProto
+	// Extend says that some of their shape operands are computed from the shapes of other
+	// activations (the new tokens' count, as in a head repeat reshaped to (batch, heads,
+	// q_len, head_dim)): valid once those are extended to the past (ShapeUses).
+	Extend bool
 }
 
 // FindAttention returns g's attention layers in graph order. It finds nothing in a graph
@@ -158,8 +165,9 @@ func kvChain(g *onnxpb.GraphProto, mm *onnxpb.NodeProto, idx int, producers map[
 		below = append(below, tensor)
 		// A point can be invalid while a higher one is valid again: GQA's repeat_kv sizes
 		// its Expand and Reshape from the shape of the rotated keys above them.
-		if shapeReaders, ok := shapeSources(g, between, below, producers, tensor); ok {
-			chain.Points = append(chain.Points, KVPoint{Tensor: tensor, Reader: reader, ShapeReaders: shapeReaders})
+		if shapeReaders, extend, ok := shapeSources(g, between, below, producers, tensor); ok {
+			chain.Points = append(chain.Points, KVPoint{Tensor: tensor, Reader: reader, ShapeReaders: shapeReaders,
+				Between: slices.Clone(between), Extend: extend})
 		}
 		p := producers[tensor]
 		if p == nil || !layoutOps[p.GetOpType()] || len(p.GetInput()) == 0 {
@@ -171,53 +179,91 @@ func kvChain(g *onnxpb.GraphProto, mm *onnxpb.NodeProto, idx int, producers map[
 	return chain
 }
 
-// shapeSources checks that every non-data input of the layout nodes in between is
-// computed from constants and from Shape nodes reading tensors in allowed only, and
-// returns the Shape nodes that read point itself.
-func shapeSources(g *onnxpb.GraphProto, between []*onnxpb.NodeProto, allowed []string, producers map[string]*onnxpb.NodeProto, point string) ([]*onnxpb.NodeProto, bool) {
-	var readers []*onnxpb.NodeProto
-	visited := map[string]bool{}
-	var visit func(name string) bool
-	visit = func(name string) bool {
-		if name == "" || visited[name] {
-			return true
+// Kinds of a layout node's shape operand, for shapeSources.
+const (
+	operandPure   = iota // constants and shapes of the chain's own tensors at or below the point
+	operandExtend        // also shapes of other activations: right once extended to the past
+	operandValues        // computed from the values of graph inputs: no past can go above it
+)
+
+// shapeSources classifies the non-data inputs of the layout nodes in between: computed
+// from constants and from Shape nodes reading tensors in allowed only (the Shape nodes
+// that read point itself are returned; they are rewired to see the longer sequence), or
+// also from the shapes of other activations (extend: the operands must be computed for
+// the whole sequence, see KVPoint.ShapeUses). ok is false when an operand depends on the
+// values of a graph input.
+func shapeSources(g *onnxpb.GraphProto, between []*onnxpb.NodeProto, allowed []string, producers map[string]*onnxpb.NodeProto, point string) (readers []*onnxpb.NodeProto, extend, ok bool) {
+	memo := map[string]int{}
+	var kind func(name string) int
+	kind = func(name string) int {
+		if name == "" {
+			return operandPure
 		}
-		visited[name] = true
-		p := producers[name]
-		if p == nil {
+		if k, ok := memo[name]; ok {
+			return k
+		}
+		k := operandPure
+		switch p := producers[name]; {
+		case p == nil:
 			// A graph input would tie the shape to the fed tensors; an initializer is fine.
-			return Initializer(g, name) != nil
-		}
-		switch p.GetOpType() {
-		case "Constant":
-			return true
-		case "Shape":
+			if Initializer(g, name) == nil {
+				k = operandValues
+			}
+		case p.GetOpType() == "Constant":
+		case p.GetOpType() == "Shape":
 			src := p.GetInput()[0]
-			if !slices.Contains(allowed, src) {
+			switch {
+			case slices.Contains(allowed, src):
+				if src == point && !slices.Contains(readers, p) {
+					readers = append(readers, p)
+				}
+			case kind(src) != operandPure:
 				// The shape of a value computed from allowed sources (a shape tensor
-				// itself) is fine too.
-				return visit(src)
+				// itself) is pure; any other shape is known once extended to the past.
+				k = operandExtend
 			}
-			if src == point && !slices.Contains(readers, p) {
-				readers = append(readers, p)
-			}
-			return true
-		}
-		for _, in := range p.GetInput() {
-			if !visit(in) {
-				return false
+		default:
+			for _, in := range p.GetInput() {
+				k = max(k, kind(in))
 			}
 		}
-		return true
+		memo[name] = k
+		return k
 	}
+	worst := operandPure
 	for _, n := range between {
 		for _, in := range n.GetInput()[1:] {
-			if !visit(in) {
-				return nil, false
-			}
+			worst = max(worst, kind(in))
 		}
 	}
-	return readers, true
+	if worst == operandValues {
+		return nil, false, false
+	}
+	return readers, worst == operandExtend, true
+}
+
+// ShapeUses returns the shape operands of the layout nodes between p and its attention
+// MatMul that depend on the shapes of activations other than the chain's (Extend): with
+// a past, the tensors there hold the whole sequence, so these operands must be computed
+// for it (ExtendMasksToPast extends them, keeping them whole).
+func (p KVPoint) ShapeUses(g *onnxpb.GraphProto) []KVMaskUse {
+	if !p.Extend {
+		return nil
+	}
+	producers := Producers(g)
+	var uses []KVMaskUse
+	for _, n := range p.Between {
+		for i, in := range n.GetInput() {
+			if i == 0 || in == "" || Initializer(g, in) != nil {
+				continue
+			}
+			if c := producers[in]; c != nil && c.GetOpType() == "Constant" {
+				continue
+			}
+			uses = append(uses, KVMaskUse{Node: n, Input: i, Tensor: in, Layout: true, Axis: -1})
+		}
+	}
+	return uses
 }
 
 // KVCacheSpec asks AddKVCache to concatenate a past at one point.
@@ -270,42 +316,55 @@ func rewire(n *onnxpb.NodeProto, from, to string) {
 	}
 }
 
-// AddPositionIDs gives a graph that computes its positions as Range(0, sequence) — GPT-2
-// exported without position_ids: Gather(wpe, Range(...)) then Unsqueeze(axes 0) to
-// broadcast over the batch — an int64 [batch, sequence] input name that feeds the
-// position-embedding Gather instead, so positions can differ by row and start after a
-// past. It reports whether it found the pattern.
+// AddPositionIDs gives a graph that computes its positions as Range(0, sequence) an int64
+// [batch, sequence] input name fed in their place, so that positions can differ by row
+// (left padding) and start after a past. It recognises two forms and reports whether it
+// found one:
+//
+//   - GPT-2 exported without position_ids: Gather(wpe, Range(...)) then Unsqueeze(axes 0)
+//     to broadcast over the batch; the Gather reads the input instead;
+//   - transformers' position_ids = arange(...).unsqueeze(0), where the [1, sequence]
+//     positions reach only position embeddings (the indices of a Gather on a table) or
+//     rotary embeddings (Cos, Sin), not a comparison that builds a mask; the input
+//     replaces the Unsqueeze's output.
 func AddPositionIDs(g *onnxpb.GraphProto, name string) (bool, error) {
 	producers := Producers(g)
 	consumers := Consumers(g)
 	type site struct{ gather, unsq *onnxpb.NodeProto }
 	var sites []site
+	var unsqs []*onnxpb.NodeProto
 	for _, r := range g.GetNode() {
 		if r.GetOpType() != "Range" || !isConstValue(g, producers, r.GetInput()[0], 0) || !isConstValue(g, producers, r.GetInput()[2], 1) {
 			continue
 		}
-		for _, ga := range consumers[r.GetOutput()[0]] {
-			if ga.GetOpType() != "Gather" || len(ga.GetInput()) != 2 || ga.GetInput()[1] != r.GetOutput()[0] {
+		for _, c := range consumers[r.GetOutput()[0]] {
+			if c.GetOpType() == "Unsqueeze" && c.GetInput()[0] == r.GetOutput()[0] {
+				if axes, ok := unsqueezeAxes(g, producers, c); ok && slices.Equal(axes, []int64{0}) && positionsOnly(g, consumers, c.GetOutput()[0]) {
+					unsqs = append(unsqs, c)
+				}
 				continue
 			}
-			if a := FindAttr(ga, "axis"); a != nil && a.GetI() != 0 {
+			if c.GetOpType() != "Gather" || len(c.GetInput()) != 2 || c.GetInput()[1] != r.GetOutput()[0] {
 				continue
 			}
-			w := Initializer(g, ga.GetInput()[0])
+			if a := FindAttr(c, "axis"); a != nil && a.GetI() != 0 {
+				continue
+			}
+			w := Initializer(g, c.GetInput()[0])
 			if w == nil || len(w.GetDims()) != 2 {
 				continue
 			}
-			users := consumers[ga.GetOutput()[0]]
+			users := consumers[c.GetOutput()[0]]
 			if len(users) != 1 || users[0].GetOpType() != "Unsqueeze" {
 				continue
 			}
 			if axes, ok := unsqueezeAxes(g, producers, users[0]); !ok || !slices.Equal(axes, []int64{0}) {
 				continue
 			}
-			sites = append(sites, site{ga, users[0]})
+			sites = append(sites, site{c, users[0]})
 		}
 	}
-	if len(sites) == 0 {
+	if len(sites) == 0 && len(unsqs) == 0 {
 		return false, nil
 	}
 	if err := AddInput(g, name, Int64, []Dim{DimParam("batch"), DimParam("sequence")}); err != nil {
@@ -318,7 +377,46 @@ func AddPositionIDs(g *onnxpb.GraphProto, name string) (bool, error) {
 		s.unsq.Input = s.unsq.Input[:1]
 		s.unsq.Attribute = nil
 	}
+	for _, u := range unsqs {
+		// [batch, seq] broadcasts like the [1, seq] it replaces.
+		u.OpType = proto.String("Identity")
+		u.Input = []string{name}
+		u.Attribute = nil
+	}
 	return true, nil
+}
+
+// positionsOnly says whether the values computed from v reach a position-embedding Gather
+// (as its indices, on an initializer table) or a Cos/Sin, and no comparison before them.
+func positionsOnly(g *onnxpb.GraphProto, consumers map[string][]*onnxpb.NodeProto, v string) bool {
+	found := false
+	seen := map[string]bool{v: true}
+	queue := []string{v}
+	for steps := 0; len(queue) > 0 && steps < 64; steps++ {
+		x := queue[0]
+		queue = queue[1:]
+		for _, c := range consumers[x] {
+			switch op := c.GetOpType(); {
+			case op == "Less" || op == "LessOrEqual" || op == "Greater" || op == "GreaterOrEqual" || op == "Equal":
+				return false
+			case op == "Cos" || op == "Sin":
+				found = true
+				continue
+			case op == "Gather" && len(c.GetInput()) == 2 && c.GetInput()[1] == x && Initializer(g, c.GetInput()[0]) != nil:
+				found = true
+				continue
+			case op == "Shape" || op == "Size":
+				continue // the shape carries no positions
+			}
+			for _, o := range c.GetOutput() {
+				if o != "" && !seen[o] {
+					seen[o] = true
+					queue = append(queue, o)
+				}
+			}
+		}
+	}
+	return found && len(queue) == 0
 }
 
 func unsqueezeAxes(g *onnxpb.GraphProto, producers map[string]*onnxpb.NodeProto, n *onnxpb.NodeProto) ([]int64, bool) {
@@ -369,4 +467,377 @@ func isConstValue(g *onnxpb.GraphProto, producers map[string]*onnxpb.NodeProto, 
 		return f[0] == float32(want)
 	}
 	return false
+}
+
+// Masks and positions with a past.
+//
+// Without a past, an export computes its masks and positions from the sequence length of
+// the new tokens (the Shape of input_ids or of a hidden state) and from attention_mask:
+// causal masks of [q, q], GPT-2's bias sliced [k-q:k, :k], rotary tables sliced to the key
+// length, cache_position = arange(q), ... With a past of length P the decoding step needs
+// them for q queries at positions P..P+q-1 over P+q keys. Rather than recognising each way
+// of writing a mask, the surgery below recomputes every such value as if the whole
+// sequence (past and new tokens, the length of attention_mask) were fed — the "full"
+// computation, a copy of the nodes between the sequence lengths and the place where the
+// value meets the activations — and keeps its last q entries along the query axis there.
+// What the whole sequence's run computes for its last q queries is, by causality, what
+// the step needs. The values involved:
+//
+//   - activations: values computed from the token ids (or a past): embeddings, hidden
+//     states, keys, scores. Their shapes may feed the masks (Shape nodes: "shape reads").
+//   - sequence-dependent values: not activations, computed from attention_mask or from a
+//     shape read. Where one enters an activation node as data (not as a shape, axes or
+//     bounds operand) is a "mask use": the value is replaced there by its full copy,
+//     sliced to the last q queries.
+//   - position_ids (when fed) hold the new tokens' positions; a full copy that needs them
+//     gets the whole sequence's (cumsum(attention_mask) - 1, 1 at padding, for the past,
+//     then the fed ones).
+
+// KVMaskUse is a place where a sequence-dependent value enters an activation node as data.
+type KVMaskUse struct {
+	Node *onnxpb.NodeProto
+	// Input is the index of Tensor among Node's inputs.
+	Input  int
+	Tensor string
+	// Scores says that Node computes on attention scores or probabilities, whose last two
+	// axes are the queries and the keys.
+	Scores bool
+	// Layout says that Tensor is a shape operand of a layout node on a key or value chain
+	// below the past (KVPoint.ShapeUses): it is extended and kept whole.
+	Layout bool
+	// Axis is Tensor's query axis, whose last q entries the decoding step keeps; -1 keeps
+	// the whole tensor. Callers set it from a probe (MaskUseAxis).
+	Axis int
+}
+
+// String names the use for notices: the node, its op and the value.
+func (u KVMaskUse) String() string {
+	kind := "activations"
+	switch {
+	case u.Scores:
+		kind = "attention scores"
+	case u.Layout:
+		kind = "the shape of keys or values with the past"
+	}
+	return fmt.Sprintf("%s node %q input %d (%s, on %s)", u.Node.GetOpType(), u.Node.GetName(), u.Input, u.Tensor, kind)
+}
+
+// KVMasks is what ExtendMasksToPast rewrites: the mask uses, and the shape reads their
+// values are computed from.
+type KVMasks struct {
+	Uses []KVMaskUse
+	// ShapeReads are the outputs of Shape nodes reading activations that the uses' values
+	// depend on.
+	ShapeReads []string
+	// SeqEntries marks, for each shape read, the entries that are sequence lengths (set by
+	// the caller from a probe, SeqEntries).
+	SeqEntries map[string][]bool
+}
+
+// shapeOperand says which inputs of an op are shapes, axes or bounds rather than data: a
+// sequence-dependent value there sizes the activations it applies to and stays as it is.
+func shapeOperand(op string, i int) bool {
+	switch op {
+	case "Reshape", "Expand", "Tile", "Unsqueeze", "Squeeze", "Split", "TopK", "OneHot", "CumSum", "Trilu",
+		"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+		"ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare":
+		return i == 1
+	case "Slice", "Resize":
+		return i >= 1
+	case "Pad":
+		return i == 1 || i == 3
+	case "ConstantOfShape", "Range":
+		return true
+	}
+	return false
+}
+
+// seqDeps classifies g's values for the mask surgery.
+type seqDeps struct {
+	producers map[string]*onnxpb.NodeProto
+	act       map[string]bool // computed from the token ids or a past
+	seq       map[string]bool // not act; computed from the attention mask or a shape read
+	pos       map[string]bool // not act; computed from the fed positions
+}
+
+// analyseSeq walks g in order (nodes must be sorted). Every graph input other than mask
+// and positions (and initializers listed as inputs) is an activation.
+func analyseSeq(g *onnxpb.GraphProto, mask, positions string) seqDeps {
+	d := seqDeps{producers: Producers(g), act: map[string]bool{}, seq: map[string]bool{}, pos: map[string]bool{}}
+	for _, in := range g.GetInput() {
+		name := in.GetName()
+		switch {
+		case name == mask:
+			d.seq[name] = true
+		case name == positions && positions != "":
+			d.pos[name] = true
+		case Initializer(g, name) == nil:
+			d.act[name] = true
+		}
+	}
+	for _, n := range g.GetNode() {
+		ins := NodeInputs(n)
+		isShape := n.GetOpType() == "Shape" || n.GetOpType() == "Size"
+		act, seq, pos := false, false, false
+		for _, in := range ins {
+			act = act || d.act[in]
+			seq = seq || d.seq[in]
+			pos = pos || d.pos[in]
+		}
+		if isShape {
+			seq, act = seq || act, false
+		}
+		for _, o := range n.GetOutput() {
+			switch {
+			case act:
+				d.act[o] = true
+			default:
+				d.seq[o], d.pos[o] = seq, pos
+			}
+		}
+	}
+	return d
+}
+
+// FindMaskUses finds where sequence-dependent values enter g's activations, given its
+// attention layers, its attention-mask input and its position input ("" if none). It
+// fails, naming the node, on a dependence the surgery cannot extend: a Size of an
+// activation, or a subgraph between a length and a mask.
+func FindMaskUses(g *onnxpb.GraphProto, layers []AttentionLayer, mask, positions string) (KVMasks, error) {
+	d := analyseSeq(g, mask, positions)
+	// Values on the way from a scores MatMul to its context MatMul.
+	scores := map[string]bool{}
+	context := map[*onnxpb.NodeProto]bool{}
+	for _, l := range layers {
+		scores[l.Scores.GetOutput()[0]] = true
+		context[l.Context] = true
+	}
+	var masks KVMasks
+	for _, n := range g.GetNode() {
+		if context[n] || n.GetOpType() == "Shape" || n.GetOpType() == "Size" {
+			continue
+		}
+		onScores := false
+		for _, in := range n.GetInput() {
+			onScores = onScores || scores[in]
+		}
+		if onScores {
+			for _, o := range n.GetOutput() {
+				scores[o] = true
+			}
+		}
+		if len(n.GetOutput()) == 0 || !d.act[n.GetOutput()[0]] {
+			continue
+		}
+		for i, in := range n.GetInput() {
+			if in == "" || d.act[in] || !d.seq[in] || shapeOperand(n.GetOpType(), i) {
+				continue
+			}
+			masks.Uses = append(masks.Uses, KVMaskUse{Node: n, Input: i, Tensor: in, Scores: onScores, Axis: -1})
+		}
+	}
+	if err := masks.addShapeReads(d, masks.Uses); err != nil {
+		return KVMasks{}, err
+	}
+	return masks, nil
+}
+
+// AddShapeReads adds to m.ShapeReads those the values of uses depend on (the uses of
+// KVPoint.ShapeUses, say), for g with the given attention-mask and position inputs.
+func (m *KVMasks) AddShapeReads(g *onnxpb.GraphProto, uses []KVMaskUse, mask, positions string) error {
+	return m.addShapeReads(analyseSeq(g, mask, positions), uses)
+}
+
+func (m *KVMasks) addShapeReads(d seqDeps, uses []KVMaskUse) error {
+	seen := map[string]bool{}
+	for _, r := range m.ShapeReads {
+		seen[r] = true
+	}
+	var walk func(name string) error
+	walk = func(name string) error {
+		if seen[name] || !d.seq[name] {
+			return nil
+		}
+		seen[name] = true
+		p := d.producers[name]
+		if p == nil {
+			return nil
+		}
+		switch op := p.GetOpType(); {
+		case (op == "Shape" || op == "Size") && d.act[p.GetInput()[0]]:
+			if op == "Size" {
+				return fmt.Errorf("Size node %q reads activation %q: a mask built from an element count cannot be extended to a past", p.GetName(), p.GetInput()[0])
+			}
+			m.ShapeReads = append(m.ShapeReads, name)
+			return nil
+		case hasSubgraph(p):
+			return fmt.Errorf("%s node %q computes %q inside a subgraph: masks built there cannot be extended to a past", op, p.GetName(), name)
+		}
+		for _, in := range p.GetInput() {
+			if err := walk(in); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, u := range uses {
+		if err := walk(u.Tensor); err != nil {
+			return fmt.Errorf("mask used at %s: %w", u, err)
+		}
+	}
+	return nil
+}
+
+func hasSubgraph(n *onnxpb.NodeProto) bool {
+	for _, a := range n.GetAttribute() {
+		if a.G != nil || len(a.Graphs) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// SeqEntries returns which entries of a shape read are sequence lengths, from its values
+// in two probe runs with sequence lengths seqA and seqB (which must differ, and differ from
+// every other dimension of the probe).
+func SeqEntries(a, b []int64, seqA, seqB int64) []bool {
+	out := make([]bool, len(a))
+	for i := range a {
+		out[i] = i < len(b) && a[i] == seqA && b[i] == seqB
+	}
+	return out
+}
+
+// MaskUseAxis returns the query axis of u's value from its shapes in two probe runs with
+// sequence lengths seqA and seqB (-1: no query axis, keep it whole). On attention scores
+// the value broadcasts against [..., query, key], so a sequence axis must be one of its
+// last two; on other activations it may have one sequence axis, the tokens'.
+func MaskUseAxis(u KVMaskUse, a, b []int64, seqA, seqB int64) (int, error) {
+	if len(a) != len(b) {
+		return 0, fmt.Errorf("mask used at %s: its rank changes with the input (%v, %v)", u, a, b)
+	}
+	var seq []int
+	for i := range a {
+		if a[i] == seqA && b[i] == seqB {
+			seq = append(seq, i)
+		}
+	}
+	r := len(a)
+	if u.Scores {
+		axis := -1
+		for _, s := range seq {
+			switch s {
+			case r - 2:
+				axis = s
+			case r - 1: // the keys: all of the past and the new tokens, as the full run's
+			default:
+				return 0, fmt.Errorf("mask used at %s: shape %v has a sequence axis (%d) that is neither the query (%d) nor the key axis (%d) of the scores", u, a, s, r-2, r-1)
+			}
+		}
+		return axis, nil
+	}
+	switch len(seq) {
+	case 0:
+		return -1, nil
+	case 1:
+		return seq[0], nil
+	}
+	return 0, fmt.Errorf("mask used at %s: shape %v has %d sequence axes %v; outside the attention scores one (the tokens') is expected", u, a, len(seq), seq)
+}
+
+// ExtendMasksToPast rewrites g, whose inputs are mask (attention_mask over the past and
+// the new tokens), query (the new tokens, [batch, q]) and positions (their positions, or
+// ""), so that at every use of masks a value is computed for the whole sequence and the
+// last q entries of its query axis are taken (see the comment above KVMaskUse). Uses and
+// shape reads must come from FindMaskUses on g, with Axis and SeqEntries set.
+func ExtendMasksToPast(g *onnxpb.GraphProto, opset int64, masks KVMasks, mask, query, positions string) error {
+	if len(masks.Uses) == 0 {
+		return nil
+	}
+	d := analyseSeq(g, mask, positions)
+	b := NewBuilder(g, opset, "ortalign_kvmask")
+	one := b.ConstInt64s([]int64{1})
+	total := b.Gather(b.Shape(mask), one, 0) // [1]: past + new tokens
+	q := b.Gather(b.Shape(query), one, 0)    // [1]: new tokens
+	fullPos := ""
+	positionsFull := func() (string, error) {
+		if fullPos != "" {
+			return fullPos, nil
+		}
+		dt, _, ok := TensorType(Input(g, positions))
+		if !ok {
+			return "", fmt.Errorf("input %q has no tensor type", positions)
+		}
+		m := b.Cast(mask, Int64)
+		cum := b.Sub(b.Op("CumSum", []string{m, b.ConstScalarInt64(1)}), b.ConstScalarInt64(1))
+		synth := b.Where(b.Equal(m, b.ConstScalarInt64(0)), b.ConstScalarInt64(1), cum)
+		past := b.Op("Slice", []string{synth, b.ConstInt64s([]int64{0}), b.Sub(total, q), one})
+		if dt != Int64 {
+			past = b.Cast(past, dt)
+		}
+		fullPos = b.Concat(1, past, positions)
+		return fullPos, nil
+	}
+	memo := map[string]string{}
+	var full func(name string) (string, error)
+	full = func(name string) (string, error) {
+		if v, ok := memo[name]; ok {
+			return v, nil
+		}
+		if name == "" || name == mask || (!d.seq[name] && !d.pos[name]) {
+			return name, nil
+		}
+		if name == positions {
+			return positionsFull()
+		}
+		p := d.producers[name]
+		if p == nil {
+			return name, nil
+		}
+		if op := p.GetOpType(); op == "Shape" && d.act[p.GetInput()[0]] {
+			entries, ok := masks.SeqEntries[name]
+			if !ok {
+				return "", fmt.Errorf("shape read %q (node %q) was not probed", name, p.GetName())
+			}
+			if !slices.Contains(entries, true) {
+				memo[name] = name
+				return name, nil
+			}
+			v := b.Where(b.Const(BoolTensor("", []int64{int64(len(entries))}, entries)), total, name)
+			memo[name] = v
+			return v, nil
+		}
+		if hasSubgraph(p) || p.GetOpType() == "Size" {
+			return "", fmt.Errorf("%s node %q: cannot extend %q to a past", p.GetOpType(), p.GetName(), name)
+		}
+		c := proto.Clone(p).(*onnxpb.NodeProto)
+		c.Name = proto.String(b.Name(p.GetOpType()))
+		for i, in := range c.Input {
+			v, err := full(in)
+			if err != nil {
+				return "", err
+			}
+			c.Input[i] = v
+		}
+		for i, o := range c.Output {
+			if o == "" {
+				continue
+			}
+			c.Output[i] = b.Name(p.GetOpType() + "_full")
+			memo[o] = c.Output[i]
+		}
+		g.Node = append(g.Node, c)
+		return memo[name], nil
+	}
+	for _, u := range masks.Uses {
+		v, err := full(u.Tensor)
+		if err != nil {
+			return fmt.Errorf("mask used at %s: %w", u, err)
+		}
+		if u.Axis >= 0 {
+			v = b.Op("Slice", []string{v, b.Neg(q), b.ConstInt64s([]int64{math.MaxInt64}), b.ConstInt64s([]int64{int64(u.Axis)})})
+		}
+		u.Node.Input[u.Input] = v
+	}
+	return TopologicalSort(g)
 }

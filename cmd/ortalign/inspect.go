@@ -13,10 +13,15 @@ import (
 	"ortalign/pipeline"
 )
 
-func newInspectCmd(_ *globalOptions) *cobra.Command {
+func newInspectCmd(g *globalOptions) *cobra.Command {
 	return &cobra.Command{
-		Use:     "inspect MODEL.onnx",
-		Short:   "Show a model's inputs, outputs, opsets, parameter count and op histogram",
+		Use:   "inspect MODEL.onnx",
+		Short: "Show a model's inputs, outputs, opsets, parameter count, op histogram, trainability and KV cache",
+		Long: `Show a model's inputs, outputs, opsets, parameter count and op histogram; whether ortalign
+can differentiate it for training; and how generation decodes with it: with the export's own
+KV cache (past_key_values.* inputs), with one derived from the graph (checked against decoding
+without a cache, as generate does), or without a cache, and why. The KV cache check runs the
+model with ONNX Runtime.`,
 		Example: `  ortalign inspect testdata/models/llama_opset17.onnx`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -24,10 +29,36 @@ func newInspectCmd(_ *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			printSummary(cmd.OutOrStdout(), args[0], onnx.Summary(m))
-			printTrainability(cmd.OutOrStdout(), m)
+			w := cmd.OutOrStdout()
+			printSummary(w, args[0], onnx.Summary(m))
+			printTrainability(w, m)
+			if err := g.initORT(); err != nil {
+				fmt.Fprintf(w, "KV cache:   not checked: %v\n", err)
+				return nil
+			}
+			printKVCache(w, args[0], m, g.threads)
 			return nil
 		},
+	}
+}
+
+// printKVCache says how generation decodes with the model (pipeline.InspectKVCache).
+func printKVCache(w io.Writer, path string, m *onnx.Model, threads int) {
+	info, err := pipeline.InspectKVCache(path, m, threads)
+	switch {
+	case err != nil:
+		fmt.Fprintf(w, "KV cache:   cannot generate with this model: %v\n", err)
+	case info.Mode == "none":
+		fmt.Fprintf(w, "KV cache:   none; generation re-runs the whole sequence at every step (%s)\n", info.Reason)
+	case info.Mode == "export":
+		fmt.Fprintln(w, "KV cache:   the export's own (past_key_values.* inputs):")
+	default:
+		fmt.Fprintln(w, "KV cache:   derived from the graph (checked against decoding without a cache):")
+	}
+	if err == nil {
+		for _, d := range info.Detail {
+			fmt.Fprintf(w, "  %s\n", d)
+		}
 	}
 }
 
