@@ -6,6 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
+# Every generator is run below: a gen_* script that is not is an error (also tested by
+# pipeline/regen_test.go). gen_bench*.py make benchmark models, not fixtures (scripts/bench.sh).
+for g in testdata/gen_*.py testdata/gen_*.mjs; do
+  case "$g" in testdata/gen_bench*.py) continue ;; esac
+  grep -q "^\(\$PY\|node\) $g\b" testdata/regen.sh || { echo "regen.sh: $g is not run by regen.sh; add it" >&2; exit 1; }
+done
 if [ -z "${TESTDATA_NODE_DIR:-}" ]; then
   TESTDATA_NODE_DIR=$(mktemp -d /tmp/ortalign-testdata-npm.XXXXXX)
   cp testdata/package.json "$TESTDATA_NODE_DIR/"
@@ -22,3 +28,10 @@ $PY testdata/gen_expected_logps.py          # expected/logps.json
 node testdata/check_onnx.mjs                # again, now also ORT log-probs vs the oracle
 $PY testdata/gen_dpo_oracle.py              # expected/dpo_grads_*.json.gz, dpo_adamw_*.json
 $PY testdata/gen_loss_oracle.py             # expected/loss_oracle_llama.json.gz
+$PY testdata/gen_sft_oracle.py              # expected/sft_oracle_{gpt2,llama}.json.gz
+$PY testdata/gen_lora_oracle.py             # expected/lora_oracle.json.gz (uses the SFT oracle's batch)
+$PY testdata/gen_reward_oracle.py           # expected/reward_oracle_llama.json.gz
+$PY testdata/gen_rl_oracle.py               # expected/rl_oracle_llama.json.gz
+$PY testdata/gen_ppo_oracle.py              # expected/ppo_oracle_llama.json.gz
+$PY testdata/gen_generate_oracle.py         # expected/generate.json
+$PY testdata/gen_kv_styles.py               # models/kvstyle_*.onnx, expected/kv_styles.json
