@@ -1,6 +1,7 @@
 package tokenize
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,15 +37,17 @@ func (e *TemplateError) Error() string {
 }
 
 // chatTemplate is a tokenizer's chat template, compiled on first use so that a template
-// the engine cannot parse only fails the callers that need it.
+// the engine cannot parse only fails the callers that need it. It renders in the sandbox
+// (sandbox.go): what is compiled is the source with the sandbox's guards.
 type chatTemplate struct {
 	source string // the Jinja source; "" when err says why there is none to use
 	origin string // where the source came from, for messages
 	err    error  // a configuration error found while loading (e.g. no "default" template)
 
-	once sync.Once
-	tmpl *jinja.Template
-	cerr error
+	once   sync.Once
+	tmpl   *jinja.Template
+	guards map[string]bool // the sandbox's guards that tmpl calls
+	cerr   error
 }
 
 func (c *chatTemplate) compiled() (*jinja.Template, error) {
@@ -58,12 +61,25 @@ func (c *chatTemplate) compiled() (*jinja.Template, error) {
 				c.tmpl, c.cerr = nil, fmt.Errorf("%s: chat template: internal error in the template engine while compiling: %v", c.origin, r)
 			}
 		}()
-		t, err := jinja.Compile(c.source)
-		if err != nil {
+		if err := preflightTemplate(c.source); err != nil {
+			c.cerr = fmt.Errorf("%s: %w: %v", c.origin, ErrTemplateLimit, err)
+			return
+		}
+		if _, err := jinja.Compile(c.source); err != nil {
 			c.cerr = fmt.Errorf("%s: chat template: %w", c.origin, err)
 			return
 		}
-		c.tmpl = t
+		src, err := instrumentTemplate(c.source)
+		if err != nil {
+			c.cerr = fmt.Errorf("%s: %w: %v", c.origin, ErrTemplateLimit, err)
+			return
+		}
+		t, err := jinja.Compile(src)
+		if err != nil { // the rewriter and the engine disagree: refuse rather than run unguarded
+			c.cerr = fmt.Errorf("%s: %w: the template cannot be instrumented (%v)", c.origin, ErrTemplateLimit, err)
+			return
+		}
+		c.tmpl, c.guards = t, guardsUsed(src)
 	})
 	return c.tmpl, c.cerr
 }
@@ -169,16 +185,28 @@ var strftimeClock = time.Now
 //
 // A template that calls raise_exception gives an error wrapping a *TemplateError.
 // Rendering uses github.com/ardanlabs/jinja; see chat_test.go for what is held to
-// Python's Jinja2 and the few constructs known to differ.
+// Python's Jinja2 and the few constructs known to differ. Templates are untrusted and
+// render in a sandbox: one that goes past its limits (MaxTemplateRange,
+// MaxTemplateOutput, MaxTemplateSteps, MaxTemplateTime) gives an error wrapping
+// ErrTemplateLimit.
 func (t *Tokenizer) ApplyChatTemplate(msgs []Message, addGenerationPrompt bool) (string, error) {
+	return t.ApplyChatTemplateContext(context.Background(), msgs, addGenerationPrompt)
+}
+
+// ApplyChatTemplateContext is ApplyChatTemplate that stops, with an error wrapping
+// ctx.Err(), when ctx is done.
+func (t *Tokenizer) ApplyChatTemplateContext(ctx context.Context, msgs []Message, addGenerationPrompt bool) (string, error) {
 	if t.chat == nil {
 		return "", fmt.Errorf("%s: no chat template (tokenizer_config.json beside it has no chat_template and there is no %s)", t.name, chatTemplateFile)
+	}
+	if err := ctx.Err(); err != nil {
+		return "", fmt.Errorf("%s: chat template: %w", t.chat.origin, err)
 	}
 	tmpl, err := t.chat.compiled()
 	if err != nil {
 		return "", err
 	}
-	return t.chat.render(tmpl, t.chatVars(msgs, addGenerationPrompt))
+	return t.chat.render(ctx, tmpl, t.chatVars(msgs, addGenerationPrompt))
 }
 
 // chatVars builds the variables transformers passes to a chat template.
@@ -207,8 +235,9 @@ func (t *Tokenizer) chatVars(msgs []Message, addGenerationPrompt bool) map[strin
 }
 
 // render runs a compiled template with the given variables plus the globals that
-// transformers adds, turning raise_exception and engine panics into errors.
-func (c *chatTemplate) render(tmpl *jinja.Template, vars map[string]jinja.Value) (out string, err error) {
+// transformers adds, in the sandbox, turning raise_exception, the sandbox's limits and
+// engine panics into errors.
+func (c *chatTemplate) render(ctx context.Context, tmpl *jinja.Template, vars map[string]jinja.Value) (out string, err error) {
 	var raised *TemplateError
 	vars["raise_exception"] = jinja.NewCallable("raise_exception", func(args []jinja.Value, _ map[string]jinja.Value) (jinja.Value, error) {
 		msg := ""
@@ -224,17 +253,25 @@ func (c *chatTemplate) render(tmpl *jinja.Template, vars map[string]jinja.Value)
 		}
 		return jinja.NewString(strftime(strftimeClock(), args[0].AsString())), nil
 	})
+	sb := newSandbox(ctx, vars)
+	sb.install(vars, c.guards)
 	defer func() {
 		if r := recover(); r != nil { // defensive: an engine bug must not crash the caller
 			out, err = "", fmt.Errorf("%s: chat template: internal error in the template engine: %v", c.origin, r)
 		}
 	}()
 	out, err = tmpl.RenderValues(vars)
-	if raised != nil {
+	switch {
+	case sb.err != nil && errors.Is(sb.err, ErrTemplateLimit):
+		return "", fmt.Errorf("%s: %w", c.origin, sb.err)
+	case sb.err != nil:
+		return "", fmt.Errorf("%s: chat template: %w", c.origin, sb.err)
+	case raised != nil:
 		return "", raised
-	}
-	if err != nil {
+	case err != nil:
 		return "", fmt.Errorf("%s: chat template: %w", c.origin, err)
+	case int64(len(out)) > sb.limit:
+		return "", fmt.Errorf("%s: %w: writes %d bytes; the limit is %d", c.origin, ErrTemplateLimit, len(out), sb.limit)
 	}
 	return out, nil
 }
@@ -356,7 +393,7 @@ func (t *Tokenizer) RenderConversation(prompt, completion []Message) (promptText
 	case "user", "tool":
 		p, err = t.ApplyChatTemplate(prompt, true)
 	case "assistant":
-		p, err = t.continueFinalMessage(prompt)
+		p, err = t.continueFinalMessage(context.Background(), prompt)
 	default:
 		return "", "", fmt.Errorf("tokenize: the prompt's last message has role %q; want user, tool or assistant", last)
 	}
@@ -376,14 +413,20 @@ func (t *Tokenizer) RenderConversation(prompt, completion []Message) (promptText
 // from "user" or "tool", continuing the final message (transformers'
 // continue_final_message) when it is from "assistant"; another last role is an error.
 func (t *Tokenizer) RenderPrompt(prompt []Message) (string, error) {
+	return t.RenderPromptContext(context.Background(), prompt)
+}
+
+// RenderPromptContext is RenderPrompt that stops, with an error wrapping ctx.Err(), when
+// ctx is done.
+func (t *Tokenizer) RenderPromptContext(ctx context.Context, prompt []Message) (string, error) {
 	if len(prompt) == 0 {
 		return "", errors.New("tokenize: conversation has no prompt messages")
 	}
 	switch last := prompt[len(prompt)-1].Role; last {
 	case "user", "tool":
-		return t.ApplyChatTemplate(prompt, true)
+		return t.ApplyChatTemplateContext(ctx, prompt, true)
 	case "assistant":
-		return t.continueFinalMessage(prompt)
+		return t.continueFinalMessage(ctx, prompt)
 	default:
 		return "", fmt.Errorf("tokenize: the prompt's last message has role %q; want user, tool or assistant", last)
 	}
@@ -391,8 +434,8 @@ func (t *Tokenizer) RenderPrompt(prompt []Message) (string, error) {
 
 // continueFinalMessage renders msgs without the generation prompt and cuts the text after
 // the final message's content, as transformers' continue_final_message=True.
-func (t *Tokenizer) continueFinalMessage(msgs []Message) (string, error) {
-	s, err := t.ApplyChatTemplate(msgs, false)
+func (t *Tokenizer) continueFinalMessage(ctx context.Context, msgs []Message) (string, error) {
+	s, err := t.ApplyChatTemplateContext(ctx, msgs, false)
 	if err != nil {
 		return "", err
 	}
@@ -445,17 +488,23 @@ func isRuneStart(c byte) bool { return c&0xC0 != 0x80 }
 // o.AppendEOS and o.AddSpecialTokens are not used; MaxLength and Truncation apply as in
 // EncodePromptCompletion.
 func (t *Tokenizer) EncodeConversation(prompt, completion []Message, o PairOptions) (Encoded, error) {
+	return t.EncodeConversationContext(context.Background(), prompt, completion, o)
+}
+
+// EncodeConversationContext is EncodeConversation that stops, with an error wrapping
+// ctx.Err(), when ctx is done.
+func (t *Tokenizer) EncodeConversationContext(ctx context.Context, prompt, completion []Message, o PairOptions) (Encoded, error) {
 	if err := o.check(); err != nil {
 		return Encoded{}, err
 	}
 	if len(completion) == 0 {
 		return Encoded{}, fmt.Errorf("%w (conversation has no completion messages)", ErrEmptyCompletion)
 	}
-	promptText, err := t.ApplyChatTemplate(prompt, true)
+	promptText, err := t.ApplyChatTemplateContext(ctx, prompt, true)
 	if err != nil {
 		return Encoded{}, err
 	}
-	jointText, err := t.ApplyChatTemplate(slices.Concat(prompt, completion), false)
+	jointText, err := t.ApplyChatTemplateContext(ctx, slices.Concat(prompt, completion), false)
 	if err != nil {
 		return Encoded{}, err
 	}

@@ -13,7 +13,11 @@
 // with it as transformers' apply_chat_template does, through github.com/ardanlabs/jinja;
 // chat_test.go holds the renderings to Python's Jinja2 on real models' templates
 // (testdata/chat). EncodeConversation encodes conversational (prompt, completion) messages
-// the way TRL v1.x's DPOTrainer does.
+// the way TRL v1.x's DPOTrainer does. Templates come with downloaded models and render in a
+// sandbox (sandbox.go, sandbox_rewrite.go): the source is rewritten so that the engine calls
+// guards that cap range() as jinja2's sandbox does, bound the output, the size of what the
+// template builds, its work and its recursion, and stop on a cancelled context; the
+// *Context variants take that context.
 //
 // The pipeline of one Encode call follows HuggingFace's:
 //
