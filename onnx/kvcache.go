@@ -430,17 +430,9 @@ func unsqueezeAxes(g *onnxpb.GraphProto, producers map[string]*onnxpb.NodeProto,
 }
 
 func constInt64s(g *onnxpb.GraphProto, producers map[string]*onnxpb.NodeProto, name string) ([]int64, bool) {
-	var t *onnxpb.TensorProto
-	if t = Initializer(g, name); t == nil {
-		p := producers[name]
-		if p == nil || p.GetOpType() != "Constant" {
-			return nil, false
-		}
-		a := FindAttr(p, "value")
-		if a == nil {
-			return nil, false
-		}
-		t = a.GetT()
+	t := constTensor(g, producers, name)
+	if t == nil {
+		return nil, false
 	}
 	v, err := TensorInt64s(t)
 	return v, err == nil
@@ -452,14 +444,7 @@ func isConstValue(g *onnxpb.GraphProto, producers map[string]*onnxpb.NodeProto, 
 		return true
 	}
 	// Float or int32 constants: compare as floats.
-	var t *onnxpb.TensorProto
-	if t = Initializer(g, name); t == nil {
-		if p := producers[name]; p != nil && p.GetOpType() == "Constant" {
-			if a := FindAttr(p, "value"); a != nil {
-				t = a.GetT()
-			}
-		}
-	}
+	t := constTensor(g, producers, name)
 	if t == nil {
 		return false
 	}
@@ -532,6 +517,13 @@ type KVMasks struct {
 	// SeqEntries marks, for each shape read, the entries that are sequence lengths (set by
 	// the caller from a probe, SeqEntries).
 	SeqEntries map[string][]bool
+	// Values are the sequence- and position-dependent values the uses are computed from
+	// (the uses' own included). Shapes holds their shapes in a probe run and SeqAxes marks
+	// their sequence axes (SeqEntries of their shapes in two runs); both are set by the
+	// caller and let ExtendMasksToPast take the last q queries early.
+	Values  []string
+	Shapes  map[string][]int64
+	SeqAxes map[string][]bool
 }
 
 // shapeOperand says which inputs of an op are shapes, axes or bounds rather than data: a
@@ -650,15 +642,16 @@ func (m *KVMasks) AddShapeReads(g *onnxpb.GraphProto, uses []KVMaskUse, mask, po
 
 func (m *KVMasks) addShapeReads(d seqDeps, uses []KVMaskUse) error {
 	seen := map[string]bool{}
-	for _, r := range m.ShapeReads {
-		seen[r] = true
+	for _, v := range m.Values {
+		seen[v] = true
 	}
 	var walk func(name string) error
 	walk = func(name string) error {
-		if seen[name] || !d.seq[name] {
+		if seen[name] || !d.seq[name] && !d.pos[name] {
 			return nil
 		}
 		seen[name] = true
+		m.Values = append(m.Values, name)
 		p := d.producers[name]
 		if p == nil {
 			return nil
@@ -668,7 +661,9 @@ func (m *KVMasks) addShapeReads(d seqDeps, uses []KVMaskUse) error {
 			if op == "Size" {
 				return fmt.Errorf("Size node %q reads activation %q: a mask built from an element count cannot be extended to a past", p.GetName(), p.GetInput()[0])
 			}
-			m.ShapeReads = append(m.ShapeReads, name)
+			if !slices.Contains(m.ShapeReads, name) {
+				m.ShapeReads = append(m.ShapeReads, name)
+			}
 			return nil
 		case hasSubgraph(p):
 			return fmt.Errorf("%s node %q computes %q inside a subgraph: masks built there cannot be extended to a past", op, p.GetName(), name)
@@ -749,95 +744,477 @@ func MaskUseAxis(u KVMaskUse, a, b []int64, seqA, seqB int64) (int, error) {
 // the new tokens), query (the new tokens, [batch, q]) and positions (their positions, or
 // ""), so that at every use of masks a value is computed for the whole sequence and the
 // last q entries of its query axis are taken (see the comment above KVMaskUse). Uses and
-// shape reads must come from FindMaskUses on g, with Axis and SeqEntries set.
+// shape reads must come from FindMaskUses on g, with Axis and SeqEntries set; where
+// Shapes and SeqAxes say what the values are, the taking of the last q queries moves up
+// through the nodes that allow it (element-wise ops, Unsqueeze, Expand, Range, Trilu,
+// Gather, MatMul, ...), so a mask for q new tokens over P+q keys costs q·(P+q), not
+// (P+q)², per step.
 func ExtendMasksToPast(g *onnxpb.GraphProto, opset int64, masks KVMasks, mask, query, positions string) error {
 	if len(masks.Uses) == 0 {
 		return nil
 	}
-	d := analyseSeq(g, mask, positions)
-	b := NewBuilder(g, opset, "ortalign_kvmask")
-	one := b.ConstInt64s([]int64{1})
-	total := b.Gather(b.Shape(mask), one, 0) // [1]: past + new tokens
-	q := b.Gather(b.Shape(query), one, 0)    // [1]: new tokens
-	fullPos := ""
-	positionsFull := func() (string, error) {
-		if fullPos != "" {
-			return fullPos, nil
-		}
-		dt, _, ok := TensorType(Input(g, positions))
-		if !ok {
-			return "", fmt.Errorf("input %q has no tensor type", positions)
-		}
-		m := b.Cast(mask, Int64)
-		cum := b.Sub(b.Op("CumSum", []string{m, b.ConstScalarInt64(1)}), b.ConstScalarInt64(1))
-		synth := b.Where(b.Equal(m, b.ConstScalarInt64(0)), b.ConstScalarInt64(1), cum)
-		past := b.Op("Slice", []string{synth, b.ConstInt64s([]int64{0}), b.Sub(total, q), one})
-		if dt != Int64 {
-			past = b.Cast(past, dt)
-		}
-		fullPos = b.Concat(1, past, positions)
-		return fullPos, nil
-	}
-	memo := map[string]string{}
-	var full func(name string) (string, error)
-	full = func(name string) (string, error) {
-		if v, ok := memo[name]; ok {
-			return v, nil
-		}
-		if name == "" || name == mask || (!d.seq[name] && !d.pos[name]) {
-			return name, nil
-		}
-		if name == positions {
-			return positionsFull()
-		}
-		p := d.producers[name]
-		if p == nil {
-			return name, nil
-		}
-		if op := p.GetOpType(); op == "Shape" && d.act[p.GetInput()[0]] {
-			entries, ok := masks.SeqEntries[name]
-			if !ok {
-				return "", fmt.Errorf("shape read %q (node %q) was not probed", name, p.GetName())
-			}
-			if !slices.Contains(entries, true) {
-				memo[name] = name
-				return name, nil
-			}
-			v := b.Where(b.Const(BoolTensor("", []int64{int64(len(entries))}, entries)), total, name)
-			memo[name] = v
-			return v, nil
-		}
-		if hasSubgraph(p) || p.GetOpType() == "Size" {
-			return "", fmt.Errorf("%s node %q: cannot extend %q to a past", p.GetOpType(), p.GetName(), name)
-		}
-		c := proto.Clone(p).(*onnxpb.NodeProto)
-		c.Name = proto.String(b.Name(p.GetOpType()))
-		for i, in := range c.Input {
-			v, err := full(in)
-			if err != nil {
-				return "", err
-			}
-			c.Input[i] = v
-		}
-		for i, o := range c.Output {
-			if o == "" {
-				continue
-			}
-			c.Output[i] = b.Name(p.GetOpType() + "_full")
-			memo[o] = c.Output[i]
-		}
-		g.Node = append(g.Node, c)
-		return memo[name], nil
-	}
+	x := &maskExtender{g: g, d: analyseSeq(g, mask, positions), masks: masks, mask: mask, positions: positions,
+		b: NewBuilder(g, opset, "ortalign_kvmask"), memo: map[lastKey]string{}}
+	one := x.b.ConstInt64s([]int64{1})
+	x.total = x.b.Gather(x.b.Shape(mask), one, 0) // [1]: past + new tokens
+	x.q = x.b.Gather(x.b.Shape(query), one, 0)    // [1]: new tokens
 	for _, u := range masks.Uses {
-		v, err := full(u.Tensor)
+		k := 0
+		if u.Axis >= 0 {
+			seq, ok := masks.SeqAxes[u.Tensor]
+			if !ok || u.Axis >= len(seq) {
+				return fmt.Errorf("mask used at %s: its shape was not probed", u)
+			}
+			k = len(seq) - u.Axis
+		}
+		v, err := x.last(u.Tensor, k)
 		if err != nil {
 			return fmt.Errorf("mask used at %s: %w", u, err)
-		}
-		if u.Axis >= 0 {
-			v = b.Op("Slice", []string{v, b.Neg(q), b.ConstInt64s([]int64{math.MaxInt64}), b.ConstInt64s([]int64{int64(u.Axis)})})
 		}
 		u.Node.Input[u.Input] = v
 	}
 	return TopologicalSort(g)
+}
+
+// lastKey names a value of the whole sequence, with (k > 0) the last q entries of its
+// k-th axis from the end taken.
+type lastKey struct {
+	name string
+	k    int
+}
+
+// maskExtender builds ExtendMasksToPast's nodes.
+type maskExtender struct {
+	g                      *onnxpb.GraphProto
+	d                      seqDeps
+	masks                  KVMasks
+	mask, positions        string
+	b                      *Builder
+	total, q               string // [1] int64: past + new tokens, new tokens
+	past, pastScalar, fpos string // built on first use
+	memo                   map[lastKey]string
+}
+
+// elementwise ops broadcast their inputs against each other, aligned from the last axis:
+// taking the last q entries of an output axis is taking them of the inputs' same axis.
+var elementwise = map[string]bool{
+	"Add": true, "Sub": true, "Mul": true, "Div": true, "Pow": true, "Mod": true, "Min": true, "Max": true,
+	"Where": true, "And": true, "Or": true, "Xor": true, "Not": true, "Equal": true, "Less": true,
+	"LessOrEqual": true, "Greater": true, "GreaterOrEqual": true, "Cast": true, "CastLike": true, "Neg": true,
+	"Abs": true, "Sqrt": true, "Exp": true, "Log": true, "Cos": true, "Sin": true, "Sigmoid": true,
+	"Tanh": true, "Relu": true, "Sign": true, "Floor": true, "Ceil": true, "Reciprocal": true,
+	"Identity": true, "IsInf": true, "IsNaN": true, "BitwiseAnd": true, "BitwiseOr": true, "BitwiseNot": true,
+}
+
+// last returns name computed for the whole sequence, with the last q entries of its k-th
+// axis from the end taken (k = 0: all of it). An axis that is not a sequence axis there
+// (size 1, broadcast) is left as it is: the value broadcasts the same.
+func (x *maskExtender) last(name string, k int) (string, error) {
+	if name == "" || name == x.mask && k == 0 || (!x.d.seq[name] && !x.d.pos[name]) {
+		return name, nil
+	}
+	if k > 0 {
+		seq, ok := x.masks.SeqAxes[name]
+		switch {
+		case ok && (k > len(seq) || !seq[len(seq)-k]):
+			k = 0
+		case !ok:
+			return "", fmt.Errorf("value %q: its shape was not probed", name)
+		}
+	}
+	key := lastKey{name, k}
+	if v, ok := x.memo[key]; ok {
+		return v, nil
+	}
+	var v string
+	var err error
+	if k == 0 {
+		v, err = x.full(name)
+	} else if v, err = x.push(name, k); err == nil && v == "" {
+		var whole string
+		if whole, err = x.full(name); err == nil {
+			v = x.sliceLast(whole, len(x.masks.SeqAxes[name])-k)
+		}
+	}
+	if err != nil {
+		return "", err
+	}
+	x.memo[key] = v
+	return v, nil
+}
+
+// sliceLast takes the last q entries of axis of v.
+func (x *maskExtender) sliceLast(v string, axis int) string {
+	b := x.b
+	return b.Op("Slice", []string{v, b.Neg(x.q), b.ConstInt64s([]int64{math.MaxInt64}), b.ConstInt64s([]int64{int64(axis)})})
+}
+
+// pastLen returns P = total - q as [1] and as a scalar.
+func (x *maskExtender) pastLen() (string, string) {
+	if x.past == "" {
+		x.past = x.b.Sub(x.total, x.q)
+		x.pastScalar = x.b.Squeeze(x.past, []int64{0})
+	}
+	return x.past, x.pastScalar
+}
+
+// full returns name computed for the whole sequence.
+func (x *maskExtender) full(name string) (string, error) {
+	b := x.b
+	if name == x.positions {
+		if x.fpos == "" {
+			dt, _, ok := TensorType(Input(x.g, x.positions))
+			if !ok {
+				return "", fmt.Errorf("input %q has no tensor type", x.positions)
+			}
+			past, _ := x.pastLen()
+			m := b.Cast(x.mask, Int64)
+			cum := b.Sub(b.Op("CumSum", []string{m, b.ConstScalarInt64(1)}), b.ConstScalarInt64(1))
+			synth := b.Where(b.Equal(m, b.ConstScalarInt64(0)), b.ConstScalarInt64(1), cum)
+			pastPos := b.Op("Slice", []string{synth, b.ConstInt64s([]int64{0}), past, b.ConstInt64s([]int64{1})})
+			if dt != Int64 {
+				pastPos = b.Cast(pastPos, dt)
+			}
+			x.fpos = b.Concat(1, pastPos, x.positions)
+		}
+		return x.fpos, nil
+	}
+	p := x.d.producers[name]
+	if p == nil {
+		return name, nil
+	}
+	if op := p.GetOpType(); op == "Shape" && x.d.act[p.GetInput()[0]] {
+		entries, ok := x.masks.SeqEntries[name]
+		if !ok {
+			return "", fmt.Errorf("shape read %q (node %q) was not probed", name, p.GetName())
+		}
+		if !slices.Contains(entries, true) {
+			return name, nil
+		}
+		return b.Where(b.Const(BoolTensor("", []int64{int64(len(entries))}, entries)), x.total, name), nil
+	}
+	if hasSubgraph(p) || p.GetOpType() == "Size" {
+		return "", fmt.Errorf("%s node %q: cannot extend %q to a past", p.GetOpType(), p.GetName(), name)
+	}
+	if c := x.d.producers[p.GetInput()[0]]; p.GetOpType() == "Shape" && c != nil && c.GetOpType() == "ConstantOfShape" && len(p.GetAttribute()) == 0 {
+		// The shape of torch.full((T, T), v) is (T, T): no need to fill it.
+		return x.last(c.GetInput()[0], 0)
+	}
+	ks := make([]int, len(p.GetInput()))
+	return x.clone(p, name, ks)
+}
+
+// clone copies p with each input i replaced by last(input, ks[i]) and returns the copy's
+// output that stands for name.
+func (x *maskExtender) clone(p *onnxpb.NodeProto, name string, ks []int) (string, error) {
+	c := proto.Clone(p).(*onnxpb.NodeProto)
+	c.Name = proto.String(x.b.Name(p.GetOpType()))
+	for i, in := range c.Input {
+		v, err := x.last(in, ks[i])
+		if err != nil {
+			return "", err
+		}
+		c.Input[i] = v
+	}
+	out := ""
+	for i, o := range c.Output {
+		if o == "" {
+			continue
+		}
+		c.Output[i] = x.b.Name(p.GetOpType() + "_ext")
+		if o == name {
+			out = c.Output[i]
+		}
+	}
+	x.g.Node = append(x.g.Node, c)
+	return out, nil
+}
+
+// push computes the last q entries of name's k-th axis from the end (a sequence axis)
+// from its inputs' when its producer allows; "" when it does not (the caller slices the
+// whole value).
+func (x *maskExtender) push(name string, k int) (string, error) {
+	if name == x.positions && k == 1 {
+		return x.positions, nil // the fed positions are the last q of the whole sequence's
+	}
+	p := x.d.producers[name]
+	if p == nil || len(p.GetOutput()) != 1 || hasSubgraph(p) {
+		return "", nil
+	}
+	rank := len(x.masks.SeqAxes[name])
+	axis := rank - k // the sliced output axis
+	in := p.GetInput()
+	ks := make([]int, len(in))
+	rankOf := func(v string) (int, bool) {
+		if s, ok := x.masks.SeqAxes[v]; ok {
+			return len(s), true
+		}
+		if t := constTensor(x.g, x.d.producers, v); t != nil {
+			return len(t.GetDims()), true
+		}
+		return 0, false
+	}
+	switch op := p.GetOpType(); {
+	case elementwise[op]:
+		for i := range ks {
+			ks[i] = k
+		}
+		if op == "CastLike" {
+			ks[1] = 0
+		}
+	case op == "Unsqueeze" || op == "Squeeze":
+		axes, ok := x.constAxes(p)
+		if !ok {
+			return "", nil
+		}
+		inRank, ok := rankOf(in[0])
+		if !ok {
+			return "", nil
+		}
+		if op == "Unsqueeze" {
+			// Output axis axis is input axis axis - (inserted axes before it).
+			before := 0
+			for _, a := range axes {
+				if a < 0 {
+					a += int64(rank)
+				}
+				if a == int64(axis) {
+					return "", nil
+				}
+				if a < int64(axis) {
+					before++
+				}
+			}
+			ks[0] = inRank - (axis - before)
+		} else {
+			if len(axes) == 0 {
+				return "", nil
+			}
+			// Input axis: the axis-th of those not squeezed.
+			kept := -1
+			for i := 0; i < inRank; i++ {
+				if !slices.ContainsFunc(axes, func(a int64) bool { return a == int64(i) || a+int64(inRank) == int64(i) }) {
+					kept++
+					if kept == axis {
+						ks[0] = inRank - i
+						break
+					}
+				}
+			}
+			if ks[0] == 0 {
+				return "", nil
+			}
+		}
+	case op == "Transpose":
+		perm := FindAttr(p, "perm")
+		if perm == nil || len(perm.GetInts()) != rank {
+			return "", nil
+		}
+		ks[0] = rank - int(perm.GetInts()[axis])
+	case op == "Expand" || op == "ConstantOfShape":
+		shape := in[len(in)-1]
+		n, ok := x.masks.Shapes[shape]
+		if !ok || len(n) != 1 || n[0] < int64(k) {
+			return "", nil
+		}
+		s, err := x.last(shape, 0)
+		if err != nil {
+			return "", err
+		}
+		onehot := make([]bool, n[0])
+		onehot[n[0]-int64(k)] = true
+		s = x.b.Where(x.b.Const(BoolTensor("", []int64{n[0]}, onehot)), x.q, s)
+		if op == "ConstantOfShape" {
+			c := proto.Clone(p).(*onnxpb.NodeProto)
+			c.Name = proto.String(x.b.Name(op))
+			c.Input = []string{s}
+			c.Output = []string{x.b.Name(op + "_ext")}
+			x.g.Node = append(x.g.Node, c)
+			return c.Output[0], nil
+		}
+		v, err := x.last(in[0], k)
+		if err != nil {
+			return "", err
+		}
+		return x.b.Expand(v, s), nil
+	case op == "Range" && k == 1 && x.b.Opset() >= 15: // CastLike
+		// start + P·delta, same limit and delta: the last q values.
+		start, err := x.last(in[0], 0)
+		if err != nil {
+			return "", err
+		}
+		limit, err := x.last(in[1], 0)
+		if err != nil {
+			return "", err
+		}
+		delta, err := x.last(in[2], 0)
+		if err != nil {
+			return "", err
+		}
+		_, past := x.pastLen()
+		start = x.b.Add(start, x.b.Mul(x.b.Op("CastLike", []string{past, start}), delta))
+		return x.b.Op("Range", []string{start, limit, delta}), nil
+	case op == "Trilu" && rank >= 2:
+		// Rows: the last q rows of Trilu(X, d) are Trilu(those rows of X, d + P); columns:
+		// Trilu(those columns, d - P); other axes: as they are.
+		ks[0] = k
+		if k > 2 {
+			break
+		}
+		v, err := x.last(in[0], k)
+		if err != nil {
+			return "", err
+		}
+		diag := x.b.ConstScalarInt64(0)
+		if len(in) > 1 && in[1] != "" {
+			if diag, err = x.last(in[1], 0); err != nil {
+				return "", err
+			}
+		}
+		_, past := x.pastLen()
+		if k == 2 {
+			diag = x.b.Add(diag, past)
+		} else {
+			diag = x.b.Sub(diag, past)
+		}
+		c := proto.Clone(p).(*onnxpb.NodeProto)
+		c.Name = proto.String(x.b.Name(op))
+		c.Input = []string{v, diag}
+		c.Output = []string{x.b.Name(op + "_ext")}
+		x.g.Node = append(x.g.Node, c)
+		return c.Output[0], nil
+	case op == "Gather":
+		dataRank, ok1 := rankOf(in[0])
+		idxRank, ok2 := rankOf(in[1])
+		if !ok1 || !ok2 {
+			return "", nil
+		}
+		a := int64(0)
+		if at := FindAttr(p, "axis"); at != nil {
+			a = at.GetI()
+		}
+		if a < 0 {
+			a += int64(dataRank)
+		}
+		switch o := int64(axis); {
+		case o < a:
+			ks[0] = dataRank - int(o)
+		case o < a+int64(idxRank):
+			ks[1] = idxRank - int(o-a)
+		default:
+			ks[0] = k
+		}
+	case op == "MatMul":
+		ra, ok1 := rankOf(in[0])
+		rb, ok2 := rankOf(in[1])
+		if !ok1 || !ok2 || ra < 2 || rb < 2 {
+			return "", nil
+		}
+		switch k {
+		case 1:
+			ks[1] = 1
+		case 2:
+			ks[0] = 2
+		default:
+			ks[0], ks[1] = k, k
+		}
+	case op == "Concat":
+		c := FindAttr(p, "axis")
+		if c == nil {
+			return "", nil
+		}
+		ca := c.GetI()
+		if ca < 0 {
+			ca += int64(rank)
+		}
+		if ca == int64(axis) {
+			return "", nil
+		}
+		for i := range ks {
+			ks[i] = k
+		}
+	case op == "Slice":
+		if len(in) < 4 {
+			return "", nil // all leading axes: may include this one
+		}
+		axes, ok := constInt64s(x.g, x.d.producers, in[3])
+		if !ok {
+			return "", nil
+		}
+		j := slices.IndexFunc(axes, func(a int64) bool { return a == int64(axis) || a+int64(rank) == int64(axis) })
+		if j < 0 {
+			ks[0] = k
+			break
+		}
+		if x.b.Opset() < 15 { // CastLike
+			return "", nil
+		}
+		return x.pushSlice(p, j, axis)
+	default:
+		return "", nil
+	}
+	return x.clone(p, name, ks)
+}
+
+// pushSlice takes the last q entries of axis of the output of Slice node p, which slices
+// that axis (the j-th of its axes) with step 1: they are the input's [end-q, end), end
+// clamped to the axis as Slice does — GPT-2's bias[:, :, k-q:k, :k] for the new queries.
+func (x *maskExtender) pushSlice(p *onnxpb.NodeProto, j, axis int) (string, error) {
+	in := p.GetInput()
+	if len(in) > 4 && in[4] != "" {
+		steps, ok := constInt64s(x.g, x.d.producers, in[4])
+		if !ok || steps[j] != 1 {
+			return "", nil
+		}
+	}
+	b := x.b
+	ins := make([]string, len(in))
+	for i, v := range in {
+		var err error
+		if ins[i], err = x.last(v, 0); err != nil {
+			return "", err
+		}
+	}
+	at := b.ConstInt64s([]int64{int64(j)})
+	dim := b.Gather(b.Shape(ins[0]), b.ConstInt64s([]int64{int64(axis)}), 0)
+	end := b.Cast(b.Gather(ins[2], at, 0), Int64)
+	end = b.Min(b.Where(b.Less(end, b.ConstInt64s([]int64{0})), b.Add(end, dim), end), dim)
+	n := int64(-1)
+	if t := constTensor(x.g, x.d.producers, in[1]); t != nil && len(t.GetDims()) == 1 {
+		n = t.GetDims()[0]
+	} else if s, ok := x.masks.Shapes[in[1]]; ok && len(s) == 1 {
+		n = s[0]
+	}
+	if n <= int64(j) {
+		return "", nil
+	}
+	onehot := make([]bool, n)
+	onehot[j] = true
+	start := b.Op("CastLike", []string{b.Sub(end, x.q), ins[1]})
+	ins[1] = b.Where(b.Const(BoolTensor("", []int64{n}, onehot)), start, ins[1])
+	return b.Op("Slice", ins), nil
+}
+
+// constAxes reads the axes of an Unsqueeze or Squeeze (attribute or constant input).
+func (x *maskExtender) constAxes(n *onnxpb.NodeProto) ([]int64, bool) {
+	if a := FindAttr(n, "axes"); a != nil {
+		return a.GetInts(), true
+	}
+	if len(n.GetInput()) < 2 {
+		return nil, n.GetOpType() == "Squeeze"
+	}
+	return constInt64s(x.g, x.d.producers, n.GetInput()[1])
+}
+
+// constTensor returns the tensor of an initializer or a Constant node's value, else nil.
+func constTensor(g *onnxpb.GraphProto, producers map[string]*onnxpb.NodeProto, name string) *onnxpb.TensorProto {
+	if t := Initializer(g, name); t != nil {
+		return t
+	}
+	if p := producers[name]; p != nil && p.GetOpType() == "Constant" {
+		if a := FindAttr(p, "value"); a != nil {
+			return a.GetT()
+		}
+	}
+	return nil
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"ortalign/onnx"
+	"ortalign/onnx/onnxpb"
+	"ortalign/onnx/ort"
 )
 
 // The KV-cache fixture: testdata/models/llama_kv_opset17.onnx (testdata/gen_models.py), the
@@ -340,4 +342,97 @@ func TestDerivedCacheNoticeNamesNode(t *testing.T) {
 		}
 	}
 	t.Log(notices[0])
+}
+
+// TestDerivedCacheMasksLinear: the masks and positions of a decoding step with the derived
+// cache cost q·(P+q), not (P+q)²: run one step (2 rows, a past of 40, 1 new token) of the
+// derived graph of each style and of the tiny GPT-2 and Llama, and check that no value the mask surgery added has two axes of the
+// whole sequence's length.
+func TestDerivedCacheMasksLinear(t *testing.T) {
+	const batch, past = 2, 40
+	var o kvStylesOracle
+	readOracle(t, "../testdata/expected/kv_styles.json", &o)
+	files := []string{"models/gpt2_opset17.onnx", "models/llama_opset17.onnx"}
+	for _, style := range slices.Sorted(maps.Keys(o.Models)) {
+		files = append(files, o.Models[style].File)
+	}
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			m, err := onnx.Load(filepath.Join("../testdata", file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			dv, err := deriveCacheGraph(m, GeneratorOptions{Threads: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			g := dv.model.Graph()
+			b := onnx.NewBuilder(g, dv.model.Opset(""), "test_shape")
+			var outs, values []string
+			for _, n := range slices.Clone(g.GetNode()) {
+				if !strings.HasPrefix(n.GetName(), "ortalign_kvmask/") {
+					continue
+				}
+				for _, v := range n.GetOutput() {
+					s := b.Shape(v)
+					if err := onnx.AddOutput(g, s, onnx.Int64, []onnx.Dim{onnx.DimParam("rank")}); err != nil {
+						t.Fatal(err)
+					}
+					outs, values = append(outs, s), append(values, v)
+				}
+			}
+			if len(outs) == 0 {
+				t.Fatal("the surgery added no nodes")
+			}
+			// What a decoding step runs (the generator prunes the same way).
+			var keep []*onnxpb.ValueInfoProto
+			for _, out := range g.GetOutput() {
+				if out.GetName() == logitsOutput || slices.Contains(outs, out.GetName()) {
+					keep = append(keep, out)
+				}
+			}
+			g.Output = keep
+			onnx.Prune(g, nil)
+			sess, err := newModelSession(dv.model, outs, ort.Options{Threads: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sess.Destroy()
+			total := past + 1
+			mask := make([]int64, batch*total)
+			for i := range mask {
+				mask[i] = 1
+			}
+			feeds := map[string]*ort.Tensor{
+				inputIDs:      {Shape: []int64{batch, 1}, I64: []int64{3, 4}},
+				attentionMask: {Shape: []int64{batch, int64(total)}, I64: mask},
+				positionIDs:   {Shape: []int64{batch, 1}, I64: []int64{past, past}},
+			}
+			for _, p := range dv.pasts {
+				shape := slices.Clone(p.dims)
+				shape[p.batchAxis], shape[p.seqAxis] = batch, past
+				n := int64(1)
+				for _, d := range shape {
+					n *= d
+				}
+				feeds[p.name] = &ort.Tensor{Shape: shape, F32: make([]float32, n)}
+			}
+			res, err := sess.Run(feeds, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, s := range outs {
+				long := 0
+				for _, d := range res[s].I64 {
+					if d == int64(total) {
+						long++
+					}
+				}
+				if long > 1 {
+					t.Errorf("%s has shape %v: quadratic in the sequence (%d tokens)", values[i], res[s].I64, total)
+				}
+			}
+			t.Logf("%d values added by the surgery", len(outs))
+		})
+	}
 }

@@ -195,13 +195,11 @@ func probeKVAxes(m *onnx.Model, layers []onnx.AttentionLayer, masks *onnx.KVMask
 	}
 	b := onnx.NewBuilder(g, p.Opset(""), "ortalign_probe")
 	vector := []onnx.Dim{onnx.DimParam("rank")}
-	useShape := map[string]string{}
-	for _, u := range masks.Uses {
-		if useShape[u.Tensor] == "" {
-			useShape[u.Tensor] = b.Shape(u.Tensor)
-			if err := add(useShape[u.Tensor], onnx.Int64, vector); err != nil {
-				return nil, err
-			}
+	shapeOf := map[string]string{}
+	for _, v := range masks.Values {
+		shapeOf[v] = b.Shape(v)
+		if err := add(shapeOf[v], onnx.Int64, vector); err != nil {
+			return nil, err
 		}
 	}
 	for _, r := range masks.ShapeReads {
@@ -241,9 +239,18 @@ func probeKVAxes(m *onnx.Model, layers []onnx.AttentionLayer, masks *onnx.KVMask
 	for _, r := range masks.ShapeReads {
 		masks.SeqEntries[r] = onnx.SeqEntries(r1[r].I64, r2[r].I64, probeSeqA, probeSeqB)
 	}
+	masks.Shapes, masks.SeqAxes = map[string][]int64{}, map[string][]bool{}
+	for v, s := range shapeOf {
+		masks.Shapes[v] = r1[s].I64
+		masks.SeqAxes[v] = onnx.SeqEntries(r1[s].I64, r2[s].I64, probeSeqA, probeSeqB)
+	}
 	for i := range masks.Uses {
 		u := &masks.Uses[i]
-		if u.Axis, err = onnx.MaskUseAxis(*u, r1[useShape[u.Tensor]].I64, r2[useShape[u.Tensor]].I64, probeSeqA, probeSeqB); err != nil {
+		s := shapeOf[u.Tensor]
+		if s == "" {
+			return nil, fmt.Errorf("mask used at %s: its shape was not probed", u)
+		}
+		if u.Axis, err = onnx.MaskUseAxis(*u, r1[s].I64, r2[s].I64, probeSeqA, probeSeqB); err != nil {
 			return nil, err
 		}
 	}
