@@ -21,11 +21,16 @@ import (
 //
 // where Kᵀ and V reach their MatMul from the projections through layout ops only
 // (Transpose, Reshape, Expand, Unsqueeze, Squeeze: the head split, rotary output, GQA's
-// repeat_kv). The past is concatenated at the highest tensor of that chain from which the
-// layout ops still work on a longer sequence: every Reshape/Expand shape below it must be
-// computed from constants and the shapes of the chain's own tensors. Which axis of that
-// tensor is the sequence (and which the batch) is not known statically; callers find it by
-// running the graph (see KVChain.Points and the pipeline's probe).
+// repeat_kv). The past can be concatenated at any tensor of that chain from which the
+// layout ops still work on a longer sequence: every Reshape/Expand shape below it is
+// computed from constants and the shapes of the chain's own tensors, or from the shapes of
+// other activations (the new tokens' count), which ExtendMasksToPast then computes for the
+// whole sequence (KVPoint.Extend). Which axis of that tensor is the sequence (and which the
+// batch) is not known statically; callers find it by running the graph (see KVChain.Points
+// and the pipeline's probe) and pick the point with the smallest cache.
+//
+// Masks and positions that the export computes from the new tokens' length are extended
+// to the past by FindMaskUses and ExtendMasksToPast (below).
 
 // layoutOps move data without computing on it; a past can be concatenated above them.
 var layoutOps = map[string]bool{"Transpose": true, "Reshape": true, "Expand": true, "Unsqueeze": true, "Squeeze": true}
@@ -592,9 +597,10 @@ func analyseSeq(g *onnxpb.GraphProto, mask, positions string) seqDeps {
 }
 
 // FindMaskUses finds where sequence-dependent values enter g's activations, given its
-// attention layers, its attention-mask input and its position input ("" if none). It
-// fails, naming the node, on a dependence the surgery cannot extend: a Size of an
-// activation, or a subgraph between a length and a mask.
+// attention layers, its attention-mask input and its position input ("" if none), and the
+// shape reads and values they are computed from. It fails, naming the node, on a
+// dependence the surgery cannot extend: a Size of an activation, or a subgraph between a
+// length and a mask.
 func FindMaskUses(g *onnxpb.GraphProto, layers []AttentionLayer, mask, positions string) (KVMasks, error) {
 	d := analyseSeq(g, mask, positions)
 	// Values on the way from a scores MatMul to its context MatMul.
