@@ -1,4 +1,23 @@
-// Package pipeline runs ortalign's work on top of ONNX Runtime: the log-prob head that
-// scores completions inside the model graph, batching of preference pairs, offline
-// scoring with implicit rewards, and (as they land) loss heads and the trainer.
+// Package pipeline is ortalign's work on top of ONNX Runtime, in rooms that say what
+// they hold. Each imports only those before it in this list:
+//
+//   - progress: progress lines (rate and ETA) for long work.
+//   - lm: a causal LM as ortalign drives it: its inputs (rows, right-padded batches, an
+//     empty KV past), the log-prob head appended to its logits, the reward and value
+//     heads grafted on it, trainable initializers and tied copies, ONNX Runtime sessions
+//     opened per batch shape.
+//   - encode: dataset rows into model items: preference pairs, SFT sequences, prompts;
+//     chat templates, truncation, the checks and counts of skipped rows.
+//   - engine: the training engine and its one loop (Engine.Run over a Source): the
+//     generated training graph and its cache, optimizer and schedule, accumulation,
+//     clipping, evaluation, metrics, checkpoints, resume, LoRA adapters, exports.
+//   - score: offline scoring: log-probs and implicit rewards of pairs, reward-model
+//     scores, score files streamed window by window.
+//   - generate: sampling with a KV cache (the export's, or one derived from a plain
+//     export), warpers, finish reasons.
+//   - objective: the objectives, one file each: DPO and its losses, SFT, the reward
+//     model, GRPO/RLOO's policy loss, PPO (loss, value head, GAE).
+//   - rollout: online RL: a round of prompts sampled with the policy's live weights,
+//     scored by reward models or programs, made into GRPO/RLOO/PPO steps for the loop.
+//   - report: plots of metrics.jsonl files.
 package pipeline

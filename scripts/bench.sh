@@ -73,7 +73,7 @@ if [ "${1:-}" = "--real" ]; then
   echo "== $shape, scoring 4 x 256 tokens"
   py score "$shape" --seq 256 --batch 4 --threads "$threads" | tee "$res/torch_score.json"
   ORTALIGN_BENCH_MODEL=$PWD/testdata/bench/$shape.onnx ORTALIGN_BENCH_SEQ=256 ORTALIGN_BENCH_THREADS=$threads \
-    go test ./pipeline -run '^$' -bench 'BenchmarkScoreReal$' -benchtime 3x | tee "$res/ort_score.txt"
+    go test ./pipeline/objective -run '^$' -bench 'BenchmarkScoreReal$' -benchtime 3x | tee "$res/ort_score.txt"
   echo
   echo "$(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/{print $2}') GiB, $threads threads"
   py table "$res"
@@ -98,9 +98,9 @@ PY
 echo "== scoring, batch 16 x 128 tokens: PyTorch eager (forward + log_softmax + gather + sum)"
 for t in 1 2; do torch_bench --threads "$t" --torch-bench; done
 echo "== scoring, batch 16 x 128 tokens: ortalign"
-go test ./pipeline -run '^$' -bench 'BenchmarkScore$' -benchtime 20x
+go test ./pipeline/objective -run '^$' -bench 'BenchmarkScore$' -benchtime 20x
 
 echo "== DPO step, 8 pairs x 128 tokens: PyTorch eager (forward + loss + backward + AdamW)"
 /usr/bin/python3 testdata/gen_dpo_oracle.py --bench --coretypes "${OPENBLAS_CORETYPE:-default}"
 echo "== DPO step, 8 pairs x 128 tokens: ortalign, and ORT's MatMul throughput"
-go test ./pipeline -run '^$' -bench 'BenchmarkDPOStep|BenchmarkMatMul' -benchtime 10x
+go test ./pipeline/objective -run '^$' -bench 'BenchmarkDPOStep|BenchmarkMatMul' -benchtime 10x

@@ -34,8 +34,10 @@ export OMP_WAIT_POLICY=${BENCH_OMP_WAIT_POLICY:-PASSIVE}
 THREADS=${BENCH_THREADS:-1 2}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-go test -c -o "$tmp/pipeline.test" ./pipeline
-bin=$tmp/pipeline.test
+go test -c -o "$tmp/generate.test" ./pipeline/generate
+go test -c -o "$tmp/rollout.test" ./pipeline/rollout
+gen_bin=$tmp/generate.test
+rl_bin=$tmp/rollout.test
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 # benchmark metric NAME from a go test -bench line
 metric() { awk -v m="$2" '/^Benchmark/{for(i=2;i<=NF;i++) if($i==m) print $(i-1)}' "$1" | tail -1; }
@@ -49,8 +51,8 @@ for m in $models; do
   for t in $THREADS; do
     l=$(load)
     echo "== generate $m, $t threads: ortalign (load $l)" >&2
-    (cd pipeline && ORTALIGN_BENCH_GEN_MODEL=$onnx ORTALIGN_BENCH_THREADS=$t \
-      "$bin" -test.run '^$' -test.bench 'BenchmarkGenerateSide$' -test.benchtime ${reps}x -test.v) | tee "$tmp/ort.txt" >&2
+    (cd pipeline/generate && ORTALIGN_BENCH_GEN_MODEL=$onnx ORTALIGN_BENCH_THREADS=$t \
+      "$gen_bin" -test.run '^$' -test.bench 'BenchmarkGenerateSide$' -test.benchtime ${reps}x -test.v) | tee "$tmp/ort.txt" >&2
     gen_rows+="| $m | $t | ortalign (ORT, $(grep -o 'cache mode [a-z]*' "$tmp/ort.txt" | head -1 | cut -d' ' -f3) KV cache) | $(metric "$tmp/ort.txt" tokens/s) | $(metric "$tmp/ort.txt" ms/step) | $(metric "$tmp/ort.txt" peakRSS_MB) | $l |"$'\n'
     l=$(load)
     echo "== generate $m, $t threads: PyTorch eager (load $l)" >&2
@@ -59,10 +61,10 @@ for m in $models; do
   done
 done
 
-(cd pipeline && ORTALIGN_DUMP_RL_PROMPTS=$tmp/rl_prompts.json "$bin" -test.run '^TestDumpRLBenchPrompts$' >/dev/null)
+(cd pipeline/rollout && ORTALIGN_DUMP_RL_PROMPTS=$tmp/rl_prompts.json "$rl_bin" -test.run '^TestDumpRLBenchPrompts$' >/dev/null)
 l=$(load)
 echo "== GRPO step: ortalign BenchmarkRLStep (load $l)" >&2
-(cd pipeline && "$bin" -test.run '^$' -test.bench 'BenchmarkRLStep' -test.benchtime 10x) | tee "$tmp/rl.txt" >&2
+(cd pipeline/rollout && "$rl_bin" -test.run '^$' -test.bench 'BenchmarkRLStep' -test.benchtime 10x) | tee "$tmp/rl.txt" >&2
 sub() { awk -v s="BenchmarkRLStep/$1" -v m="$2" 'index($1,s)==1 && (substr($1,length(s)+1,1)=="-" || length($1)==length(s)){for(i=2;i<=NF;i++) if($i==m) print $(i-1)}' "$tmp/rl.txt" | tail -1; }
 rl_rows="| 2 | ortalign (ORT) | $(sub generate ms/op) | $(sub generate tokens/s) | $(sub update ms/op) | $(sub collect ms/op) | $l |"$'\n'
 for t in $THREADS; do

@@ -12,7 +12,8 @@ import (
 	"ortalign/internal/atomicfile"
 	"ortalign/onnx"
 	"ortalign/onnx/autodiff"
-	"ortalign/pipeline"
+	"ortalign/pipeline/engine"
+	"ortalign/pipeline/objective"
 )
 
 // artifactsOptions are the flags of `ortalign artifacts`.
@@ -64,7 +65,7 @@ func runArtifacts(g *globalOptions, o *artifactsOptions, stdout io.Writer) error
 	if err != nil {
 		return err
 	}
-	res, err := pipeline.BuildTrainingGraph(m, pipeline.DPO{Loss: loss}, pipeline.GraphConfig{Freeze: freeze, TieTransposedCopies: !o.untie})
+	res, err := engine.BuildTrainingGraph(m, objective.DPO{Loss: loss}, engine.GraphConfig{Freeze: freeze, TieTransposedCopies: !o.untie})
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.model, err)
 	}
@@ -76,8 +77,8 @@ func runArtifacts(g *globalOptions, o *artifactsOptions, stdout io.Writer) error
 		return err
 	}
 	manifest := struct {
-		Source string              `json:"source_model"`
-		Loss   pipeline.LossConfig `json:"loss_config"`
+		Source string               `json:"source_model"`
+		Loss   objective.LossConfig `json:"loss_config"`
 		autodiff.Manifest
 	}{o.model, loss, res.Manifest}
 	b, err := json.MarshalIndent(manifest, "", "  ")

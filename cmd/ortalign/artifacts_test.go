@@ -11,7 +11,7 @@ import (
 
 	"ortalign/onnx"
 	"ortalign/onnx/ort"
-	"ortalign/pipeline"
+	"ortalign/pipeline/objective"
 )
 
 // TestArtifactsRunInPlainORT: the written training graph, driven only through its
@@ -21,7 +21,7 @@ func TestArtifactsRunInPlainORT(t *testing.T) {
 	if err := ort.Init(""); err != nil {
 		t.Fatal(err)
 	}
-	if err := runArtifacts(&globalOptions{}, &artifactsOptions{modelFlags: modelFlags{model: tinyLlama}, out: out, lossFlags: lossFlags{loss: pipeline.LossSigmoid, beta: 0.1}}, &bytes.Buffer{}); err != nil {
+	if err := runArtifacts(&globalOptions{}, &artifactsOptions{modelFlags: modelFlags{model: tinyLlama}, out: out, lossFlags: lossFlags{loss: objective.LossSigmoid, beta: 0.1}}, &bytes.Buffer{}); err != nil {
 		t.Fatal(err)
 	}
 	var manifest struct {

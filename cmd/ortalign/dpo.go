@@ -5,13 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"ortalign/pipeline/encode"
+	"ortalign/pipeline/engine"
+	"ortalign/pipeline/lm"
+	"ortalign/pipeline/objective"
+	"ortalign/pipeline/progress"
 	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-
-	"ortalign/pipeline"
 )
 
 // dpoOptions are the flags of `ortalign dpo`.
@@ -39,29 +42,29 @@ type lossFlags struct {
 }
 
 func addLossFlags(f *pflag.FlagSet, l *lossFlags) {
-	f.StringVar(&l.loss, "loss", pipeline.LossSigmoid, "loss type, or several comma-separated: "+strings.Join(pipeline.LossTypes, ", "))
+	f.StringVar(&l.loss, "loss", objective.LossSigmoid, "loss type, or several comma-separated: "+strings.Join(objective.LossTypes, ", "))
 	f.StringVar(&l.lossWeights, "loss-weights", "", "weights of the --loss types, comma-separated (default: all 1)")
 	f.Float64Var(&l.beta, "beta", 0.1, "DPO β: the strength of the KL penalty to the reference")
 	f.Float64Var(&l.labelSmoothing, "label-smoothing", 0, "label noise ε: cDPO (sigmoid), robust, exo_pair, aot, aot_unpaired")
 	f.BoolVar(&l.ipoSum, "ipo-sum-logps", false, "ipo loss on summed log-probs (the IPO paper) instead of TRL's per-token average")
-	f.StringVar(&l.fDivergence, "f-divergence", pipeline.FDivReverseKL, "f-divergence of the implicit reward: reverse_kl, forward_kl, js_divergence or alpha_divergence")
-	f.Float64Var(&l.fAlpha, "f-alpha-divergence-coef", pipeline.DefaultFAlphaCoef, "α of --f-divergence alpha_divergence")
-	f.Float64Var(&l.discoPopTau, "discopop-tau", pipeline.DefaultDiscoPopTau, "τ of the discopop loss")
+	f.StringVar(&l.fDivergence, "f-divergence", objective.FDivReverseKL, "f-divergence of the implicit reward: reverse_kl, forward_kl, js_divergence or alpha_divergence")
+	f.Float64Var(&l.fAlpha, "f-alpha-divergence-coef", objective.DefaultFAlphaCoef, "α of --f-divergence alpha_divergence")
+	f.Float64Var(&l.discoPopTau, "discopop-tau", objective.DefaultDiscoPopTau, "τ of the discopop loss")
 	f.BoolVar(&l.useWeighting, "use-weighting", false, "WPO: weight each pair by the policy's probability of its completions")
 	f.Var(&l.ldAlpha, "ld-alpha", "LD-DPO α in [0, 1]: the weight of completion tokens beyond the shorter completion of the pair (default: off)")
 	f.BoolVar(&l.referenceFree, "reference-free", false, "no reference model: reference log-probs are 0")
 }
 
-func (l *lossFlags) config() (pipeline.LossConfig, error) {
-	types, err := pipeline.ParseLossTypes(l.loss)
+func (l *lossFlags) config() (objective.LossConfig, error) {
+	types, err := objective.ParseLossTypes(l.loss)
 	if err != nil {
-		return pipeline.LossConfig{}, fmt.Errorf("--loss: %w", err)
+		return objective.LossConfig{}, fmt.Errorf("--loss: %w", err)
 	}
-	weights, err := pipeline.ParseWeights(l.lossWeights)
+	weights, err := objective.ParseWeights(l.lossWeights)
 	if err != nil {
-		return pipeline.LossConfig{}, fmt.Errorf("--loss-weights: %w", err)
+		return objective.LossConfig{}, fmt.Errorf("--loss-weights: %w", err)
 	}
-	c := pipeline.LossConfig{
+	c := objective.LossConfig{
 		Types: types, Weights: weights, Beta: l.beta, LabelSmoothing: l.labelSmoothing, IPOSumLogps: l.ipoSum,
 		UseWeighting: l.useWeighting, ReferenceFree: l.referenceFree,
 	}
@@ -70,13 +73,13 @@ func (l *lossFlags) config() (pipeline.LossConfig, error) {
 	}
 	// Options that only apply to one loss or divergence are set only when it is used, so
 	// their defaults never make a configuration invalid.
-	if l.fDivergence != pipeline.FDivReverseKL {
+	if l.fDivergence != objective.FDivReverseKL {
 		c.FDivergence = l.fDivergence
 	}
-	if c.FDivergence == pipeline.FDivAlpha && l.fAlpha != pipeline.DefaultFAlphaCoef {
+	if c.FDivergence == objective.FDivAlpha && l.fAlpha != objective.DefaultFAlphaCoef {
 		c.FAlphaCoef = l.fAlpha
 	}
-	if c.Uses(pipeline.LossDiscoPop) && l.discoPopTau != pipeline.DefaultDiscoPopTau {
+	if c.Uses(objective.LossDiscoPop) && l.discoPopTau != objective.DefaultDiscoPopTau {
 		c.DiscoPopTau = l.discoPopTau
 	}
 	if l.ldAlpha.set {
@@ -159,9 +162,9 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 		return err
 	}
 	data.Warn = stderr
-	var ref *pipeline.LogProbModel
+	var ref *lm.LogProbModel
 	if o.ref != "" {
-		if ref, err = pipeline.LoadLogProbModel(o.ref, pipeline.ModelOptions{Threads: o.threads, PadID: cfg.PadID}); err != nil {
+		if ref, err = lm.LoadLogProbModel(o.ref, lm.ModelOptions{Threads: o.threads, PadID: cfg.PadID}); err != nil {
 			return err
 		}
 		defer ref.Close()
@@ -169,24 +172,24 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 			return fmt.Errorf("--ref %s has vocabulary %d but --model %s has %d", o.ref, ref.VocabSize(), o.model, data.Vocab)
 		}
 	}
-	pairs, eval, err := loadTrainEval(pipeline.LoadPairs, &o.optimFlags, o.dataPath, data)
+	pairs, eval, err := loadTrainEval(encode.LoadPairs, &o.optimFlags, o.dataPath, data)
 	if err != nil {
 		return err
 	}
-	engine, err := pipeline.NewEngine(o.model, base, cfg, pipeline.DPO{Loss: loss})
+	eng, err := engine.NewEngine(o.model, base, cfg, objective.DPO{Loss: loss})
 	if err != nil {
 		return err
 	}
-	defer engine.Close()
-	printNotices(stderr, engine.Notices())
-	printReusedGraph(stderr, engine.ReusedGraph())
-	for _, tie := range engine.Ties() {
+	defer eng.Close()
+	printNotices(stderr, eng.Notices())
+	printReusedGraph(stderr, eng.ReusedGraph())
+	for _, tie := range eng.Ties() {
 		fmt.Fprintf(stderr, "training %q as the transpose of %q, as the exporter copied it (--untie trains it separately)\n", tie.Copy, tie.Source)
 	}
-	refCfg := pipeline.ReferenceConfig{BatchSize: o.batchSize, Loss: loss, Progress: pipeline.NewProgress(stderr, "reference", "pairs")}
-	pairs, from, err := pipeline.AttachReference(ctx, engine, ref, pairs, refCfg)
+	refCfg := objective.ReferenceConfig{BatchSize: o.batchSize, Loss: loss, Progress: progress.NewProgress(stderr, "reference", "pairs")}
+	pairs, from, err := objective.AttachReference(ctx, eng, ref, pairs, refCfg)
 	if err == nil && len(eval) > 0 {
-		eval, _, err = pipeline.AttachReference(ctx, engine, ref, eval, refCfg)
+		eval, _, err = objective.AttachReference(ctx, eng, ref, eval, refCfg)
 	}
 	if errors.Is(err, context.Canceled) {
 		return fmt.Errorf("interrupted before training started; nothing was saved")
@@ -195,17 +198,17 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 		return err
 	}
 	fmt.Fprintf(stderr, "reference log-probs: %s\n", from)
-	fmt.Fprintf(stderr, "training %d tensors of %s on %d pairs (%s loss, %s, lr %g)\n", len(engine.Trainable()), o.model, len(pairs), o.lossFlags.loss, o.optimizer, o.lr)
+	fmt.Fprintf(stderr, "training %d tensors of %s on %d pairs (%s loss, %s, lr %g)\n", len(eng.Trainable()), o.model, len(pairs), o.lossFlags.loss, o.optimizer, o.lr)
 	ro := o.optimFlags.runOptions("dpo")
 	ro.Stderr = stderr
-	res, err := pipeline.RunTraining(ctx, engine, pairs, eval, ro)
+	res, err := engine.RunTraining(ctx, eng, pairs, eval, ro)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "wrote %s and %s\n", res.ModelPath, res.MetricsPath)
 	if res.EvalAfter != nil {
 		fmt.Fprintf(stdout, "held-out metrics (%d pairs):\n", len(eval))
-		pipeline.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
+		engine.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
 	}
 	return nil
 }

@@ -16,7 +16,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"ortalign/onnx"
-	"ortalign/pipeline"
+	"ortalign/pipeline/encode"
+	"ortalign/pipeline/lm"
+	"ortalign/pipeline/score"
 )
 
 const (
@@ -56,22 +58,22 @@ func heldOutAccuracy(t *testing.T, policy, ref string) float64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mo := pipeline.ModelOptions{Threads: 1, PadID: padID(tok)}
-	p, err := pipeline.LoadLogProbModel(policy, mo)
+	mo := lm.ModelOptions{Threads: 1, PadID: padID(tok)}
+	p, err := lm.LoadLogProbModel(policy, mo)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	r, err := pipeline.LoadLogProbModel(ref, mo)
+	r, err := lm.LoadLogProbModel(ref, mo)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	lp, err := pipeline.LoadPairs(tinyData, pipeline.DataOptions{MaxLength: 128, Truncation: "keep_end", Tokenizer: tok, Vocab: p.VocabSize()})
+	lp, err := encode.LoadPairs(tinyData, encode.DataOptions{MaxLength: 128, Truncation: "keep_end", Tokenizer: tok, Vocab: p.VocabSize()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, sum, err := pipeline.ScorePairs(context.Background(), p, r, lp.Items, pipeline.ScoreConfig{Beta: 0.1, BatchSize: 16})
+	_, sum, err := score.ScorePairs(context.Background(), p, r, lp.Items, score.ScoreConfig{Beta: 0.1, BatchSize: 16})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"ortalign/data"
-	"ortalign/pipeline"
+	"ortalign/pipeline/generate"
+	"ortalign/pipeline/lm"
+	"ortalign/pipeline/progress"
 	"ortalign/tokenize"
 )
 
@@ -116,8 +118,8 @@ func (o *generateOptions) validate() error {
 
 // sampleOptions maps the flags to the library's options; tok (may be nil) supplies EOS
 // and decoding.
-func (o *generateOptions) sampleOptions(tok *tokenize.Tokenizer) pipeline.SampleOptions {
-	so := pipeline.SampleOptions{
+func (o *generateOptions) sampleOptions(tok *tokenize.Tokenizer) generate.SampleOptions {
+	so := generate.SampleOptions{
 		Temperature: o.temperature, TopK: o.topK, TopP: o.topP, MinP: o.minP,
 		RepetitionPenalty: o.repetitionPenalty, MaxNewTokens: o.maxNewTokens,
 		NumReturnSequences: o.numReturn, Seed: o.seed, Stop: o.stop, PaddingSide: o.paddingSide,
@@ -169,11 +171,11 @@ func runGenerate(ctx context.Context, o *generateOptions, stdout, stderr io.Writ
 	if err := o.initORT(); err != nil {
 		return err
 	}
-	cache := pipeline.CacheAuto
+	cache := generate.CacheAuto
 	if o.noCache {
-		cache = pipeline.CacheOff
+		cache = generate.CacheOff
 	}
-	gen, err := pipeline.LoadGenerator(o.model, pipeline.GeneratorOptions{Threads: o.threads, Cache: cache,
+	gen, err := generate.LoadGenerator(o.model, generate.GeneratorOptions{Threads: o.threads, Cache: cache,
 		Notice: func(s string) { fmt.Fprintln(stderr, "ortalign: "+s) }})
 	if err != nil {
 		return err
@@ -183,16 +185,16 @@ func runGenerate(ctx context.Context, o *generateOptions, stdout, stderr io.Writ
 		return fmt.Errorf("tokenizer %s has %d ids but the model's vocabulary is %d: not this model's tokenizer", o.tokenizer, tok.VocabSize(), gen.VocabSize())
 	}
 	so := o.sampleOptions(tok)
-	results := make([][]pipeline.Completion, len(prompts))
-	batches := pipeline.LengthBatches(len(prompts), o.batchSize, func(i int) int { return len(prompts[i].ids) })
-	progress := pipeline.NewProgress(stderr, "generate", "prompts")
-	progress.Start(len(prompts))
+	results := make([][]generate.Completion, len(prompts))
+	batches := lm.LengthBatches(len(prompts), o.batchSize, func(i int) int { return len(prompts[i].ids) })
+	prog := progress.NewProgress(stderr, "generate", "prompts")
+	prog.Start(len(prompts))
 	start := time.Now()
 	done := 0
 	for _, b := range batches {
-		in := make([]pipeline.Prompt, len(b))
+		in := make([]generate.Prompt, len(b))
 		for k, i := range b {
-			in[k] = pipeline.Prompt{IDs: prompts[i].ids, Index: int(prompts[i].row)}
+			in[k] = generate.Prompt{IDs: prompts[i].ids, Index: int(prompts[i].row)}
 		}
 		out, err := gen.Generate(ctx, in, so)
 		if err != nil {
@@ -205,9 +207,9 @@ func runGenerate(ctx context.Context, o *generateOptions, stdout, stderr io.Writ
 			results[i] = out[k*o.numReturn : (k+1)*o.numReturn]
 		}
 		done += len(b)
-		progress.Add(len(b))
+		prog.Add(len(b))
 	}
-	progress.Done()
+	prog.Done()
 	elapsed := time.Since(start)
 	if err := writeCompletions(o.out, layout, tok != nil, prompts, results); err != nil {
 		return err
@@ -221,7 +223,7 @@ func runGenerate(ctx context.Context, o *generateOptions, stdout, stderr io.Writ
 	}
 	fmt.Fprintf(stdout, "generated %d completions of %d prompts: %d tokens in %s (%.1f tokens/s, KV cache: %s); finished: eos %d, stop %d, length %d; wrote %s\n",
 		len(prompts)*o.numReturn, len(prompts), tokens, elapsed.Round(time.Millisecond), float64(tokens)/max(elapsed.Seconds(), 1e-9),
-		gen.CacheMode(), reasons[pipeline.FinishEOS], reasons[pipeline.FinishStop], reasons[pipeline.FinishLength], o.out)
+		gen.CacheMode(), reasons[generate.FinishEOS], reasons[generate.FinishStop], reasons[generate.FinishLength], o.out)
 	return nil
 }
 
@@ -296,7 +298,7 @@ func readPrompts(o *generateOptions, tok *tokenize.Tokenizer, stderr io.Writer) 
 }
 
 // writeCompletions writes one row per completion, in prompt order then return index.
-func writeCompletions(path string, layout data.Layout, hasText bool, prompts []genPrompt, results [][]pipeline.Completion) error {
+func writeCompletions(path string, layout data.Layout, hasText bool, prompts []genPrompt, results [][]generate.Completion) error {
 	conv := layout.IsConversational()
 	var cols []data.Column
 	if hasText {

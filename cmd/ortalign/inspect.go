@@ -10,7 +10,10 @@ import (
 
 	"ortalign/onnx"
 	"ortalign/onnx/autodiff"
-	"ortalign/pipeline"
+	"ortalign/pipeline/engine"
+	"ortalign/pipeline/generate"
+	"ortalign/pipeline/lm"
+	"ortalign/pipeline/objective"
 )
 
 func newInspectCmd(g *globalOptions) *cobra.Command {
@@ -42,9 +45,9 @@ model with ONNX Runtime.`,
 	}
 }
 
-// printKVCache says how generation decodes with the model (pipeline.InspectKVCache).
+// printKVCache says how generation decodes with the model (generate.InspectKVCache).
 func printKVCache(w io.Writer, path string, m *onnx.Model, threads int) {
-	info, err := pipeline.InspectKVCache(path, m, threads)
+	info, err := generate.InspectKVCache(path, m, threads)
 	switch {
 	case err != nil:
 		fmt.Fprintf(w, "KV cache:   cannot generate with this model: %v\n", err)
@@ -113,16 +116,16 @@ func dimsString(dims []onnx.Dim) string {
 // printTrainability says whether ortalign can differentiate the model for training, and
 // lists the nodes on the training path whose ops lack a gradient rule.
 func printTrainability(w io.Writer, m *onnx.Model) {
-	names, err := pipeline.TrainableNames(m, nil)
+	names, err := lm.TrainableNames(m, nil)
 	fwd := m.Clone()
 	if err == nil {
-		err = pipeline.AppendPreferenceLoss(fwd, pipeline.LossConfig{Type: pipeline.LossSigmoid, Beta: 0.1})
+		err = objective.AppendPreferenceLoss(fwd, objective.LossConfig{Type: objective.LossSigmoid, Beta: 0.1})
 	}
 	if err != nil {
 		fmt.Fprintf(w, "training:   not trainable as a causal LM: %v\n", err)
 		return
 	}
-	missing := autodiff.Unsupported(fwd, pipeline.LossOutput, names)
+	missing := autodiff.Unsupported(fwd, engine.LossOutput, names)
 	if len(missing) == 0 {
 		fmt.Fprintf(w, "training:   %d trainable tensors; every op on the path to the loss has a gradient rule\n", len(names))
 		return

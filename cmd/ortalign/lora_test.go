@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"ortalign/onnx"
-	"ortalign/pipeline"
+	"ortalign/pipeline/engine"
 )
 
 // TestDPOWithLoRA: dpo --lora-r trains adapters only (the checkpoint is small), merges
@@ -50,13 +50,13 @@ func TestDPOWithLoRA(t *testing.T) {
 		t.Fatalf("checkpoint of %d bytes, want the adapters' AdamW state (%d bytes) and a header", ck.Size(), state)
 	}
 	var cfg map[string]any
-	if err := json.Unmarshal([]byte(readFile(t, filepath.Join(out, pipeline.AdapterConfigFile))), &cfg); err != nil {
+	if err := json.Unmarshal([]byte(readFile(t, filepath.Join(out, engine.AdapterConfigFile))), &cfg); err != nil {
 		t.Fatal(err)
 	}
 	if cfg["r"] != 8.0 || cfg["lora_alpha"] != 16.0 || cfg["base_model_name_or_path"] != "tiny/llama" || len(cfg["target_modules"].([]any)) != 7 {
 		t.Fatalf("adapter_config.json %v", cfg)
 	}
-	if _, err := os.Stat(filepath.Join(out, pipeline.AdapterWeightsFile)); err != nil {
+	if _, err := os.Stat(filepath.Join(out, engine.AdapterWeightsFile)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -69,7 +69,7 @@ func TestLoRAFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, ok := c.Adapter.(pipeline.LoRA)
+	l, ok := c.Adapter.(engine.LoRA)
 	if !ok || l.R != 16 || l.Alpha != 8 || l.Dropout != 0 || strings.Join(l.TargetModules, ",") != "q_proj,v_proj" || l.SaveDir != "o" || l.Seed != 5 {
 		t.Fatalf("adapter %#v", c.Adapter)
 	}
@@ -106,7 +106,7 @@ func TestLoRAFlags(t *testing.T) {
 	} {
 		o := parseSFT(t, append([]string{"--model", "m", "--data", "d", "--out", "o", "--lora-r", "4", "--save-adapter"}, c.args...)...)
 		cfg, err := o.optimFlags.trainConfig(&o.modelFlags, 1, tok)
-		if l, ok := cfg.Adapter.(pipeline.LoRA); err != nil || !ok || l.BaseModel != c.want {
+		if l, ok := cfg.Adapter.(engine.LoRA); err != nil || !ok || l.BaseModel != c.want {
 			t.Errorf("%v: adapter %#v, %v; want base model %q", c.args, cfg.Adapter, err, c.want)
 		}
 	}

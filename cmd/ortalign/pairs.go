@@ -7,7 +7,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"ortalign/data"
-	"ortalign/pipeline"
+	"ortalign/pipeline/encode"
 	"ortalign/tokenize"
 )
 
@@ -41,16 +41,16 @@ func (d *dataFlags) validate() error {
 
 // options checks the flags and loads the tokenizer (tokPath may be empty: pre-tokenized
 // data needs none). The vocabulary and warning writer are set once the model is loaded.
-func (d *dataFlags) options(tokPath string) (pipeline.DataOptions, error) {
+func (d *dataFlags) options(tokPath string) (encode.DataOptions, error) {
 	if err := d.validate(); err != nil {
-		return pipeline.DataOptions{}, err
+		return encode.DataOptions{}, err
 	}
 	cols, _ := data.ParseColumns(d.columns)
 	tok, err := loadTokenizer(tokPath)
 	if err != nil {
-		return pipeline.DataOptions{}, fmt.Errorf("--tokenizer: %w", err)
+		return encode.DataOptions{}, fmt.Errorf("--tokenizer: %w", err)
 	}
-	return pipeline.DataOptions{Columns: cols, MaxLength: d.maxLength, Truncation: d.truncation, Strict: d.strict, Tokenizer: tok}, nil
+	return encode.DataOptions{Columns: cols, MaxLength: d.maxLength, Truncation: d.truncation, Strict: d.strict, Tokenizer: tok}, nil
 }
 
 // flagHints adds to a library error the flag that addresses it: the library's errors
@@ -58,7 +58,7 @@ func (d *dataFlags) options(tokPath string) (pipeline.DataOptions, error) {
 func flagHints(err error) error {
 	var row *data.RowError
 	var missing *data.MissingColumnsError
-	var noTok *pipeline.NeedsTokenizerError
+	var noTok *encode.NeedsTokenizerError
 	switch {
 	case errors.As(err, &row):
 		return fmt.Errorf("%w (--strict; without it such rows are skipped with a warning)", err)

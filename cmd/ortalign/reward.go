@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"ortalign/pipeline/encode"
+	"ortalign/pipeline/engine"
+	"ortalign/pipeline/lm"
+	"ortalign/pipeline/objective"
 
 	"github.com/spf13/cobra"
-
-	"ortalign/pipeline"
 )
 
 // rewardOptions are the flags of `ortalign reward`.
@@ -74,31 +76,31 @@ func runReward(ctx context.Context, o *rewardOptions, stdout, stderr io.Writer) 
 		return err
 	}
 	data.Warn = stderr
-	train, eval, err := loadTrainEval(pipeline.LoadPairs, &o.optimFlags, o.dataPath, data)
+	train, eval, err := loadTrainEval(encode.LoadPairs, &o.optimFlags, o.dataPath, data)
 	if err != nil {
 		return err
 	}
-	rg, err := pipeline.NewRewardGraph(base, pipeline.RewardHeadOptions{Seed: o.seed})
+	rg, err := lm.NewRewardGraph(base, lm.RewardHeadOptions{Seed: o.seed})
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.model, err)
 	}
-	engine, err := pipeline.NewEngine(o.model, rg.Model, cfg, pipeline.Reward{CenterRewardsCoefficient: o.centerCoef})
+	eng, err := engine.NewEngine(o.model, rg.Model, cfg, objective.Reward{CenterRewardsCoefficient: o.centerCoef})
 	if err != nil {
 		return err
 	}
-	defer engine.Close()
-	printNotices(stderr, engine.Notices())
-	printReusedGraph(stderr, engine.ReusedGraph())
+	defer eng.Close()
+	printNotices(stderr, eng.Notices())
+	printReusedGraph(stderr, eng.ReusedGraph())
 	switch rg.Kind {
-	case pipeline.RewardHeadGrafted:
+	case lm.RewardHeadGrafted:
 		fmt.Fprintf(stderr, "reward head: new %s [hidden, 1] on the final hidden state of the last token (LM head pruned)\n", rg.Weight)
 	default:
 		fmt.Fprintf(stderr, "reward head: the model's own (%s)\n", rg.Kind)
 	}
-	fmt.Fprintf(stderr, "training %d tensors of %s on %d pairs (%s, lr %g)\n", len(engine.Trainable()), o.model, len(train), o.optimizer, o.lr)
+	fmt.Fprintf(stderr, "training %d tensors of %s on %d pairs (%s, lr %g)\n", len(eng.Trainable()), o.model, len(train), o.optimizer, o.lr)
 	ro := o.optimFlags.runOptions("reward")
 	ro.Stderr, ro.ModelFile = stderr, RewardModelFile
-	res, err := pipeline.RunTraining(ctx, engine, train, eval, ro)
+	res, err := engine.RunTraining(ctx, eng, train, eval, ro)
 	if err != nil {
 		return err
 	}
@@ -106,7 +108,7 @@ func runReward(ctx context.Context, o *rewardOptions, stdout, stderr io.Writer) 
 	fmt.Fprintf(stdout, "wrote %s and %s\n", res.ModelPath, res.MetricsPath)
 	if res.EvalAfter != nil {
 		fmt.Fprintf(stdout, "held-out metrics (%d pairs):\n", len(eval))
-		pipeline.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
+		engine.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
 	}
 	return nil
 }

@@ -17,7 +17,10 @@ import (
 
 	"ortalign/data"
 	"ortalign/onnx"
-	"ortalign/pipeline"
+	"ortalign/pipeline/encode"
+	"ortalign/pipeline/engine"
+	"ortalign/pipeline/lm"
+	"ortalign/pipeline/score"
 )
 
 func parseReward(t *testing.T, args ...string) *rewardOptions {
@@ -28,7 +31,7 @@ func parseReward(t *testing.T, args ...string) *rewardOptions {
 // centering), and a negative centering coefficient fails before anything is loaded.
 func TestRewardFlags(t *testing.T) {
 	o := parseReward(t, "--model", "m.onnx", "--data", "d.parquet", "--out", "dir")
-	if o.lr != 1e-4 || o.maxLength != 1024 || o.centerCoef != 0 || o.optimizer != pipeline.OptimAdamW {
+	if o.lr != 1e-4 || o.maxLength != 1024 || o.centerCoef != 0 || o.optimizer != engine.OptimAdamW {
 		t.Errorf("defaults: lr %g, max length %d, centering %g, optimizer %s", o.lr, o.maxLength, o.centerCoef, o.optimizer)
 	}
 	o = parseReward(t, "--model", "missing.onnx", "--data", "missing.parquet", "--out", t.TempDir(), "--center-rewards-coefficient", "-1")
@@ -60,9 +63,9 @@ func trainBundledReward(t *testing.T) rewardRun {
 	if _, err := os.Stat(filepath.Join(dir, "model.onnx")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("model.onnx left beside reward.onnx: %v", err)
 	}
-	var train, eval []pipeline.Metrics
+	var train, eval []engine.Metrics
 	for _, line := range strings.Split(strings.TrimSpace(readFile(t, filepath.Join(dir, "metrics.jsonl"))), "\n") {
-		var m pipeline.Metrics
+		var m engine.Metrics
 		if err := json.Unmarshal([]byte(line), &m); err != nil {
 			t.Fatal(err)
 		}
@@ -182,16 +185,16 @@ func TestRewardTrainsAndScoreReproducesIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rm, err := pipeline.LoadRewardModel(r.model, pipeline.ModelOptions{Threads: 1, PadID: padID(tok)})
+	rm, err := score.LoadRewardModel(r.model, lm.ModelOptions{Threads: 1, PadID: padID(tok)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rm.Close()
-	pairs, err := pipeline.LoadPairs(tinyData, pipeline.DataOptions{MaxLength: 128, Truncation: "keep_start", Tokenizer: tok, Vocab: rm.VocabSize()})
+	pairs, err := encode.LoadPairs(tinyData, encode.DataOptions{MaxLength: 128, Truncation: "keep_start", Tokenizer: tok, Vocab: rm.VocabSize()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	seqs := pipeline.PairRows(pairs.Items[:4])
+	seqs := encode.PairRows(pairs.Items[:4])
 	got, err := rm.Rewards(seqs)
 	if err != nil {
 		t.Fatal(err)
@@ -204,7 +207,7 @@ func TestRewardTrainsAndScoreReproducesIt(t *testing.T) {
 
 	// ONNX Runtime's node binding.
 	t.Run("onnxruntime-node", func(t *testing.T) {
-		b := pipeline.BatchInputs(seqs, padID(tok))
+		b := lm.BatchInputs(seqs, padID(tok))
 		checkWithOnnxruntimeNode(t, map[string]any{"model": r.model, "input_ids": rowsOf(b.IDs.I64, len(seqs)), "attention_mask": rowsOf(b.AttentionMask.I64, len(seqs)), "rewards": got})
 	})
 }
@@ -278,7 +281,7 @@ func TestScoreRewardSkipsAndShards(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rg, err := pipeline.NewRewardGraph(base, pipeline.RewardHeadOptions{Seed: 3, InitStd: 1})
+	rg, err := lm.NewRewardGraph(base, lm.RewardHeadOptions{Seed: 3, InitStd: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,8 +308,8 @@ func TestScoreRewardSkipsAndShards(t *testing.T) {
 	const file = "../../data/testdata/arrow_standard_zstd_v2_nodict.parquet"
 	run := func(window int, shard string) []data.Example {
 		t.Helper()
-		defer func(w int) { pipeline.ScoreWindow = w }(pipeline.ScoreWindow)
-		pipeline.ScoreWindow = window
+		defer func(w int) { score.ScoreWindow = w }(score.ScoreWindow)
+		score.ScoreWindow = window
 		out := filepath.Join(t.TempDir(), "scores.parquet")
 		o := scoreOpts(file, out)
 		o.model, o.reward, o.shard = "", model, shard

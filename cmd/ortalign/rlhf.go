@@ -10,7 +10,13 @@ import (
 
 	"ortalign/data"
 	"ortalign/onnx"
-	"ortalign/pipeline"
+	"ortalign/pipeline/encode"
+	"ortalign/pipeline/engine"
+	"ortalign/pipeline/generate"
+	"ortalign/pipeline/lm"
+	"ortalign/pipeline/objective"
+	"ortalign/pipeline/rollout"
+	"ortalign/pipeline/score"
 	"ortalign/tokenize"
 )
 
@@ -82,8 +88,8 @@ and samples the same completions (the sampling seed is derived from --seed and t
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.betaSet = cmd.Flags().Changed("beta")
-			if o.algo == pipeline.AlgoPPO && !cmd.Flags().Changed("temperature") {
-				o.temperature = pipeline.DefaultPPOConfig().Temperature
+			if o.algo == objective.AlgoPPO && !cmd.Flags().Changed("temperature") {
+				o.temperature = objective.DefaultPPOConfig().Temperature
 			}
 			if runF != nil {
 				return runF(o)
@@ -114,8 +120,8 @@ and samples the same completions (the sampling seed is derived from --seed and t
 	f.Float64Var(&o.epsilon, "epsilon", 0.2, "clip the importance ratio below at 1 − epsilon")
 	f.Float64Var(&o.epsilonHigh, "epsilon-high", 0, "clip above at 1 + epsilon-high (0 = --epsilon)")
 	f.IntVar(&o.numIterations, "num-iterations", 1, "optimizer steps per batch of completions (μ)")
-	f.StringVar(&o.scaleRewards, "scale-rewards", pipeline.ScaleGroup, "grpo: scale advantages by the group's std (group), the batch's (batch) or not (none)")
-	f.StringVar(&o.lossType, "loss-type", pipeline.LossDAPO, "grpo loss aggregation: dapo, grpo, bnpo or dr_grpo")
+	f.StringVar(&o.scaleRewards, "scale-rewards", objective.ScaleGroup, "grpo: scale advantages by the group's std (group), the batch's (batch) or not (none)")
+	f.StringVar(&o.lossType, "loss-type", objective.LossDAPO, "grpo loss aggregation: dapo, grpo, bnpo or dr_grpo")
 	f.BoolVar(&o.normalizeAdvantages, "normalize-advantages", false, "rloo: standardise advantages over the batch")
 	f.Float64Var(&o.missingEOSPenalty, "missing-eos-penalty", 0, "subtract from the reward of a completion without EOS")
 	f.BoolVar(&o.maskTruncated, "mask-truncated-completions", false, "leave completions without EOS out of the loss")
@@ -133,19 +139,19 @@ and samples the same completions (the sampling seed is derived from --seed and t
 }
 
 // rlConfig maps the flags to the library's loss configuration.
-func (o *rlhfOptions) rlConfig() pipeline.RLConfig {
+func (o *rlhfOptions) rlConfig() objective.RLConfig {
 	beta := o.beta
-	if !o.betaSet && o.algo == pipeline.AlgoRLOO {
+	if !o.betaSet && o.algo == objective.AlgoRLOO {
 		beta = 0.05
 	}
-	return pipeline.RLConfig{Algo: o.algo, LossType: o.lossType, Beta: beta, Epsilon: o.epsilon, EpsilonHigh: o.epsilonHigh,
+	return objective.RLConfig{Algo: o.algo, LossType: o.lossType, Beta: beta, Epsilon: o.epsilon, EpsilonHigh: o.epsilonHigh,
 		Temperature: o.temperature, MaxCompletionLength: o.maxNewTokens, ScaleRewards: o.scaleRewards,
 		NormalizeAdvantages: o.normalizeAdvantages}
 }
 
 // validate checks the flags that need no model or data, naming the flag.
 func (o *rlhfOptions) validate() error {
-	if o.algo != pipeline.AlgoGRPO && o.algo != pipeline.AlgoRLOO && o.algo != pipeline.AlgoPPO {
+	if o.algo != objective.AlgoGRPO && o.algo != objective.AlgoRLOO && o.algo != objective.AlgoPPO {
 		return fmt.Errorf("--algo must be grpo, rloo or ppo, got %q", o.algo)
 	}
 	if o.reward == "" && len(o.rewardFns) == 0 {
@@ -170,22 +176,22 @@ func (o *rlhfOptions) validate() error {
 	if _, err := data.ParseColumns(o.columns); err != nil {
 		return fmt.Errorf("--columns: %w", err)
 	}
-	if o.algo == pipeline.AlgoPPO {
+	if o.algo == objective.AlgoPPO {
 		return o.validatePPO(n)
 	}
 	if err := o.rlConfig().Validate(); err != nil {
 		return fmt.Errorf("--algo/--loss-type/--scale-rewards/--beta/--epsilon: %w", err)
 	}
-	rc := pipeline.RLRunConfig{RL: o.rlConfig(), NumGenerations: o.numGenerations, NumIterations: o.numIterations,
-		Sample: o.sampleOptions(nil), Rewards: make([]pipeline.RewardFunc, n), RewardWeights: o.rewardWeights, MissingEOSPenalty: o.missingEOSPenalty}
+	rc := rollout.RLRunConfig{RL: o.rlConfig(), NumGenerations: o.numGenerations, NumIterations: o.numIterations,
+		Sample: o.sampleOptions(nil), Rewards: make([]rollout.RewardFunc, n), RewardWeights: o.rewardWeights, MissingEOSPenalty: o.missingEOSPenalty}
 	if err := rc.Validate(); err != nil {
 		return fmt.Errorf("--num-generations/--num-iterations/--max-new-tokens/sampling flags: %w", err)
 	}
 	return nil
 }
 
-func (o *rlhfOptions) sampleOptions(tok *tokenize.Tokenizer) pipeline.SampleOptions {
-	so := pipeline.SampleOptions{Temperature: o.temperature, TopK: o.topK, TopP: o.topP, MinP: o.minP,
+func (o *rlhfOptions) sampleOptions(tok *tokenize.Tokenizer) generate.SampleOptions {
+	so := generate.SampleOptions{Temperature: o.temperature, TopK: o.topK, TopP: o.topP, MinP: o.minP,
 		RepetitionPenalty: o.repetitionPenalty, MaxNewTokens: o.maxNewTokens}
 	for _, id := range o.eos {
 		so.EOS = append(so.EOS, int64(id))
@@ -218,9 +224,9 @@ func runRLHF(ctx context.Context, o *rlhfOptions, stdout, stderr io.Writer) erro
 		return err
 	}
 	cols, _ := data.ParseColumns(o.columns)
-	dopts := pipeline.DataOptions{Columns: cols, MaxLength: o.maxPromptLength, Truncation: tokenize.KeepEnd, Strict: o.strict,
-		Tokenizer: tok, Vocab: pipeline.StaticVocabSize(base), Warn: stderr}
-	train, eval, err := loadTrainEval(pipeline.LoadPrompts, &o.optimFlags, o.prompts, dopts)
+	dopts := encode.DataOptions{Columns: cols, MaxLength: o.maxPromptLength, Truncation: tokenize.KeepEnd, Strict: o.strict,
+		Tokenizer: tok, Vocab: lm.StaticVocabSize(base), Warn: stderr}
+	train, eval, err := loadTrainEval(encode.LoadPrompts, &o.optimFlags, o.prompts, dopts)
 	if err != nil {
 		return err
 	}
@@ -228,49 +234,49 @@ func runRLHF(ctx context.Context, o *rlhfOptions, stdout, stderr io.Writer) erro
 	if len(so.EOS) == 0 {
 		fmt.Fprintln(stderr, "ortalign: warning: no EOS id (no --tokenizer or --eos-token-id): every completion runs to --max-new-tokens")
 	}
-	rc := pipeline.RLRunConfig{RL: o.rlConfig(), NumGenerations: o.numGenerations, NumIterations: o.numIterations, Sample: so,
+	rc := rollout.RLRunConfig{RL: o.rlConfig(), NumGenerations: o.numGenerations, NumIterations: o.numIterations, Sample: so,
 		RewardWeights: o.rewardWeights, MissingEOSPenalty: o.missingEOSPenalty, MaskTruncated: o.maskTruncated, Eval: eval,
 		Notice: func(s string) { fmt.Fprintln(stderr, "ortalign: "+s) }}
 	if tok != nil {
 		rc.Decode = func(ids []int64) (string, error) { return tok.Decode(intIDs(ids), true) }
 	}
 	if o.reward != "" {
-		rm, err := pipeline.LoadRewardModel(o.reward, pipeline.ModelOptions{Threads: o.threads, PadID: cfg.PadID})
+		rm, err := score.LoadRewardModel(o.reward, lm.ModelOptions{Threads: o.threads, PadID: cfg.PadID})
 		if err != nil {
 			return fmt.Errorf("--reward: %w", err)
 		}
 		defer rm.Close()
-		rc.Rewards = append(rc.Rewards, pipeline.ModelReward{Rewards: rm.Rewards, Batch: o.batchSize})
+		rc.Rewards = append(rc.Rewards, rollout.ModelReward{Rewards: rm.Rewards, Batch: o.batchSize})
 	}
-	fo := pipeline.RewardFuncOptions{Prompts: o.prompts, Columns: cols, EOS: so.EOS}
+	fo := rollout.RewardFuncOptions{Prompts: o.prompts, Columns: cols, EOS: so.EOS}
 	for _, spec := range o.rewardFns {
-		rf, err := pipeline.ParseRewardFunc(spec, fo)
+		rf, err := rollout.ParseRewardFunc(spec, fo)
 		if err != nil {
 			return fmt.Errorf("--reward-fn: %w", err)
 		}
 		rc.Rewards = append(rc.Rewards, rf)
 	}
-	if o.algo == pipeline.AlgoPPO {
+	if o.algo == objective.AlgoPPO {
 		return runPPO(ctx, o, base, cfg, train, eval, rc, stdout, stderr)
 	}
-	engine, err := pipeline.NewEngine(o.model, base, cfg, pipeline.RL{Config: rc.RL})
+	eng, err := engine.NewEngine(o.model, base, cfg, objective.RL{Config: rc.RL})
 	if err != nil {
 		return err
 	}
-	defer engine.Close()
-	printReusedGraph(stderr, engine.ReusedGraph())
+	defer eng.Close()
+	printReusedGraph(stderr, eng.ReusedGraph())
 	fmt.Fprintf(stderr, "%s: training %d tensors of %s on %d prompts × %d completions (%s, lr %g)\n",
-		o.algo, len(engine.Trainable()), o.model, len(train), o.numGenerations, o.optimizer, o.lr)
+		o.algo, len(eng.Trainable()), o.model, len(train), o.numGenerations, o.optimizer, o.lr)
 	ro := o.optimFlags.runOptions("rlhf")
 	ro.Stderr = stderr
-	res, err := pipeline.RunRL(ctx, engine, base, train, rc, ro)
+	res, err := rollout.RunRL(ctx, eng, base, train, rc, ro)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "wrote %s and %s\n", res.ModelPath, res.MetricsPath)
 	if res.EvalAfter != nil {
 		fmt.Fprintf(stdout, "held-out mean reward of sampled completions (%d prompts × %d):\n", len(eval), o.numGenerations)
-		pipeline.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
+		engine.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
 	}
 	return nil
 }

@@ -8,7 +8,11 @@ import (
 	"github.com/spf13/pflag"
 
 	"ortalign/onnx"
-	"ortalign/pipeline"
+	"ortalign/pipeline/encode"
+	"ortalign/pipeline/engine"
+	"ortalign/pipeline/lm"
+	"ortalign/pipeline/objective"
+	"ortalign/pipeline/rollout"
 )
 
 // ppoFlags are rlhf's PPO options, TRL v1.x PPOConfig's in kebab case.
@@ -20,7 +24,7 @@ type ppoFlags struct {
 }
 
 func addPPOFlags(f *pflag.FlagSet, p *ppoFlags) {
-	d := pipeline.DefaultPPOConfig()
+	d := objective.DefaultPPOConfig()
 	f.Float64Var(&p.klCoef, "kl-coef", d.KLCoef, "ppo: per-token KL penalty coefficient in the reward")
 	f.StringVar(&p.klEstimator, "kl-estimator", d.KLEstimator, "ppo: KL estimator of the penalty, k1 or k3")
 	f.Float64Var(&p.cliprange, "cliprange", d.Cliprange, "ppo: clip the policy ratio to 1 ± cliprange")
@@ -34,10 +38,10 @@ func addPPOFlags(f *pflag.FlagSet, p *ppoFlags) {
 }
 
 // ppoRunConfig maps the flags to the library's PPO configuration.
-func (o *rlhfOptions) ppoRunConfig() pipeline.PPORunConfig {
+func (o *rlhfOptions) ppoRunConfig() rollout.PPORunConfig {
 	p := o.ppo
-	return pipeline.PPORunConfig{
-		PPO: pipeline.PPOConfig{KLCoef: p.klCoef, KLEstimator: p.klEstimator, Cliprange: p.cliprange, CliprangeValue: p.cliprangeValue,
+	return rollout.PPORunConfig{
+		PPO: objective.PPOConfig{KLCoef: p.klCoef, KLEstimator: p.klEstimator, Cliprange: p.cliprange, CliprangeValue: p.cliprangeValue,
 			VFCoef: p.vfCoef, Gamma: p.gamma, Lam: p.lam, WhitenRewards: p.whitenRewards, Temperature: o.temperature},
 		NumPPOEpochs: p.numPPOEpochs, NumMiniBatches: p.numMiniBatches, MissingEOSPenalty: o.missingEOSPenalty,
 	}
@@ -49,7 +53,7 @@ func (o *rlhfOptions) validatePPO(n int) error {
 		return fmt.Errorf("--num-ppo-epochs and --num-mini-batches must be >= 1, got %d and %d", o.ppo.numPPOEpochs, o.ppo.numMiniBatches)
 	}
 	rc := o.ppoRunConfig()
-	rc.Sample, rc.Rewards, rc.RewardWeights = o.sampleOptions(nil), make([]pipeline.RewardFunc, n), o.rewardWeights
+	rc.Sample, rc.Rewards, rc.RewardWeights = o.sampleOptions(nil), make([]rollout.RewardFunc, n), o.rewardWeights
 	if err := rc.Validate(); err != nil {
 		return fmt.Errorf("--kl-coef/--kl-estimator/--cliprange/--cliprange-value/--vf-coef/--gamma/--lam/--max-new-tokens/sampling flags: %w", err)
 	}
@@ -59,8 +63,8 @@ func (o *rlhfOptions) validatePPO(n int) error {
 // runPPO trains with PPO once the data and rewards are ready. The value head starts from
 // the reward model's score head when --reward is a reward model ortalign grafted on a
 // causal LM of the policy's width, else from a seeded fresh head.
-func runPPO(ctx context.Context, o *rlhfOptions, base *onnx.Model, cfg pipeline.TrainConfig, train, eval []pipeline.EncodedPrompt,
-	rl pipeline.RLRunConfig, stdout, stderr io.Writer) error {
+func runPPO(ctx context.Context, o *rlhfOptions, base *onnx.Model, cfg engine.TrainConfig, train, eval []encode.EncodedPrompt,
+	rl rollout.RLRunConfig, stdout, stderr io.Writer) error {
 	rc := o.ppoRunConfig()
 	rc.Sample, rc.Rewards, rc.RewardWeights, rc.Decode, rc.Eval, rc.Notice = rl.Sample, rl.Rewards, rl.RewardWeights, rl.Decode, eval, rl.Notice
 	var init []float32
@@ -70,33 +74,33 @@ func runPPO(ctx context.Context, o *rlhfOptions, base *onnx.Model, cfg pipeline.
 		if err != nil {
 			return fmt.Errorf("--reward: %w", err)
 		}
-		if w, ok := pipeline.RewardHeadWeights(rm); ok {
+		if w, ok := lm.RewardHeadWeights(rm); ok {
 			init, from = w, o.reward+"'s score head"
 		}
 	}
-	engine, err := pipeline.NewPPOEngine(o.model, base, cfg, rc.PPO, init)
+	eng, err := objective.NewPPOEngine(o.model, base, cfg, rc.PPO, init)
 	if err != nil && init != nil {
 		// Another width: start fresh.
 		init, from = nil, "a fresh head"
-		engine, err = pipeline.NewPPOEngine(o.model, base, cfg, rc.PPO, nil)
+		eng, err = objective.NewPPOEngine(o.model, base, cfg, rc.PPO, nil)
 	}
 	if err != nil {
 		return err
 	}
-	defer engine.Close()
-	printReusedGraph(stderr, engine.ReusedGraph())
+	defer eng.Close()
+	printReusedGraph(stderr, eng.ReusedGraph())
 	fmt.Fprintf(stderr, "ppo: training %d tensors of %s (policy and a value head from %s, sharing the backbone) on %d prompts (%s, lr %g)\n",
-		len(engine.Trainable()), o.model, from, len(train), o.optimizer, o.lr)
+		len(eng.Trainable()), o.model, from, len(train), o.optimizer, o.lr)
 	ro := o.optimFlags.runOptions("rlhf")
 	ro.Stderr = stderr
-	res, err := pipeline.RunPPO(ctx, engine, base, train, rc, ro)
+	res, err := rollout.RunPPO(ctx, eng, base, train, rc, ro)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "wrote %s and %s\n", res.ModelPath, res.MetricsPath)
 	if res.EvalAfter != nil {
 		fmt.Fprintf(stdout, "held-out mean reward of sampled completions (%d prompts × 1):\n", len(eval))
-		pipeline.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
+		engine.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
 	}
 	return nil
 }

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"ortalign/pipeline/lm"
+	"ortalign/pipeline/objective"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"ortalign/pipeline"
 )
 
 // ppoArgs is a short PPO run on the bundled prompts with a regex reward.
@@ -24,7 +24,7 @@ func ppoArgs(out string, extra ...string) []string {
 func TestRLHFPPOFlags(t *testing.T) {
 	o := parseRLHF(t, "--algo", "ppo", "--model", "m", "--prompts", "p", "--out", "o", "--reward-fn", "length:4")
 	c := o.ppoRunConfig()
-	if d := pipeline.DefaultPPOConfig(); c.PPO != d || c.NumPPOEpochs != 4 || c.NumMiniBatches != 1 {
+	if d := objective.DefaultPPOConfig(); c.PPO != d || c.NumPPOEpochs != 4 || c.NumMiniBatches != 1 {
 		t.Errorf("ppo defaults %+v, want %+v, 4 epochs, 1 mini-batch", c, d)
 	}
 	if o = parseRLHF(t, "--algo", "ppo", "--model", "m", "--prompts", "p", "--out", "o", "--reward-fn", "length:4", "--temperature", "1"); o.temperature != 1 {
@@ -81,7 +81,7 @@ func TestRLHFPPOResumeEqualsUninterrupted(t *testing.T) {
 	if a, b := readFile(t, filepath.Join(full, "model.onnx")), readFile(t, filepath.Join(part, "model.onnx")); a != b {
 		t.Error("resumed model differs from the uninterrupted run's")
 	}
-	if a := readFile(t, filepath.Join(full, "model.onnx")); strings.Contains(a, pipeline.ValueHeadWeightName) {
+	if a := readFile(t, filepath.Join(full, "model.onnx")); strings.Contains(a, lm.ValueHeadWeightName) {
 		t.Error("model.onnx carries the value head")
 	}
 	a, b := metricLines(t, filepath.Join(full, "metrics.jsonl")), metricLines(t, filepath.Join(part, "metrics.jsonl"))

@@ -12,7 +12,11 @@ import (
 	"testing"
 
 	"ortalign/onnx"
-	"ortalign/pipeline"
+	"ortalign/pipeline/encode"
+	"ortalign/pipeline/generate"
+	"ortalign/pipeline/lm"
+	"ortalign/pipeline/rollout"
+	"ortalign/pipeline/score"
 )
 
 func parseRLHF(t *testing.T, args ...string) *rlhfOptions { return parseFlags(t, newRLHFCmd, args...) }
@@ -160,26 +164,26 @@ func TestRewardThenRLHFRaisesRewardModelScore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rm, err := pipeline.LoadRewardModel(rmPath, pipeline.ModelOptions{Threads: 1, PadID: padID(tok)})
+	rm, err := score.LoadRewardModel(rmPath, lm.ModelOptions{Threads: 1, PadID: padID(tok)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rm.Close()
-	l, err := pipeline.LoadPrompts(held, pipeline.DataOptions{Tokenizer: tok, Vocab: pipeline.StaticVocabSize(base)})
+	l, err := encode.LoadPrompts(held, encode.DataOptions{Tokenizer: tok, Vocab: lm.StaticVocabSize(base)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	eos, _ := tok.EOS()
-	rc := pipeline.RLRunConfig{NumGenerations: 16, Sample: pipeline.SampleOptions{Temperature: 1, MaxNewTokens: 1, EOS: []int64{int64(eos)}},
-		Rewards: []pipeline.RewardFunc{pipeline.ModelReward{Rewards: rm.Rewards}}}
-	score := func(m *onnx.Model) float64 {
-		v, err := pipeline.MeanReward(context.Background(), "policy", m, l.Items, rc, 12345, 1)
+	rc := rollout.RLRunConfig{NumGenerations: 16, Sample: generate.SampleOptions{Temperature: 1, MaxNewTokens: 1, EOS: []int64{int64(eos)}},
+		Rewards: []rollout.RewardFunc{rollout.ModelReward{Rewards: rm.Rewards}}}
+	scoreOf := func(m *onnx.Model) float64 {
+		v, err := rollout.MeanReward(context.Background(), "policy", m, l.Items, rc, 12345, 1)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return v
 	}
-	before, after := score(base), score(trained)
+	before, after := scoreOf(base), scoreOf(trained)
 	t.Logf("reward model's held-out mean score %.3f -> %.3f (%d prompts × 16); max objective/kl %.3f\n%s", before, after, len(l.Items), maxKL, stdout.String())
 	if !(after > before+0.15) {
 		t.Errorf("held-out reward model score %.3f -> %.3f: want a rise of more than 0.15", before, after)

@@ -13,7 +13,10 @@ import (
 	"github.com/spf13/cobra"
 
 	dataset "ortalign/data"
-	"ortalign/pipeline"
+	"ortalign/pipeline/encode"
+	"ortalign/pipeline/lm"
+	"ortalign/pipeline/progress"
+	"ortalign/pipeline/score"
 )
 
 // scoreOptions are the flags of `ortalign score`.
@@ -134,7 +137,7 @@ func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) er
 	if o.reward != "" {
 		return runRewardScore(ctx, o, data, stdout, stderr)
 	}
-	ds, err := pipeline.OpenDataset(o.dataPath, dataset.UsePreference, data)
+	ds, err := encode.OpenDataset(o.dataPath, dataset.UsePreference, data)
 	if err != nil {
 		return flagHints(err)
 	}
@@ -142,15 +145,15 @@ func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) er
 	if err := o.initORT(); err != nil {
 		return err
 	}
-	mo := pipeline.ModelOptions{Threads: o.threads, PadID: padID(data.Tokenizer)}
-	policy, err := pipeline.LoadLogProbModel(o.model, mo)
+	mo := lm.ModelOptions{Threads: o.threads, PadID: padID(data.Tokenizer)}
+	policy, err := lm.LoadLogProbModel(o.model, mo)
 	if err != nil {
 		return err
 	}
 	defer policy.Close()
-	var ref *pipeline.LogProbModel
+	var ref *lm.LogProbModel
 	if o.ref != "" {
-		if ref, err = pipeline.LoadLogProbModel(o.ref, mo); err != nil {
+		if ref, err = lm.LoadLogProbModel(o.ref, mo); err != nil {
 			return err
 		}
 		defer ref.Close()
@@ -158,13 +161,13 @@ func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) er
 			return fmt.Errorf("--ref %s has vocabulary %d but --model %s has %d", o.ref, ref.VocabSize(), o.model, policy.VocabSize())
 		}
 	}
-	if err := pipeline.CheckTokenizerFits(data.Tokenizer, policy.VocabSize()); err != nil {
+	if err := encode.CheckTokenizerFits(data.Tokenizer, policy.VocabSize()); err != nil {
 		return fmt.Errorf("--tokenizer %s: %w", o.tokenizer, err)
 	}
 	data.Vocab, data.Warn = policy.VocabSize(), stderr
-	sum, err := pipeline.ScoreFile(ctx, ds, pipeline.ScoreFileConfig{
+	sum, err := score.ScoreFile(ctx, ds, score.ScoreFileConfig{
 		Out: o.out, Data: data, Policy: policy, Ref: ref, Beta: o.beta, BatchSize: o.batchSize,
-		Shard: o.shardI, Shards: o.shards, Progress: pipeline.NewProgress(stderr, "score", "pairs"),
+		Shard: o.shardI, Shards: o.shards, Progress: progress.NewProgress(stderr, "score", "pairs"),
 	})
 	if err != nil {
 		return flagHints(err)
@@ -182,11 +185,11 @@ func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) er
 
 // runRewardScore is score --reward: preference pairs get both sides' rewards, files with
 // one sequence a row (prompt–completion, messages, text) a reward column.
-func runRewardScore(ctx context.Context, o *scoreOptions, data pipeline.DataOptions, stdout, stderr io.Writer) error {
-	ds, err := pipeline.OpenDataset(o.dataPath, dataset.UsePreference, data)
+func runRewardScore(ctx context.Context, o *scoreOptions, data encode.DataOptions, stdout, stderr io.Writer) error {
+	ds, err := encode.OpenDataset(o.dataPath, dataset.UsePreference, data)
 	var missing *dataset.MissingColumnsError
 	if errors.As(err, &missing) {
-		ds, err = pipeline.OpenDataset(o.dataPath, dataset.UseSFT, data)
+		ds, err = encode.OpenDataset(o.dataPath, dataset.UseSFT, data)
 	}
 	if err != nil {
 		return flagHints(err)
@@ -195,12 +198,12 @@ func runRewardScore(ctx context.Context, o *scoreOptions, data pipeline.DataOpti
 	if err := o.initORT(); err != nil {
 		return err
 	}
-	rm, err := pipeline.LoadRewardModel(o.reward, pipeline.ModelOptions{Threads: o.threads, PadID: padID(data.Tokenizer)})
+	rm, err := score.LoadRewardModel(o.reward, lm.ModelOptions{Threads: o.threads, PadID: padID(data.Tokenizer)})
 	if err != nil {
 		return err
 	}
 	defer rm.Close()
-	if err := pipeline.CheckTokenizerFits(data.Tokenizer, rm.VocabSize()); err != nil {
+	if err := encode.CheckTokenizerFits(data.Tokenizer, rm.VocabSize()); err != nil {
 		return fmt.Errorf("--tokenizer %s: %w", o.tokenizer, err)
 	}
 	data.Vocab, data.Warn = rm.VocabSize(), stderr
@@ -208,9 +211,9 @@ func runRewardScore(ctx context.Context, o *scoreOptions, data pipeline.DataOpti
 	if ds.Use == dataset.UseSFT {
 		unit = "sequences"
 	}
-	sum, err := pipeline.ScoreFile(ctx, ds, pipeline.ScoreFileConfig{
+	sum, err := score.ScoreFile(ctx, ds, score.ScoreFileConfig{
 		Out: o.out, Data: data, Reward: rm, BatchSize: o.batchSize,
-		Shard: o.shardI, Shards: o.shards, Progress: pipeline.NewProgress(stderr, "score", unit),
+		Shard: o.shardI, Shards: o.shards, Progress: progress.NewProgress(stderr, "score", unit),
 	})
 	if err != nil {
 		return flagHints(err)

@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"ortalign/data"
-	"ortalign/pipeline"
+	"ortalign/pipeline/score"
 )
 
 const (
@@ -280,8 +280,8 @@ func TestScoreStreamsInWindowsAndShards(t *testing.T) {
 	const file = "../../data/testdata/arrow_standard_zstd_v2_nodict.parquet"
 	run := func(window int, shard string) []data.Example {
 		t.Helper()
-		defer func(w int) { pipeline.ScoreWindow = w }(pipeline.ScoreWindow)
-		pipeline.ScoreWindow = window
+		defer func(w int) { score.ScoreWindow = w }(score.ScoreWindow)
+		score.ScoreWindow = window
 		out := filepath.Join(t.TempDir(), "scores.parquet")
 		o := scoreOpts(file, out)
 		o.shard = shard
@@ -418,8 +418,8 @@ func TestScoreSkipsEmptyLists(t *testing.T) {
 
 	for _, f := range []string{"duckdb_ultrafeedback_empty.parquet", "arrow_ultrafeedback_empty.parquet"} {
 		t.Run(f, func(t *testing.T) {
-			defer func(w int) { pipeline.ScoreWindow = w }(pipeline.ScoreWindow)
-			pipeline.ScoreWindow = 40 // several windows
+			defer func(w int) { score.ScoreWindow = w }(score.ScoreWindow)
+			score.ScoreWindow = 40 // several windows
 			out := filepath.Join(t.TempDir(), "scores.jsonl")
 			o := scoreOpts("../../data/testdata/"+f, out)
 			o.tokenizer = tok

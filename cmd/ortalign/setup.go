@@ -8,15 +8,17 @@ import (
 	"github.com/spf13/cobra"
 
 	"ortalign/onnx"
-	"ortalign/pipeline"
+	"ortalign/pipeline/encode"
+	"ortalign/pipeline/engine"
+	"ortalign/pipeline/lm"
 )
 
 // prepareTraining is the common start of every trainer: the flags are checked and the
 // tokenizer loaded before anything heavy, then ONNX Runtime and the model are loaded.
-func prepareTraining(g *globalOptions, d *dataFlags, m *modelFlags, o *optimFlags, tokPath string) (pipeline.DataOptions, pipeline.TrainConfig, *onnx.Model, error) {
+func prepareTraining(g *globalOptions, d *dataFlags, m *modelFlags, o *optimFlags, tokPath string) (encode.DataOptions, engine.TrainConfig, *onnx.Model, error) {
 	data, err := d.options(tokPath)
 	if err != nil {
-		return data, pipeline.TrainConfig{}, nil, err
+		return data, engine.TrainConfig{}, nil, err
 	}
 	cfg, err := o.trainConfig(m, g.threads, data.Tokenizer)
 	if err != nil {
@@ -29,7 +31,7 @@ func prepareTraining(g *globalOptions, d *dataFlags, m *modelFlags, o *optimFlag
 	if err != nil {
 		return data, cfg, nil, err
 	}
-	data.Vocab = pipeline.StaticVocabSize(base)
+	data.Vocab = lm.StaticVocabSize(base)
 	return data, cfg, base, nil
 }
 

@@ -4,10 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"ortalign/pipeline/encode"
+	"ortalign/pipeline/engine"
+	"ortalign/pipeline/objective"
 
 	"github.com/spf13/cobra"
-
-	"ortalign/pipeline"
 )
 
 // sftOptions are the flags of `ortalign sft`.
@@ -54,28 +55,28 @@ func runSFT(ctx context.Context, o *sftOptions, stdout, stderr io.Writer) error 
 		return err
 	}
 	data.Warn = stderr
-	train, eval, err := loadTrainEval(pipeline.LoadSequences, &o.optimFlags, o.dataPath, data)
+	train, eval, err := loadTrainEval(encode.LoadSequences, &o.optimFlags, o.dataPath, data)
 	if err != nil {
 		return err
 	}
-	engine, err := pipeline.NewEngine(o.model, base, cfg, pipeline.SFT{})
+	eng, err := engine.NewEngine(o.model, base, cfg, objective.SFT{})
 	if err != nil {
 		return err
 	}
-	defer engine.Close()
-	printNotices(stderr, engine.Notices())
-	printReusedGraph(stderr, engine.ReusedGraph())
-	fmt.Fprintf(stderr, "training %d tensors of %s on %d sequences (%s, lr %g)\n", len(engine.Trainable()), o.model, len(train), o.optimizer, o.lr)
+	defer eng.Close()
+	printNotices(stderr, eng.Notices())
+	printReusedGraph(stderr, eng.ReusedGraph())
+	fmt.Fprintf(stderr, "training %d tensors of %s on %d sequences (%s, lr %g)\n", len(eng.Trainable()), o.model, len(train), o.optimizer, o.lr)
 	ro := o.optimFlags.runOptions("sft")
 	ro.Stderr = stderr
-	res, err := pipeline.RunTraining(ctx, engine, pipeline.SequencesOf(train), pipeline.SequencesOf(eval), ro)
+	res, err := engine.RunTraining(ctx, eng, encode.SequencesOf(train), encode.SequencesOf(eval), ro)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "wrote %s and %s\n", res.ModelPath, res.MetricsPath)
 	if res.EvalAfter != nil {
 		fmt.Fprintf(stdout, "held-out metrics (%d sequences):\n", len(eval))
-		pipeline.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
+		engine.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
 	}
 	return nil
 }

@@ -5,11 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"ortalign/pipeline/engine"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"ortalign/pipeline"
 )
 
 const sftData = "../../testdata/data/sft_train.parquet"
@@ -17,11 +16,11 @@ const sftData = "../../testdata/data/sft_train.parquet"
 func parseSFT(t *testing.T, args ...string) *sftOptions { return parseFlags(t, newSFTCmd, args...) }
 
 // metricLines reads the training lines (not eval_) of a metrics.jsonl.
-func metricLines(t *testing.T, path string) []pipeline.Metrics {
+func metricLines(t *testing.T, path string) []engine.Metrics {
 	t.Helper()
-	var out []pipeline.Metrics
+	var out []engine.Metrics
 	for _, line := range strings.Split(strings.TrimSpace(readFile(t, path)), "\n") {
-		var m pipeline.Metrics
+		var m engine.Metrics
 		if err := json.Unmarshal([]byte(line), &m); err != nil {
 			t.Fatal(err)
 		}

@@ -8,7 +8,9 @@ import (
 	"github.com/spf13/pflag"
 
 	"ortalign/onnx/lora"
-	"ortalign/pipeline"
+	"ortalign/pipeline/encode"
+	"ortalign/pipeline/engine"
+	"ortalign/pipeline/lm"
 	"ortalign/tokenize"
 )
 
@@ -41,7 +43,7 @@ func addModelFlags(f *pflag.FlagSet, m *modelFlags) {
 	f.StringVar(&m.freeze, "freeze", "", "regexp of initializer names to keep frozen")
 	f.BoolVar(&m.untie, "untie", false, "train transposed copies of a weight (GPT-2's exported lm_head) separately instead of as the weight they copy")
 	f.IntVar(&m.loraR, "lora-r", 0, "LoRA rank: train low-rank adapters on --lora-target-modules instead of the weights, merged into model.onnx at the end (0 = off)")
-	f.Float64Var(&m.loraAlpha, "lora-alpha", pipeline.DefaultLoRAAlpha, "LoRA alpha: the adapters' update is scaled by alpha/r")
+	f.Float64Var(&m.loraAlpha, "lora-alpha", engine.DefaultLoRAAlpha, "LoRA alpha: the adapters' update is scaled by alpha/r")
 	f.Float64Var(&m.loraDropout, "lora-dropout", 0, "LoRA dropout (only 0 is supported: the training graph has no training-mode Dropout)")
 	f.StringVar(&m.loraTargets, "lora-target-modules", "", "comma-separated module names to adapt, PEFT's matching (a module path equal to or ending in .NAME), or all-linear (default: "+strings.Join(lora.DefaultTargetModules, ",")+")")
 	f.StringVar(&m.loraBaseModel, "lora-base-model", "", "base_model_name_or_path written to adapter_config.json (--save-adapter; default: name_or_path of the tokenizer_config.json beside --tokenizer, else the --model folder's absolute path)")
@@ -50,7 +52,7 @@ func addModelFlags(f *pflag.FlagSet, m *modelFlags) {
 
 // lora returns the LoRA adapter the flags ask for (nil without --lora-r); errors name
 // the flag.
-func (l *loraFlags) lora(out string, seed int64) (*pipeline.LoRA, error) {
+func (l *loraFlags) lora(out string, seed int64) (*engine.LoRA, error) {
 	switch {
 	case l.loraR < 0:
 		return nil, fmt.Errorf("--lora-r must be >= 0, got %d", l.loraR)
@@ -59,7 +61,7 @@ func (l *loraFlags) lora(out string, seed int64) (*pipeline.LoRA, error) {
 	case l.loraR == 0:
 		return nil, nil
 	}
-	c := &pipeline.LoRA{R: l.loraR, Alpha: l.loraAlpha, Dropout: l.loraDropout, Seed: seed, BaseModel: l.loraBaseModel}
+	c := &engine.LoRA{R: l.loraR, Alpha: l.loraAlpha, Dropout: l.loraDropout, Seed: seed, BaseModel: l.loraBaseModel}
 	for _, name := range strings.Split(l.loraTargets, ",") {
 		if name = strings.TrimSpace(name); name != "" {
 			c.TargetModules = append(c.TargetModules, name)
@@ -109,14 +111,14 @@ type optimFlags struct {
 
 func addOptimFlags(f *pflag.FlagSet, o *optimFlags, d trainDefaults) {
 	f.StringVar(&o.out, "out", "", "output directory: model.onnx, metrics.jsonl, checkpoint.bin (a checkpoint there is resumed)")
-	f.StringVar(&o.optimizer, "optimizer", pipeline.OptimAdamW, "optimizer: adamw or sgd")
+	f.StringVar(&o.optimizer, "optimizer", engine.OptimAdamW, "optimizer: adamw or sgd")
 	f.Float64Var(&o.lr, "lr", d.lr, "peak learning rate")
 	f.Float64Var(&o.weightDecay, "weight-decay", 0, "weight decay (decoupled for adamw, L2 for sgd)")
 	f.Float64Var(&o.beta1, "adam-beta1", 0.9, "AdamW β1")
 	f.Float64Var(&o.beta2, "adam-beta2", 0.999, "AdamW β2")
 	f.Float64Var(&o.eps, "adam-epsilon", 1e-8, "AdamW ε")
 	f.Float64Var(&o.maxGradNorm, "max-grad-norm", 1.0, "clip the gradient norm (0 = off)")
-	f.StringVar(&o.scheduler, "lr-scheduler", pipeline.SchedulerLinear, "learning-rate schedule: constant, constant_with_warmup, linear or cosine")
+	f.StringVar(&o.scheduler, "lr-scheduler", engine.SchedulerLinear, "learning-rate schedule: constant, constant_with_warmup, linear or cosine")
 	f.IntVar(&o.warmupSteps, "warmup-steps", 0, "linear warm-up optimizer steps")
 	f.Float64Var(&o.warmupRatio, "warmup-ratio", 0, "warm-up as a fraction of all optimizer steps (when --warmup-steps is 0)")
 	f.IntVar(&o.batchSize, "batch-size", 8, "items per micro-batch")
@@ -126,7 +128,7 @@ func addOptimFlags(f *pflag.FlagSet, o *optimFlags, d trainDefaults) {
 	f.Int64Var(&o.seed, "seed", 42, "seed of the data order and of --eval-fraction")
 	f.BoolVar(&o.noShuffle, "no-shuffle", false, "keep the data order")
 	f.BoolVar(&o.gradientCheckpointing, "gradient-checkpointing", true, "recompute each decoder layer's forward in the backward pass instead of keeping its activations: same gradients, about half the activation memory on a 12-layer model for 10-20% more compute (as TRL; =false keeps them)")
-	f.IntVar(&o.padToMultipleOf, "pad-to-multiple-of", pipeline.DefaultPadToMultipleOf, "pad each micro-batch's sequences to a multiple of N tokens (TRL's pad_to_multiple_of): the training graph is opened once per batch shape, so fewer shapes start faster (1 = pad to the longest only)")
+	f.IntVar(&o.padToMultipleOf, "pad-to-multiple-of", lm.DefaultPadToMultipleOf, "pad each micro-batch's sequences to a multiple of N tokens (TRL's pad_to_multiple_of): the training graph is opened once per batch shape, so fewer shapes start faster (1 = pad to the longest only)")
 	f.IntVar(&o.checkpointEvery, "checkpoint-every", 500, "optimizer steps between checkpoints (also saved at the end and on Ctrl-C)")
 	f.StringVar(&o.evalData, "eval-data", "", "held-out data: metrics before and after training")
 	f.Float64Var(&o.evalFraction, "eval-fraction", 0, "hold out this fraction of --data for evaluation instead of --eval-data")
@@ -159,9 +161,9 @@ func (o *optimFlags) validate() error {
 // trainConfig builds the engine's configuration; errors name the flag at fault. tok
 // (nil for pre-tokenized data) gives the padding id and, for --save-adapter, the default
 // of --lora-base-model.
-func (o *optimFlags) trainConfig(m *modelFlags, threads int, tok *tokenize.Tokenizer) (pipeline.TrainConfig, error) {
-	c := pipeline.TrainConfig{
-		Optim:       pipeline.OptimConfig{Name: o.optimizer, WeightDecay: o.weightDecay, Beta1: o.beta1, Beta2: o.beta2, Eps: o.eps},
+func (o *optimFlags) trainConfig(m *modelFlags, threads int, tok *tokenize.Tokenizer) (engine.TrainConfig, error) {
+	c := engine.TrainConfig{
+		Optim:       engine.OptimConfig{Name: o.optimizer, WeightDecay: o.weightDecay, Beta1: o.beta1, Beta2: o.beta2, Eps: o.eps},
 		LR:          o.lr,
 		Scheduler:   o.scheduler,
 		WarmupSteps: o.warmupSteps,
@@ -198,7 +200,7 @@ func (o *optimFlags) trainConfig(m *modelFlags, threads int, tok *tokenize.Token
 			if tok != nil {
 				tokPath = tok.Path()
 			}
-			if l.BaseModel, err = pipeline.PEFTBaseModel(m.model, tokPath); err != nil {
+			if l.BaseModel, err = engine.PEFTBaseModel(m.model, tokPath); err != nil {
 				return c, fmt.Errorf("--lora-base-model (its default, from --tokenizer or --model): %w", err)
 			}
 		}
@@ -209,13 +211,13 @@ func (o *optimFlags) trainConfig(m *modelFlags, threads int, tok *tokenize.Token
 }
 
 // runOptions are the engine's run settings from the flags.
-func (o *optimFlags) runOptions(label string) pipeline.RunOptions {
-	return pipeline.RunOptions{Out: o.out, CheckpointEvery: o.checkpointEvery, EvalSteps: o.evalSteps, Label: label}
+func (o *optimFlags) runOptions(label string) engine.RunOptions {
+	return engine.RunOptions{Out: o.out, CheckpointEvery: o.checkpointEvery, EvalSteps: o.evalSteps, Label: label}
 }
 
 // loadTrainEval reads the training items of dataPath and the held-out ones: --eval-data,
 // or a seeded --eval-fraction of the training items.
-func loadTrainEval[T any](load func(string, pipeline.DataOptions) (*pipeline.Loaded[T], error), o *optimFlags, dataPath string, data pipeline.DataOptions) (train, eval []T, err error) {
+func loadTrainEval[T any](load func(string, encode.DataOptions) (*encode.Loaded[T], error), o *optimFlags, dataPath string, data encode.DataOptions) (train, eval []T, err error) {
 	l, err := load(dataPath, data)
 	if err != nil {
 		return nil, nil, flagHints(err)
@@ -228,7 +230,7 @@ func loadTrainEval[T any](load func(string, pipeline.DataOptions) (*pipeline.Loa
 		}
 		return train, held.Items, nil
 	}
-	if train, eval, err = pipeline.SplitEval(train, o.evalFraction, o.seed); err != nil {
+	if train, eval, err = engine.SplitEval(train, o.evalFraction, o.seed); err != nil {
 		return nil, nil, fmt.Errorf("--eval-fraction: %w", err)
 	}
 	if len(train) == 0 {

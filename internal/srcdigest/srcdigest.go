@@ -48,3 +48,15 @@ func Of(fsys fs.FS) (string, error) {
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
+
+// Combine digests several digests (of packages whose code together generates something)
+// into one, each length-prefixed.
+func Combine(digests ...string) string {
+	h := sha256.New()
+	for _, d := range digests {
+		var n [binary.MaxVarintLen64]byte
+		h.Write(n[:binary.PutUvarint(n[:], uint64(len(d)))])
+		h.Write([]byte(d))
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}

@@ -1,0 +1,215 @@
+package objective
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"hash"
+	"math"
+
+	"ortalign/onnx"
+	"ortalign/onnx/ort"
+	"ortalign/pipeline/encode"
+	"ortalign/pipeline/engine"
+	"ortalign/pipeline/lm"
+	"ortalign/pipeline/progress"
+	"ortalign/pipeline/score"
+)
+
+// DPO is the preference-optimisation objective (DPO, IPO and TRL's other loss types):
+// items are encoded pairs that carry their reference log-probs.
+type DPO struct {
+	Loss LossConfig
+}
+
+// Name implements Objective.
+func (DPO) Name() string { return "dpo" }
+
+// Settings implements Objective: the loss configuration.
+func (d DPO) Settings() map[string]string {
+	b, _ := json.Marshal(d.Loss)
+	return map[string]string{"loss": string(b)}
+}
+
+// AppendLoss implements Objective with the preference-loss head.
+func (d DPO) AppendLoss(m *onnx.Model) error { return AppendPreferenceLoss(m, d.Loss) }
+
+// Outputs implements Objective: the policy's summed completion log-probs per row.
+func (DPO) Outputs() []string { return []string{lm.SequenceLogpsOutput} }
+
+// Weight implements Objective: the loss is a mean over pairs.
+func (DPO) Weight(batch []encode.EncodedPair) float64 { return float64(len(batch)) }
+
+// Feeds implements Objective: chosen rows then rejected rows, and the reference
+// log-probs, which every pair must carry.
+func (d DPO) Feeds(in engine.ModelInputs, pairs []encode.EncodedPair) (map[string]*ort.Tensor, error) {
+	feeds := in.Rows(encode.PairRows(pairs))
+	n := int64(len(pairs))
+	rc, rr := make([]float32, n), make([]float32, n)
+	for i, p := range pairs {
+		if p.RefChosenLogps == nil || p.RefRejectedLogps == nil {
+			return nil, fmt.Errorf("pair of row %d has no reference log-probs", p.Row)
+		}
+		rc[i], rr[i] = float32(*p.RefChosenLogps), float32(*p.RefRejectedLogps)
+	}
+	feeds[RefChosenInput] = &ort.Tensor{Shape: []int64{n}, F32: rc}
+	feeds[RefRejectedInput] = &ort.Tensor{Shape: []int64{n}, F32: rr}
+	return feeds, nil
+}
+
+// Metrics implements Objective with TRL's DPO metric names.
+func (d DPO) Metrics(pairs []encode.EncodedPair, out map[string]*ort.Tensor) (engine.Metrics, error) {
+	lp := out[lm.SequenceLogpsOutput].F32
+	n := len(pairs)
+	if len(lp) != 2*n {
+		return nil, fmt.Errorf("%s has %d values for %d pairs", lm.SequenceLogpsOutput, len(lp), n)
+	}
+	var rewC, rewR, logC, logR, acc float64
+	beta := d.Loss.Beta
+	for i, p := range pairs {
+		pc, pr := float64(lp[i]), float64(lp[n+i])
+		rc, rr := beta*(pc-*p.RefChosenLogps), beta*(pr-*p.RefRejectedLogps)
+		rewC += rc
+		rewR += rr
+		logC += pc
+		logR += pr
+		if rc > rr {
+			acc++
+		}
+	}
+	for _, v := range []*float64{&rewC, &rewR, &logC, &logR, &acc} {
+		*v /= float64(n)
+	}
+	return engine.Metrics{
+		{Name: engine.LossOutput, Value: float64(out[engine.LossOutput].F32[0])},
+		{Name: "rewards/chosen", Value: rewC},
+		{Name: "rewards/rejected", Value: rewR},
+		{Name: "rewards/accuracies", Value: acc},
+		{Name: "rewards/margins", Value: rewC - rewR},
+		{Name: "logps/chosen", Value: logC},
+		{Name: "logps/rejected", Value: logR},
+	}, nil
+}
+
+// Samples implements Objective: pairs of token 0 of a few lengths.
+func (DPO) Samples() (first, second []encode.EncodedPair) {
+	zero := 0.0
+	pair := func(c, cs, r, rs int) encode.EncodedPair {
+		return encode.EncodedPair{
+			Chosen:   lm.Sequence{IDs: make([]int64, c), CompletionStart: cs},
+			Rejected: lm.Sequence{IDs: make([]int64, r), CompletionStart: rs},
+			// The same zero for every pair: samples only teach shapes.
+			RefChosenLogps: &zero, RefRejectedLogps: &zero,
+		}
+	}
+	first = []encode.EncodedPair{pair(5, 2, 4, 2), pair(3, 1, 6, 3)}
+	second = []encode.EncodedPair{pair(7, 1, 2, 1), pair(7, 1, 2, 1), pair(7, 1, 2, 1)}
+	return first, second
+}
+
+// Fingerprint implements Objective: the pair's ids, completion starts and reference.
+func (DPO) Fingerprint(h hash.Hash, p encode.EncodedPair) {
+	fingerprintSequence(h, p.Chosen)
+	fingerprintSequence(h, p.Rejected)
+	for _, r := range []*float64{p.RefChosenLogps, p.RefRejectedLogps} {
+		v := math.NaN()
+		if r != nil {
+			v = *r
+		}
+		binary.Write(h, binary.LittleEndian, v)
+	}
+}
+
+// WithReference returns a copy of pairs carrying the reference log-probs refC, refR.
+func WithReference(pairs []encode.EncodedPair, refC, refR []float64) []encode.EncodedPair {
+	out := make([]encode.EncodedPair, len(pairs))
+	for i, p := range pairs {
+		c, r := refC[i], refR[i]
+		p.RefChosenLogps, p.RefRejectedLogps = &c, &r
+		out[i] = p
+	}
+	return out
+}
+
+// ReferenceConfig says how AttachReference finds reference log-probs.
+type ReferenceConfig struct {
+	BatchSize int                // pairs per forward pass of a separate reference model
+	Loss      LossConfig         // reference-free losses take the references as 0
+	Progress  *progress.Progress // advanced per pair; started and ended here
+}
+
+// Where reference log-probs came from (AttachReference).
+const (
+	RefFromNothing = "none (reference-free)"
+	RefFromData    = "the dataset's ref_chosen_logps/ref_rejected_logps"
+	RefFromModel   = "the reference model"
+	RefFromPolicy  = "the starting model"
+)
+
+// AttachReference returns pairs carrying their reference log-probs, and where they came
+// from: zeros for a reference-free loss; the dataset's ref_*_logps columns when every
+// pair has them and no reference model is given; the reference model ref when given;
+// else the engine's own forward graph with its starting weights — before training the
+// policy is the reference, so no second copy of the model is loaded. Call it before
+// training (and before a resume restores trained weights: Train does that).
+func AttachReference(ctx context.Context, e *engine.Engine[encode.EncodedPair], ref *lm.LogProbModel, pairs []encode.EncodedPair, c ReferenceConfig) ([]encode.EncodedPair, string, error) {
+	if c.Loss.ReferenceFree {
+		zeros := make([]float64, len(pairs))
+		return WithReference(pairs, zeros, zeros), RefFromNothing, nil
+	}
+	if ref == nil {
+		fromData := len(pairs) > 0
+		for _, p := range pairs {
+			if p.RefChosenLogps == nil || p.RefRejectedLogps == nil {
+				fromData = false
+				break
+			}
+		}
+		if fromData {
+			return pairs, RefFromData, nil
+		}
+		out, err := ReferenceFromPolicy(ctx, e, pairs, c.Progress)
+		return out, RefFromPolicy, err
+	}
+	if c.Loss.LDAlpha != nil {
+		return nil, "", fmt.Errorf("LD-DPO with a separate reference model needs its per-token log-probs, which reference scoring does not compute; use the starting model as the reference or give LD-weighted ref_chosen_logps/ref_rejected_logps columns")
+	}
+	c.Progress.Start(len(pairs))
+	scores, _, err := score.ScorePairs(ctx, ref, nil, pairs, score.ScoreConfig{Beta: 1, BatchSize: c.BatchSize, Progress: c.Progress})
+	c.Progress.Done()
+	if err != nil {
+		return nil, "", fmt.Errorf("reference log-probs: %w", err)
+	}
+	refC, refR := make([]float64, len(pairs)), make([]float64, len(pairs))
+	for i, s := range scores {
+		refC[i], refR[i] = s.ChosenLogps, s.RejectedLogps
+	}
+	return WithReference(pairs, refC, refR), RefFromModel, nil
+}
+
+// ReferenceFromPolicy returns pairs carrying reference log-probs computed by the engine's
+// forward graph with its current weights: before training, the starting model is the
+// reference, so no second copy of the model is loaded. The log-probs are those the loss
+// compares (LD-weighted with LDAlpha), so LD-DPO's reference comes out right.
+func ReferenceFromPolicy(ctx context.Context, e *engine.Engine[encode.EncodedPair], pairs []encode.EncodedPair, prog *progress.Progress) ([]encode.EncodedPair, error) {
+	zeros := make([]float64, len(pairs))
+	in := WithReference(pairs, zeros, zeros)
+	refC, refR := make([]float64, 0, len(pairs)), make([]float64, 0, len(pairs))
+	prog.Start(len(pairs))
+	err := e.Forward(ctx, in, func(batch []encode.EncodedPair, out map[string]*ort.Tensor) error {
+		lp := out[lm.SequenceLogpsOutput].F32
+		n := len(batch)
+		for i := 0; i < n; i++ {
+			refC, refR = append(refC, float64(lp[i])), append(refR, float64(lp[n+i]))
+		}
+		prog.Add(n)
+		return nil
+	})
+	prog.Done()
+	e.ReleaseForward()
+	if err != nil {
+		return nil, fmt.Errorf("reference log-probs: %w", err)
+	}
+	return WithReference(pairs, refC, refR), nil
+}

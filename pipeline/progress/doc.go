@@ -1,0 +1,3 @@
+// Package progress reports long work: a bar with rate and ETA on a terminal, plain
+// lines elsewhere.
+package progress
