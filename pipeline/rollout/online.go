@@ -1,6 +1,7 @@
 package rollout
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -9,6 +10,7 @@ import (
 	"ortalign/onnx"
 	"ortalign/pipeline/encode"
 	"ortalign/pipeline/engine"
+	"ortalign/pipeline/generate"
 )
 
 // promptRounds hands out an online run's prompts a round at a time: the next perRound of
@@ -103,4 +105,54 @@ func onceNotice(notice func(string)) func(string) {
 			notice(s)
 		}
 	}
+}
+
+// onlineSource is a Source that samples with the run's generator and scores against a
+// reference it opens on first use.
+type onlineSource[T any] interface {
+	engine.Source[T]
+	// useGenerator gives the source the run's generator (fed the policy's live weights).
+	useGenerator(gen *generate.Generator)
+	// close releases the reference.
+	close()
+}
+
+func (s *rlSource) useGenerator(gen *generate.Generator)  { s.gen = gen }
+func (s *rlSource) close()                                { s.ref.Close() }
+func (s *ppoSource) useGenerator(gen *generate.Generator) { s.gen = gen }
+func (s *ppoSource) close()                               { s.ref.Close() }
+
+// runOnline is the run of every online algorithm: one generator for the run fed the
+// engine's live weights, the held-out reward of c.Eval before and after, the engine's
+// loop over src into o.Out, and export writing the trained model.
+func runOnline[T any](ctx context.Context, e *engine.Engine[T], src onlineSource[T], c RLRunConfig, o engine.RunOptions, export func(path string) error) (*engine.RunResult, error) {
+	res, stderr, err := o.Start()
+	if err != nil {
+		return nil, err
+	}
+	cfg := e.Config()
+	// Before the checkpoint is loaded the live weights are the starting policy's.
+	gen, err := PolicyGenerator(e, generate.GeneratorOptions{Threads: cfg.Threads, Notice: onceNotice(c.Notice)})
+	if err != nil {
+		return nil, err
+	}
+	defer gen.Close()
+	src.useGenerator(gen)
+	defer src.close()
+	heldOut := func() (float64, error) {
+		if err := feedGenerator(e, gen); err != nil {
+			return 0, err
+		}
+		return meanReward(ctx, gen, c.Eval, c, roundSeed(cfg.Seed, -1))
+	}
+	if err := evalReward(c.Eval, &res.EvalBefore, "before training started; nothing was saved", heldOut); err != nil {
+		return nil, err
+	}
+	if err := engine.RunEngine(ctx, e, src, o, res, stderr, nil, func() error { return export(res.ModelPath) }); err != nil {
+		return nil, err
+	}
+	if err := evalReward(c.Eval, &res.EvalAfter, "after training; the model was written", heldOut); err != nil {
+		return nil, err
+	}
+	return res, nil
 }

@@ -183,47 +183,17 @@ func RunPPO(ctx context.Context, e *engine.Engine[objective.PPORollout], base *o
 	if err != nil {
 		return nil, err
 	}
-	res, stderr, err := o.Start()
-	if err != nil {
-		return nil, err
-	}
-	cfg := e.Config()
-	// One generator for the run, fed the policy's live parameters (the engine's without
-	// the value head): before the checkpoint is loaded they are the starting policy's.
-	gen, err := PolicyGenerator(e, generate.GeneratorOptions{Threads: cfg.Threads, Notice: onceNotice(c.Notice)})
-	if err != nil {
-		return nil, err
-	}
-	defer gen.Close()
-	src.gen = gen
-	defer src.ref.Close()
-	rc := c.rl()
-	heldOut := func() (float64, error) {
-		if err := feedGenerator(e, gen); err != nil {
-			return 0, err
-		}
-		return meanReward(ctx, gen, c.Eval, rc, roundSeed(cfg.Seed, -1))
-	}
-	if err := evalReward(c.Eval, &res.EvalBefore, "before training started; nothing was saved", heldOut); err != nil {
-		return nil, err
-	}
-	export := func() error {
+	export := func(path string) error {
 		model, err := objective.PolicyModel(e)
 		if err != nil {
 			return err
 		}
-		if err := model.Save(res.ModelPath, onnx.SaveOptions{}); err != nil {
-			return fmt.Errorf("export %s: %w", res.ModelPath, err)
+		if err := model.Save(path, onnx.SaveOptions{}); err != nil {
+			return fmt.Errorf("export %s: %w", path, err)
 		}
 		return nil
 	}
-	if err := engine.RunEngine(ctx, e, engine.Source[objective.PPORollout](src), o, res, stderr, nil, export); err != nil {
-		return nil, err
-	}
-	if err := evalReward(c.Eval, &res.EvalAfter, "after training; the model was written", heldOut); err != nil {
-		return nil, err
-	}
-	return res, nil
+	return runOnline(ctx, e, onlineSource[objective.PPORollout](src), c.rl(), o, export)
 }
 
 // ppoSource is PPO's Source: a round samples one completion of each of the next prompts

@@ -396,31 +396,8 @@ func RunRL(ctx context.Context, e *engine.Engine[objective.Rollout], base *onnx.
 		return nil, fmt.Errorf("no prompts")
 	}
 	o.ModelFile = ""
-	res, stderr, err := o.Start()
-	if err != nil {
-		return nil, err
-	}
-	cfg := e.Config()
-	// One generator for the run, fed the engine's live parameters: before the checkpoint
-	// is loaded they are the starting policy's.
-	gen, err := PolicyGenerator(e, generate.GeneratorOptions{Threads: cfg.Threads, Notice: onceNotice(c.Notice)})
-	if err != nil {
-		return nil, err
-	}
-	defer gen.Close()
-	heldOut := func() (float64, error) { return meanReward(ctx, gen, c.Eval, c, roundSeed(cfg.Seed, -1)) }
-	if err := evalReward(c.Eval, &res.EvalBefore, "before training started; nothing was saved", heldOut); err != nil {
-		return nil, err
-	}
-	src := newRLSource(e, gen, base, prompts, c)
-	defer src.ref.Close()
-	if err := engine.RunEngine(ctx, e, engine.Source[objective.Rollout](src), o, res, stderr, nil, func() error { return e.Export(res.ModelPath) }); err != nil {
-		return nil, err
-	}
-	if err := evalReward(c.Eval, &res.EvalAfter, "after training; the model was written", heldOut); err != nil {
-		return nil, err
-	}
-	return res, nil
+	return runOnline(ctx, e, onlineSource[objective.Rollout](newRLSource(e, base, prompts, c)), c, o,
+		func(path string) error { return e.Export(path) })
 }
 
 // rlSource is GRPO's and RLOO's Source: a round samples and scores the next prompts'
@@ -434,7 +411,7 @@ type rlSource struct {
 	plan    engine.Plan
 }
 
-func newRLSource(e *engine.Engine[objective.Rollout], gen *generate.Generator, base *onnx.Model, prompts []encode.EncodedPrompt, c RLRunConfig) *rlSource {
+func newRLSource(e *engine.Engine[objective.Rollout], base *onnx.Model, prompts []encode.EncodedPrompt, c RLRunConfig) *rlSource {
 	cfg := e.Config()
 	mu, B := c.iterations(), cfg.BatchSize
 	roundsPerEpoch := (len(prompts) + B - 1) / B
@@ -443,7 +420,7 @@ func newRLSource(e *engine.Engine[objective.Rollout], gen *generate.Generator, b
 		total = max(1, cfg.Epochs) * roundsPerEpoch * mu
 	}
 	return &rlSource{
-		e: e, gen: gen, c: c,
+		e: e, c: c,
 		ref:     &lazyRef{base: base, path: e.Path(), temperature: c.RL.LogitTemperature(), cfg: cfg},
 		prompts: newPromptRounds(prompts, B, roundsPerEpoch, cfg),
 		plan: engine.Plan{Items: len(prompts), BatchSize: B, Accum: cfg.Accum(), MicroPerEpoch: roundsPerEpoch,
