@@ -313,8 +313,9 @@ type Tensor struct {
 	I64   []int64
 }
 
-// NewFloatTensor returns a float32 tensor of the given shape over data (not copied). It is
-// an error when a dimension is negative or data does not hold exactly the shape's number of
+// NewFloatTensor returns a float32 tensor of the given shape over data: a view, the data
+// is not copied (the shape is), so a hot path can feed Go memory as it is. It is an error
+// when a dimension is negative or data does not hold exactly the shape's number of
 // elements; nil data is the empty buffer of a shape with a zero dimension.
 func NewFloatTensor(shape []int64, data []float32) (*Tensor, error) {
 	if data == nil {
@@ -339,11 +340,74 @@ func NewInt64Tensor(shape []int64, data []int64) (*Tensor, error) {
 	return checked(&Tensor{Shape: append([]int64{}, shape...), I64: data})
 }
 
+// NewZeroFloatTensor returns a float32 tensor of the given shape in a new buffer of
+// zeros. A negative dimension, or more elements than an int counts, is an error.
+func NewZeroFloatTensor(shape []int64) (*Tensor, error) {
+	n, err := elements(shape)
+	if err != nil {
+		return nil, err
+	}
+	return NewFloatTensor(shape, make([]float32, n))
+}
+
+// NewZeroDoubleTensor is NewZeroFloatTensor for float64.
+func NewZeroDoubleTensor(shape []int64) (*Tensor, error) {
+	n, err := elements(shape)
+	if err != nil {
+		return nil, err
+	}
+	return NewDoubleTensor(shape, make([]float64, n))
+}
+
+// NewZeroInt64Tensor is NewZeroFloatTensor for int64.
+func NewZeroInt64Tensor(shape []int64) (*Tensor, error) {
+	n, err := elements(shape)
+	if err != nil {
+		return nil, err
+	}
+	return NewInt64Tensor(shape, make([]int64, n))
+}
+
+// MustFloatTensor is NewFloatTensor for a shape the caller computed together with its
+// data (a batch it laid out, a parameter it allocated), where a mismatch is a bug in the
+// caller, not bad input: it panics instead of returning the error. Anything read from a
+// file or given by a user goes through NewFloatTensor.
+func MustFloatTensor(shape []int64, data []float32) *Tensor {
+	return must(NewFloatTensor(shape, data))
+}
+
+// MustInt64Tensor is MustFloatTensor for int64 data.
+func MustInt64Tensor(shape []int64, data []int64) *Tensor {
+	return must(NewInt64Tensor(shape, data))
+}
+
+func must(t *Tensor, err error) *Tensor {
+	if err != nil {
+		panic("ort: " + err.Error())
+	}
+	return t
+}
+
 func checked(t *Tensor) (*Tensor, error) {
 	if err := t.Check(); err != nil {
 		return nil, err
 	}
 	return t, nil
+}
+
+// elements is the number of elements of a tensor of the given shape (1 for a scalar).
+func elements(shape []int64) (int, error) {
+	n := int64(1)
+	for i, d := range shape {
+		if d < 0 {
+			return 0, fmt.Errorf("tensor of shape %v has a negative dimension %d (axis %d)", shape, d, i)
+		}
+		if d != 0 && n > math.MaxInt/d {
+			return 0, fmt.Errorf("tensor of shape %v has more elements than an int counts", shape)
+		}
+		n *= d
+	}
+	return int(n), nil
 }
 
 // Check reports whether t is well formed: exactly one buffer (F32, F64 or I64) is set
@@ -373,27 +437,11 @@ func (t *Tensor) Check() error {
 	default:
 		return fmt.Errorf("tensor of shape %v has %d data buffers set (%s), want exactly one", t.Shape, len(set), strings.Join(set, ", "))
 	}
-	want := int64(1)
-	zero := false
-	for i, d := range t.Shape {
-		if d < 0 {
-			return fmt.Errorf("tensor of shape %v has a negative dimension %d (axis %d)", t.Shape, d, i)
-		}
-		if d == 0 {
-			zero = true
-		}
+	want, err := elements(t.Shape)
+	if err != nil {
+		return fmt.Errorf("%w (%s buffer of length %d)", err, set[0], n)
 	}
-	if zero {
-		want = 0
-	} else {
-		for _, d := range t.Shape {
-			if want > math.MaxInt64/d {
-				return fmt.Errorf("tensor of shape %v has more elements than an int64 counts (%s buffer of length %d)", t.Shape, set[0], n)
-			}
-			want *= d
-		}
-	}
-	if int64(n) != want {
+	if n != want {
 		return fmt.Errorf("tensor of shape %v needs %d elements, but its %s buffer has length %d", t.Shape, want, set[0], n)
 	}
 	return nil
