@@ -132,7 +132,11 @@ func newProbe(m *onnx.Model, want []string, threads int) (*probe, error) {
 	pp.Graph = pg
 	for _, t := range g.GetInitializer() {
 		if data := fedFloats(t); data != nil {
-			pr.weights[t.GetName()] = &ort.Tensor{Shape: pr.known[t.GetName()], F32: data}
+			w, err := ort.NewFloatTensor(pr.known[t.GetName()], data)
+			if err != nil {
+				return nil, fmt.Errorf("initializer %q: %w", t.GetName(), err)
+			}
+			pr.weights[t.GetName()] = w
 			if !inputs[t.GetName()] {
 				pg.Input = append(pg.Input, onnx.TensorValueInfo(t.GetName(), onnx.Float, onnx.Dims(t.GetDims()...)))
 			}
@@ -171,7 +175,11 @@ func newProbe(m *onnx.Model, want []string, threads int) (*probe, error) {
 		if err := onnx.AddInput(pg, dummy, onnx.Float, onnx.Dims(1)); err != nil {
 			return nil, err
 		}
-		pr.weights[dummy] = &ort.Tensor{Shape: []int64{1}, F32: []float32{0}}
+		w, err := ort.NewZeroFloatTensor([]int64{1})
+		if err != nil {
+			return nil, err
+		}
+		pr.weights[dummy] = w
 	}
 	b, err := probeModel.Marshal()
 	if err != nil {
@@ -200,7 +208,8 @@ func transposedWeight(n *onnxpb.NodeProto, fed map[string]*ort.Tensor) (*ort.Ten
 			return nil, false
 		}
 	}
-	return &ort.Tensor{Shape: []int64{w.Shape[1], w.Shape[0]}, F32: w.F32}, true
+	t, err := ort.NewFloatTensor([]int64{w.Shape[1], w.Shape[0]}, w.F32)
+	return t, err == nil
 }
 
 func (pr *probe) isInit(v string) bool {
@@ -309,7 +318,6 @@ func zeroFeeds(g *onnxpb.GraphProto, base map[string]*ort.Tensor) (map[string]*o
 			return nil, fmt.Errorf("sample of graph input %q has no shape of rank %d", name, len(dims))
 		}
 		shape := make([]int64, len(dims))
-		n := int64(1)
 		for i, d := range dims {
 			switch {
 			case d.IsKnown():
@@ -325,18 +333,21 @@ func zeroFeeds(g *onnxpb.GraphProto, base map[string]*ort.Tensor) (map[string]*o
 			if bt != nil && !d.IsKnown() && shape[i] == bt.Shape[i] {
 				shape[i] = 2 * bt.Shape[i]
 			}
-			n *= shape[i]
 		}
-		t := &ort.Tensor{Shape: shape}
+		var t *ort.Tensor
+		var err error
 		switch et {
 		case onnx.Float:
-			t.F32 = make([]float32, n)
+			t, err = ort.NewZeroFloatTensor(shape)
 		case onnx.Double:
-			t.F64 = make([]float64, n)
+			t, err = ort.NewZeroDoubleTensor(shape)
 		case onnx.Int64:
-			t.I64 = make([]int64, n)
+			t, err = ort.NewZeroInt64Tensor(shape)
 		default:
 			return nil, fmt.Errorf("graph input %q has type %s, which the made-up sample cannot fill: pass Config.SampleFeeds", name, et)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("graph input %q: %w", name, err)
 		}
 		feeds[name] = t
 	}
