@@ -61,6 +61,11 @@
 //     string prompt beside chosen and rejected message lists, whose prompt
 //     messages are what the two share); else chosen and rejected, whose
 //     shared start is the prompt (ImplicitPrompt, Conversational).
+//   - [UseUnpaired] (KTO): with a label column (a boolean; true: desirable),
+//     prompt_input_ids and completion_input_ids, else prompt and completion
+//     (strings or message lists): a prompt-completion layout whose label is
+//     required ([Example.Label]); without one, a preference dataset as
+//     [UsePreference] reads it, which [Unpair] turns into labelled rows.
 //
 // A file with none of the columns a use reads is a [*MissingColumnsError]
 // whose message lists the column sets accepted and the file's columns. A

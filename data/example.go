@@ -50,6 +50,10 @@ type Example struct {
 
 	RefChosenLogps, RefRejectedLogps *float64
 	Margin                           *float64
+
+	// Label is an unpaired row's label (true: the completion is desirable), read with
+	// [UseUnpaired]; nil otherwise.
+	Label *bool
 }
 
 // Layout is the shape of a dataset.
@@ -138,6 +142,7 @@ const (
 	FieldCompletionIDs    = "completion_input_ids"
 	FieldText             = "text"
 	FieldMessages         = "messages"
+	FieldLabel            = "label"
 )
 
 // preferenceFields are the fields of the preference layouts, the only ones
@@ -149,7 +154,7 @@ var preferenceFields = []string{
 }
 
 var canonicalFields = append(preferenceFields[:len(preferenceFields):len(preferenceFields)],
-	FieldCompletion, FieldCompletionIDs, FieldText, FieldMessages)
+	FieldCompletion, FieldCompletionIDs, FieldText, FieldMessages, FieldLabel)
 
 // Use says what a caller reads a dataset for; it decides which layouts
 // [Open] accepts and which columns it reads (see the package documentation).
@@ -168,6 +173,10 @@ const (
 	// UsePrompts reads prompts alone (generation): the prompt-only layouts,
 	// or the prompt of any prompt-completion or preference dataset.
 	UsePrompts
+	// UseUnpaired reads unpaired preference rows (KTO): a prompt-completion
+	// layout with a boolean label, or a preference dataset, which its reader
+	// unpairs (see [Unpair]).
+	UseUnpaired
 )
 
 // String names the use for messages.
@@ -179,6 +188,8 @@ func (u Use) String() string {
 		return "supervised fine-tuning"
 	case UsePrompts:
 		return "prompts"
+	case UseUnpaired:
+		return "unpaired preference rows"
 	}
 	return fmt.Sprintf("Use(%d)", int(u))
 }

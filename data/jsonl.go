@@ -93,6 +93,8 @@ func openJSONL(path string, names map[string]string, use Use, strict bool) (*Dat
 				k = kindMessages
 			case FieldMargin, FieldRefChosenLogps, FieldRefRejectedLogps:
 				k = kindFloat
+			case FieldLabel:
+				k = kindBool
 			default:
 				k = kindString
 			}
@@ -177,6 +179,8 @@ func jsonKind(v json.RawMessage) (fieldKind, bool) {
 		return 0, false
 	case '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
 		return kindFloat, true
+	case 't', 'f':
+		return kindBool, true
 	}
 	return kindOther, true
 }
@@ -195,6 +199,10 @@ func decodeJSONCell(v json.RawMessage, k fieldKind, c *cell) error {
 	case kindFloat:
 		if err := json.Unmarshal(v, &c.f); err != nil {
 			return fmt.Errorf("want a number: %w", unwrapJSON(err))
+		}
+	case kindBool:
+		if err := json.Unmarshal(v, &c.b); err != nil {
+			return fmt.Errorf("want true or false: %w", unwrapJSON(err))
 		}
 	case kindIDs:
 		var ids []*int64

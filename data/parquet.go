@@ -369,6 +369,7 @@ type leafValues struct {
 	strs       []string
 	ints       []int64
 	flts       []float64
+	bools      []bool
 }
 
 // readLeaf decodes every page of one column chunk.
@@ -430,6 +431,8 @@ func (d *Dataset) readLeaf(rg parquet.RowGroup, leaf *snode) (*leafValues, error
 						x = v.Double()
 					}
 					lv.flts = append(lv.flts, x)
+				case format.Boolean:
+					lv.bools = append(lv.bools, !null && v.Boolean())
 				default:
 					return nil, fmt.Errorf("unsupported physical type %s", phys)
 				}
@@ -506,7 +509,7 @@ func (d *Dataset) readRowGroup(gi int, column *string) ([]Example, []SkippedRow,
 		}
 		cs := make([]cell, numRows)
 		switch spec.kind {
-		case kindString, kindFloat:
+		case kindString, kindFloat, kindBool:
 			lv, err := read(spec.leaf)
 			if err != nil {
 				return fail(err)
@@ -520,6 +523,8 @@ func (d *Dataset) readRowGroup(gi int, column *string) ([]Example, []SkippedRow,
 					cs[r].null = true
 				} else if spec.kind == kindString {
 					cs[r].s = lv.strs[r]
+				} else if spec.kind == kindBool {
+					cs[r].b = lv.bools[r]
 				} else {
 					cs[r].f = lv.number(r, scale)
 				}

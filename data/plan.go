@@ -15,6 +15,7 @@ const (
 	kindIDs
 	kindFloat
 	kindOther // a JSON value of no supported kind
+	kindBool  // a boolean (Parquet BOOLEAN, JSON true/false): the unpaired label
 )
 
 func (k fieldKind) String() string {
@@ -29,6 +30,8 @@ func (k fieldKind) String() string {
 		return "number"
 	case kindOther:
 		return "value of another type"
+	case kindBool:
+		return "boolean"
 	}
 	return "unknown"
 }
@@ -41,6 +44,7 @@ type cell struct {
 	msgs   []Message
 	ids    []int64
 	f      float64
+	b      bool
 }
 
 // plan is a validated layout: which fields a file has, with which kinds, and
@@ -225,6 +229,8 @@ func detectLayout(names map[string]string, columns []string, use Use, kindOf fun
 		err = d.detectSFT()
 	case UsePrompts:
 		err = d.detectPrompts()
+	case UseUnpaired:
+		err = d.detectUnpaired()
 	default:
 		err = fmt.Errorf("unknown use %d", int(use))
 	}
@@ -546,6 +552,7 @@ func (p *plan) build(row int64, get func(field string) *cell) (Example, *Skipped
 	ex.Margin = opt(FieldMargin)
 	ex.RefChosenLogps = opt(FieldRefChosenLogps)
 	ex.RefRejectedLogps = opt(FieldRefRejectedLogps)
+	ex.Label = p.label(get)
 	return ex, nil
 }
 

@@ -309,6 +309,8 @@ func classify(n *snode) (fieldSpec, bool) {
 	switch {
 	case isStringLeaf(n):
 		s.kind, s.leaf = kindString, n
+	case n.isLeaf() && !n.repeated() && n.physical() == format.Boolean:
+		s.kind, s.leaf = kindBool, n
 	case isNumberLeaf(n):
 		s.kind, s.leaf = kindFloat, n
 	default:
@@ -328,6 +330,8 @@ func wantFor(field string) string {
 		return "string"
 	case FieldPromptIDs, FieldChosenIDs, FieldRejectedIDs, FieldCompletionIDs:
 		return "list<int64> or list<int32>"
+	case FieldLabel:
+		return "boolean"
 	}
 	return "double, float or integer"
 }
@@ -343,6 +347,8 @@ func accepts(field string, k fieldKind) bool {
 		return k == kindString
 	case FieldPromptIDs, FieldChosenIDs, FieldRejectedIDs, FieldCompletionIDs:
 		return k == kindIDs
+	case FieldLabel:
+		return k == kindBool
 	}
 	return k == kindFloat
 }
