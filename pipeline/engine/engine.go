@@ -430,7 +430,7 @@ func (e *Engine[T]) Step() int { return e.opt.Step }
 // paramFeeds adds the parameters to feeds.
 func (e *Engine[T]) paramFeeds(feeds map[string]*ort.Tensor) {
 	for i, name := range e.names {
-		feeds[name] = &ort.Tensor{Shape: e.shapes[i], F32: e.params[i]}
+		feeds[name] = ort.MustFloatTensor(e.shapes[i], e.params[i])
 	}
 }
 
@@ -444,7 +444,7 @@ func (e *Engine[T]) ComputeGradients(batch []T) (Metrics, error) {
 	e.paramFeeds(feeds)
 	into := map[string]*ort.Tensor{}
 	for i, name := range e.names {
-		into[e.graph.Grads[name]] = &ort.Tensor{Shape: e.shapes[i], F32: e.grads[i]}
+		into[e.graph.Grads[name]] = ort.MustFloatTensor(e.shapes[i], e.grads[i])
 	}
 	sess, err := e.train.Session(feeds)
 	if err != nil {

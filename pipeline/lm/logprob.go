@@ -538,7 +538,7 @@ func PastInputs(g *onnxpb.GraphProto) ([]PastInput, error) {
 // addEmptyPast feeds every KV-cache input an empty past: float32 [batch, heads, 0, head_dim].
 func AddEmptyPast(feeds map[string]*ort.Tensor, pasts []PastInput, batch int64) {
 	for _, p := range pasts {
-		feeds[p.Name] = &ort.Tensor{Shape: []int64{batch, p.Dims[1], 0, p.Dims[3]}, F32: []float32{}}
+		feeds[p.Name] = ort.MustFloatTensor([]int64{batch, p.Dims[1], 0, p.Dims[3]}, nil)
 	}
 }
 
@@ -581,10 +581,10 @@ func PaddedBatchInputs(rows []Sequence, padID int64, multiple int) Batch {
 		}
 	}
 	return Batch{
-		IDs:            &ort.Tensor{Shape: shape, I64: ids},
-		AttentionMask:  &ort.Tensor{Shape: shape, I64: mask},
-		PositionIDs:    &ort.Tensor{Shape: shape, I64: pos},
-		CompletionMask: &ort.Tensor{Shape: shape, F32: comp},
+		IDs:            ort.MustInt64Tensor(shape, ids),
+		AttentionMask:  ort.MustInt64Tensor(shape, mask),
+		PositionIDs:    ort.MustInt64Tensor(shape, pos),
+		CompletionMask: ort.MustFloatTensor(shape, comp),
 	}
 }
 

@@ -176,7 +176,11 @@ func FeedLargeInitializers(m *onnx.Model) (*onnx.Model, map[string]*ort.Tensor) 
 				continue // stays embedded; ONNX Runtime reports what is wrong with it
 			}
 		}
-		fixed[t.GetName()] = &ort.Tensor{Shape: append([]int64(nil), t.GetDims()...), F32: data}
+		w, err := ort.NewFloatTensor(t.GetDims(), data)
+		if err != nil {
+			continue // as above
+		}
+		fixed[t.GetName()] = w
 	}
 	if len(fixed) == 0 {
 		return m, nil

@@ -364,7 +364,11 @@ func (o PPO) Feeds(in engine.ModelInputs, batch []PPORollout) (map[string]*ort.T
 	}
 	for name, v := range map[string][]float32{PPOOldLogpsInput: old, PPOAdvantagesInput: adv, PPOPolicyWeights: pw,
 		PPOOldValuesInput: oldV, PPOReturnsInput: ret, PPOValueWeightsInput: vw} {
-		feeds[name] = &ort.Tensor{Shape: shape, F32: v}
+		t, err := ort.NewFloatTensor(shape, v)
+		if err != nil {
+			return nil, fmt.Errorf("ppo feed %s: %w", name, err)
+		}
+		feeds[name] = t
 	}
 	return feeds, nil
 }
