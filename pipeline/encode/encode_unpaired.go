@@ -63,43 +63,22 @@ func EncodeUnpaired(path string, layout data.Layout, examples []data.Example, to
 		if ex.Label == nil {
 			return nil, stats, fmt.Errorf("%s: row %d has no label", path, ex.Row)
 		}
-		field := unpairedField(layout, paired, *ex.Label)
-		skip := func(reason string) error {
-			s := data.SkippedRow{Row: ex.Row, Column: cfg.column(field), Reason: reason}
-			if cfg.Strict {
-				return &data.RowError{Path: path, SkippedRow: s}
-			}
-			stats.Skipped = append(stats.Skipped, s)
-			return nil
-		}
-		if reason := unusableSFT(layout, ex); reason != "" {
-			if err := skip(reason); err != nil {
-				return nil, stats, err
-			}
-			continue
-		}
-		var enc tokenize.Encoded
-		var err error
-		switch layout {
-		case data.TokenizedPromptCompletion:
-			enc, err = tokenize.EncodeIDsPair(ex.PromptIDs, ex.CompletionIDs, opts)
-		case data.ConversationalPromptCompletion:
-			enc, err = tok.EncodeConversation(chatMessages(ex.PromptMessages), chatMessages(ex.CompletionMessages), opts)
-		default:
-			enc, err = tok.EncodePromptCompletion(ex.Prompt, ex.Completion, opts)
-		}
+		column := cfg.column(unpairedField(layout, paired, *ex.Label))
+		enc, reason, err := encodeUnpairedRow(layout, ex, tok, opts)
 		switch {
 		case errors.Is(err, tokenize.ErrPromptTooLong):
 			stats.Dropped++
 			stats.DroppedRows = append(stats.DroppedRows, ex.Row)
 			continue
-		case errors.Is(err, tokenize.ErrEmptyCompletion):
-			if err := skip(data.ReasonNoTokens); err != nil {
-				return nil, stats, err
-			}
-			continue
 		case err != nil:
-			return nil, stats, fmt.Errorf("%s: row %d: column %q: %w", path, ex.Row, cfg.column(field), err)
+			return nil, stats, fmt.Errorf("%s: row %d: column %q: %w", path, ex.Row, column, err)
+		case reason != "":
+			s := data.SkippedRow{Row: ex.Row, Column: column, Reason: reason}
+			if cfg.Strict {
+				return nil, stats, &data.RowError{Path: path, SkippedRow: s}
+			}
+			stats.Skipped = append(stats.Skipped, s)
+			continue
 		}
 		if enc.BoundaryMismatch {
 			stats.BoundaryMismatches++
@@ -116,6 +95,30 @@ func EncodeUnpaired(path string, layout data.Layout, examples []data.Example, to
 		})
 	}
 	return out, stats, nil
+}
+
+// encodeUnpairedRow encodes one row's prompt and completion as EncodePairs encodes a
+// prompt and one of its completions. A row that cannot be used gives the reason (a
+// data.Reason constant) instead; a prompt that fills the maximum length is
+// tokenize.ErrPromptTooLong.
+func encodeUnpairedRow(layout data.Layout, ex *data.Example, tok *tokenize.Tokenizer, opts tokenize.PairOptions) (tokenize.Encoded, string, error) {
+	if reason := unusableSFT(layout, ex); reason != "" {
+		return tokenize.Encoded{}, reason, nil
+	}
+	var enc tokenize.Encoded
+	var err error
+	switch layout {
+	case data.TokenizedPromptCompletion:
+		enc, err = tokenize.EncodeIDsPair(ex.PromptIDs, ex.CompletionIDs, opts)
+	case data.ConversationalPromptCompletion:
+		enc, err = tok.EncodeConversation(chatMessages(ex.PromptMessages), chatMessages(ex.CompletionMessages), opts)
+	default:
+		enc, err = tok.EncodePromptCompletion(ex.Prompt, ex.Completion, opts)
+	}
+	if errors.Is(err, tokenize.ErrEmptyCompletion) {
+		return enc, data.ReasonNoTokens, nil
+	}
+	return enc, "", err
 }
 
 // unpairedField is the canonical field holding a row's completion: a preference file's
