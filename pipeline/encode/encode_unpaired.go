@@ -47,13 +47,14 @@ func EncodeUnpaired(path string, layout data.Layout, examples []data.Example, to
 	if paired {
 		layout, examples = data.Unpair(layout, examples)
 	}
-	if err := CheckSequencesEncodable(path, layout, tok); err != nil {
-		return nil, stats, err
+	err := CheckSequencesEncodable(path, layout, tok)
+	if err == nil {
+		err = CheckTokenizerFits(tok, vocab)
 	}
-	if err := CheckTokenizerFits(tok, vocab); err != nil {
-		return nil, stats, err
+	if err == nil {
+		err = cfg.checkTruncation()
 	}
-	if err := cfg.checkTruncation(); err != nil {
+	if err != nil {
 		return nil, stats, err
 	}
 	opts := tokenize.PairOptions{MaxLength: cfg.MaxLength, Truncation: cfg.Truncation, AppendEOS: true}
