@@ -11,10 +11,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"ortalign/data"
+	"ortalign/pipeline/encode"
 	"ortalign/pipeline/generate"
-	"ortalign/pipeline/lm"
-	"ortalign/pipeline/progress"
-	"ortalign/tokenize"
 )
 
 // generateOptions are the flags of `ortalign generate`.
@@ -33,7 +31,8 @@ type generateOptions struct {
 	paddingSide                    string
 }
 
-func newGenerateCmd(g *globalOptions) *cobra.Command {
+// newGenerateCmd builds the command; runF replaces runGenerate in tests of flag parsing.
+func newGenerateCmd(g *globalOptions, runF func(*generateOptions) error) *cobra.Command {
 	o := &generateOptions{globalOptions: g}
 	cmd := &cobra.Command{
 		Use:   "generate --model M.onnx --prompts D.parquet --out G.parquet",
@@ -61,9 +60,7 @@ only when complete; Ctrl-C stops without writing it.`,
 		Example: `  ortalign generate --model policy.onnx --prompts prompts.jsonl --tokenizer tokenizer.json \
       --out completions.parquet --temperature 0.7 --top-p 0.95 --num-return-sequences 4`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runGenerate(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
-		},
+		RunE: runner(o, runF, runGenerate),
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.model, "model", "", "ONNX causal LM (input_ids, logits; a KV cache is used when exported)")
@@ -112,13 +109,16 @@ func (o *generateOptions) validate() error {
 			return fmt.Errorf("--eos-token-id %d: want a token id >= 0", id)
 		}
 	}
-	so := o.sampleOptions(nil)
+	so := o.sampleOptions()
+	if len(so.Stop) > 0 {
+		so.Decode = func([]int64) (string, error) { return "", nil } // the tokenizer's, checked above
+	}
 	return so.Check()
 }
 
-// sampleOptions maps the flags to the library's options; tok (may be nil) supplies EOS
-// and decoding.
-func (o *generateOptions) sampleOptions(tok *tokenize.Tokenizer) generate.SampleOptions {
+// sampleOptions maps the flags to the library's options; GenerateFile adds the
+// tokenizer's EOS (without --eos-token-id) and decoding.
+func (o *generateOptions) sampleOptions() generate.SampleOptions {
 	so := generate.SampleOptions{
 		Temperature: o.temperature, TopK: o.topK, TopP: o.topP, MinP: o.minP,
 		RepetitionPenalty: o.repetitionPenalty, MaxNewTokens: o.maxNewTokens,
@@ -126,16 +126,6 @@ func (o *generateOptions) sampleOptions(tok *tokenize.Tokenizer) generate.Sample
 	}
 	for _, id := range o.eos {
 		so.EOS = append(so.EOS, int64(id))
-	}
-	if tok != nil {
-		if len(so.EOS) == 0 {
-			if id, ok := tok.EOS(); ok {
-				so.EOS = []int64{int64(id)}
-			}
-		}
-		so.Decode = func(ids []int64) (string, error) { return tok.Decode(intIDs(ids), true) }
-	} else if len(so.Stop) > 0 {
-		so.Decode = func([]int64) (string, error) { return "", nil } // rejected by validate
 	}
 	return so
 }
@@ -148,14 +138,6 @@ func intIDs(ids []int64) []int {
 	return out
 }
 
-// genPrompt is one usable input row.
-type genPrompt struct {
-	row      int64
-	text     string // the prompt as text (rendered for conversational prompts); "" for ids
-	messages []data.Message
-	ids      []int64
-}
-
 func runGenerate(ctx context.Context, o *generateOptions, stdout, stderr io.Writer) error {
 	if err := o.validate(); err != nil {
 		return err
@@ -164,188 +146,25 @@ func runGenerate(ctx context.Context, o *generateOptions, stdout, stderr io.Writ
 	if err != nil {
 		return err
 	}
-	prompts, layout, err := readPrompts(o, tok, stderr)
-	if err != nil {
-		return err
-	}
-	if err := o.initORT(); err != nil {
-		return err
-	}
+	cols, _ := data.ParseColumns(o.columns)
 	cache := generate.CacheAuto
 	if o.noCache {
 		cache = generate.CacheOff
 	}
-	gen, err := generate.LoadGenerator(o.model, generate.GeneratorOptions{Threads: o.threads, Cache: cache,
-		Notice: func(s string) { fmt.Fprintln(stderr, "ortalign: "+s) }})
+	sum, err := generate.GenerateFile(ctx, generate.FileConfig{
+		Prompts: o.prompts, Out: o.out,
+		Data:  encode.DataOptions{Columns: cols, Strict: o.strict, Tokenizer: tok, Warn: stderr},
+		Model: o.model,
+		Generator: generate.GeneratorOptions{Threads: o.threads, Cache: cache,
+			Notice: func(s string) { fmt.Fprintln(stderr, "ortalign: "+s) }},
+		InitRuntime: o.initORT,
+		Sample:      o.sampleOptions(), BatchSize: o.batchSize, Progress: stderr,
+	})
 	if err != nil {
-		return err
-	}
-	defer gen.Close()
-	if tok != nil && tok.VocabSize() > gen.VocabSize() {
-		return fmt.Errorf("tokenizer %s has %d ids but the model's vocabulary is %d: not this model's tokenizer", o.tokenizer, tok.VocabSize(), gen.VocabSize())
-	}
-	so := o.sampleOptions(tok)
-	results := make([][]generate.Completion, len(prompts))
-	batches := lm.LengthBatches(len(prompts), o.batchSize, func(i int) int { return len(prompts[i].ids) })
-	prog := progress.NewProgress(stderr, "generate", "prompts")
-	prog.Start(len(prompts))
-	start := time.Now()
-	done := 0
-	for _, b := range batches {
-		in := make([]generate.Prompt, len(b))
-		for k, i := range b {
-			in[k] = generate.Prompt{IDs: prompts[i].ids, Index: int(prompts[i].row)}
-		}
-		out, err := gen.Generate(ctx, in, so)
-		if err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("interrupted after %d of %d prompts; %s not written", done, len(prompts), o.out)
-			}
-			return err
-		}
-		for k, i := range b {
-			results[i] = out[k*o.numReturn : (k+1)*o.numReturn]
-		}
-		done += len(b)
-		prog.Add(len(b))
-	}
-	prog.Done()
-	elapsed := time.Since(start)
-	if err := writeCompletions(o.out, layout, tok != nil, prompts, results); err != nil {
-		return err
-	}
-	tokens, reasons := 0, map[string]int{}
-	for _, rs := range results {
-		for _, c := range rs {
-			tokens += len(c.IDs)
-			reasons[c.FinishReason]++
-		}
+		return flagHints(err)
 	}
 	fmt.Fprintf(stdout, "generated %d completions of %d prompts: %d tokens in %s (%.1f tokens/s, KV cache: %s); finished: eos %d, stop %d, length %d; wrote %s\n",
-		len(prompts)*o.numReturn, len(prompts), tokens, elapsed.Round(time.Millisecond), float64(tokens)/max(elapsed.Seconds(), 1e-9),
-		gen.CacheMode(), reasons[generate.FinishEOS], reasons[generate.FinishStop], reasons[generate.FinishLength], o.out)
+		sum.Completions, sum.Prompts, sum.Tokens, sum.Elapsed.Round(time.Millisecond), sum.TokensPerSecond(),
+		sum.CacheMode, sum.Finished[generate.FinishEOS], sum.Finished[generate.FinishStop], sum.Finished[generate.FinishLength], o.out)
 	return nil
-}
-
-// readPrompts reads and tokenizes the dataset's prompts. Unusable rows (null or empty
-// prompts) are skipped with a warning (an error with --strict).
-func readPrompts(o *generateOptions, tok *tokenize.Tokenizer, stderr io.Writer) ([]genPrompt, data.Layout, error) {
-	cols, _ := data.ParseColumns(o.columns)
-	ds, err := data.Open(o.prompts, data.Options{Columns: cols, Strict: o.strict, Use: data.UsePrompts})
-	var missing *data.MissingColumnsError
-	if errors.As(err, &missing) {
-		return nil, 0, fmt.Errorf("%w; map other names with --columns, e.g. --columns %s=NAME", err, missing.Fields[0])
-	}
-	if err != nil {
-		return nil, 0, err
-	}
-	defer ds.Close()
-	layout := ds.Layout
-	if !layout.IsTokenized() && tok == nil {
-		return nil, 0, fmt.Errorf("%s holds %s prompts (text): pass --tokenizer", o.prompts, layout)
-	}
-	if layout.IsConversational() && !tok.HasChatTemplate() {
-		return nil, 0, fmt.Errorf("%s holds conversational prompts but tokenizer %s has no chat template", o.prompts, o.tokenizer)
-	}
-	examples, skipped, err := ds.ReadAll()
-	if err != nil {
-		return nil, 0, err
-	}
-	for _, s := range skipped {
-		fmt.Fprintf(stderr, "ortalign: warning: %s: skipped %s\n", o.prompts, s)
-	}
-	var out []genPrompt
-	for _, ex := range examples {
-		p := genPrompt{row: ex.Row}
-		switch {
-		case layout.IsTokenized():
-			p.ids = ex.PromptIDs
-			if tok != nil {
-				if p.text, err = tok.Decode(intIDs(p.ids), false); err != nil {
-					return nil, 0, err
-				}
-			}
-		case layout.IsConversational():
-			p.messages = ex.PromptMessages
-			if p.text, err = tok.ApplyChatTemplate(tokenizeMessages(p.messages), true); err != nil {
-				return nil, 0, fmt.Errorf("%s row %d: chat template: %w", o.prompts, ex.Row, err)
-			}
-		default:
-			p.text = ex.Prompt
-		}
-		if p.ids == nil {
-			ids, err := tok.Encode(p.text, false)
-			if err != nil {
-				return nil, 0, fmt.Errorf("%s row %d: %w", o.prompts, ex.Row, err)
-			}
-			for _, id := range ids {
-				p.ids = append(p.ids, int64(id))
-			}
-		}
-		if len(p.ids) == 0 {
-			if o.strict {
-				return nil, 0, fmt.Errorf("%s row %d: the prompt has no token", o.prompts, ex.Row)
-			}
-			fmt.Fprintf(stderr, "ortalign: warning: %s row %d: skipped: the prompt has no token\n", o.prompts, ex.Row)
-			continue
-		}
-		out = append(out, p)
-	}
-	if len(out) == 0 {
-		return nil, 0, fmt.Errorf("%s: no usable prompt", o.prompts)
-	}
-	return out, layout, nil
-}
-
-// writeCompletions writes one row per completion, in prompt order then return index.
-func writeCompletions(path string, layout data.Layout, hasText bool, prompts []genPrompt, results [][]generate.Completion) error {
-	conv := layout.IsConversational()
-	var cols []data.Column
-	if hasText {
-		kind := data.String
-		if conv {
-			kind = data.Messages
-		}
-		cols = append(cols, data.Column{Name: "prompt", Kind: kind}, data.Column{Name: "completion", Kind: kind})
-	}
-	cols = append(cols,
-		data.Column{Name: "prompt_input_ids", Kind: data.Int64List}, data.Column{Name: "completion_input_ids", Kind: data.Int64List},
-		data.Column{Name: "completion_logps", Kind: data.Float64}, data.Column{Name: "finish_reason", Kind: data.String})
-	w, err := data.Create(path, cols)
-	if err != nil {
-		return err
-	}
-	for i, p := range prompts {
-		for _, c := range results[i] {
-			var vals []any
-			if hasText {
-				if conv {
-					vals = append(vals, p.messages, []data.Message{{Role: "assistant", Content: c.Text}})
-				} else {
-					vals = append(vals, p.text, c.Text)
-				}
-			}
-			sum := 0.0
-			for _, lp := range c.Logps {
-				sum += lp
-			}
-			vals = append(vals, p.ids, c.IDs, sum, c.FinishReason)
-			if err := w.Write(vals...); err != nil {
-				w.Abort()
-				return fmt.Errorf("write %s: %w", path, err)
-			}
-		}
-	}
-	if err := w.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
-}
-
-func tokenizeMessages(ms []data.Message) []tokenize.Message {
-	out := make([]tokenize.Message, len(ms))
-	for i, m := range ms {
-		out[i] = tokenize.Message{Role: m.Role, Content: m.Content}
-	}
-	return out
 }

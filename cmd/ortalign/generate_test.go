@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"ortalign/data"
+	"ortalign/pipeline/generate"
 	"ortalign/tokenize"
 )
 
@@ -200,4 +201,47 @@ func genLines(t *testing.T, b []byte) []map[string]any {
 		rows = append(rows, m)
 	}
 	return rows
+}
+
+// TestGenerateFlags: the command line fills the options (through runF, without running)
+// and the sampling flags map to the library's options.
+func TestGenerateFlags(t *testing.T) {
+	o := parseFlags(t, newGenerateCmd, "--model", "m.onnx", "--prompts", "p.jsonl", "--out", "g.parquet", "--tokenizer", "tok.json",
+		"--columns", "prompt=q", "--strict", "--temperature", "0.5", "--top-k", "7", "--top-p", "0.9", "--min-p", "0.05",
+		"--repetition-penalty", "1.2", "--max-new-tokens", "9", "--num-return-sequences", "3", "--seed", "11",
+		"--eos-token-id", "2", "--eos-token-id", "5", "--stop", "\n\n", "--batch-size", "4", "--padding-side", "right", "--no-kv-cache")
+	if o.model != "m.onnx" || o.prompts != "p.jsonl" || o.out != "g.parquet" || o.tokenizer != "tok.json" || o.columns != "prompt=q" ||
+		!o.strict || o.batchSize != 4 || !o.noCache || o.threads != 1 {
+		t.Fatalf("options %+v", o)
+	}
+	so := o.sampleOptions()
+	want := generate.SampleOptions{Temperature: 0.5, TopK: 7, TopP: 0.9, MinP: 0.05, RepetitionPenalty: 1.2, MaxNewTokens: 9,
+		NumReturnSequences: 3, Seed: 11, EOS: []int64{2, 5}, Stop: []string{"\n\n"}, PaddingSide: "right"}
+	if !reflect.DeepEqual(so, want) {
+		t.Fatalf("sample options %+v, want %+v", so, want)
+	}
+	if err := o.validate(); err != nil {
+		t.Fatal(err)
+	}
+	d := parseFlags(t, newGenerateCmd, "--model", "m.onnx", "--prompts", "p.jsonl", "--out", "g.jsonl")
+	if d.temperature != 1 || d.topP != 1 || d.maxNewTokens != 64 || d.numReturn != 1 || d.seed != 42 || d.batchSize != 8 || d.paddingSide != "left" || d.noCache {
+		t.Fatalf("defaults %+v", d)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--batch-size", "0"}, "--batch-size"},
+		{[]string{"--num-return-sequences", "0"}, "--num-return-sequences"},
+		{[]string{"--out", "g.csv"}, "--out"},
+		{[]string{"--stop", "x"}, "--stop needs --tokenizer"},
+		{[]string{"--eos-token-id", "-1"}, "--eos-token-id"},
+		{[]string{"--columns", "prompt"}, "--columns"},
+		{[]string{"--top-p", "1.5"}, "top-p"},
+	} {
+		o := parseFlags(t, newGenerateCmd, append([]string{"--model", "m.onnx", "--prompts", "p.jsonl", "--out", "g.jsonl"}, c.args...)...)
+		if err := o.validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: got %v, want an error containing %q", c.args, err, c.want)
+		}
+	}
 }

@@ -38,7 +38,7 @@ tokenizer.json files.`,
 	root.PersistentFlags().IntVar(&g.threads, "threads", 0, "ONNX Runtime intra-op threads (0 = all cores)")
 	root.AddCommand(newScoreCmd(g), newDPOCmd(g, nil), newSFTCmd(g, nil), newTokenizeCmd(), newArtifactsCmd(g), newInspectCmd(g))
 	root.AddCommand(newReportCmd(g, nil))
-	root.AddCommand(newGenerateCmd(g))
+	root.AddCommand(newGenerateCmd(g, nil))
 	root.AddCommand(newRLHFCmd(g, nil))
 	root.AddCommand(newRewardCmd(g, nil))
 	return root
