@@ -28,6 +28,7 @@ $PY testdata/gen_expected_logps.py          # expected/logps.json
 node testdata/check_onnx.mjs                # again, now also ORT log-probs vs the oracle
 $PY testdata/gen_dpo_oracle.py              # expected/dpo_grads_*.json.gz, dpo_adamw_*.json
 $PY testdata/gen_loss_oracle.py             # expected/loss_oracle_llama.json.gz
+$PY testdata/gen_kto_oracle.py              # expected/kto_oracle_llama.json.gz (uses the DPO oracle's batch)
 $PY testdata/gen_reffree_oracle.py          # expected/reffree_oracle_llama.json.gz (ORPO, CPO/SimPO)
 $PY testdata/gen_sft_oracle.py              # expected/sft_oracle_{gpt2,llama}.json.gz
 $PY testdata/gen_lora_oracle.py             # expected/lora_oracle.json.gz (uses the SFT oracle's batch)
