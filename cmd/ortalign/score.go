@@ -2,20 +2,16 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"math"
-
 	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	dataset "ortalign/data"
-	"ortalign/pipeline/encode"
 	"ortalign/pipeline/lm"
-	"ortalign/pipeline/progress"
 	"ortalign/pipeline/score"
 )
 
@@ -30,7 +26,8 @@ type scoreOptions struct {
 	shardI, shards                               int // parsed --shard
 }
 
-func newScoreCmd(g *globalOptions) *cobra.Command {
+// newScoreCmd builds the command; runF replaces runScore in tests of flag parsing.
+func newScoreCmd(g *globalOptions, runF func(*scoreOptions) error) *cobra.Command {
 	o := &scoreOptions{globalOptions: g}
 	cmd := &cobra.Command{
 		Use:   "score (--model M.onnx | --reward R.onnx) --data D.parquet --out S.parquet",
@@ -56,9 +53,7 @@ reward of the whole sequence). Same streaming, batching, sharding and skip rules
   ortalign score --model model.onnx --data tokenized.parquet --out scores.jsonl --shard 0/4
   ortalign score --reward rm1/reward.onnx --data pairs.parquet --tokenizer tokenizer.json --out rewards.parquet`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runScore(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
-		},
+		RunE: runner(o, runF, runScore),
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.model, "model", "", "policy model (ONNX causal LM with input_ids and logits)")
@@ -126,7 +121,8 @@ func parseShard(s string) (i, n int, err error) {
 
 func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) error {
 	// Everything that can fail without a model fails first: the flags, the tokenizer, the
-	// dataset's schema and what encoding it needs; then ONNX Runtime and the models.
+	// dataset's schema and what encoding it needs (ScoreDataset checks them before it
+	// calls initORT); then ONNX Runtime and the models.
 	if err := o.validate(); err != nil {
 		return err
 	}
@@ -134,102 +130,39 @@ func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	if o.reward != "" {
-		return runRewardScore(ctx, o, data, stdout, stderr)
-	}
-	ds, err := encode.OpenDataset(o.dataPath, dataset.UsePreference, data)
-	if err != nil {
-		return flagHints(err)
-	}
-	defer ds.Close()
-	if err := o.initORT(); err != nil {
-		return err
-	}
-	mo := lm.ModelOptions{Threads: o.threads, PadID: padID(data.Tokenizer)}
-	policy, err := lm.LoadLogProbModel(o.model, mo)
-	if err != nil {
-		return err
-	}
-	defer policy.Close()
-	var ref *lm.LogProbModel
-	if o.ref != "" {
-		if ref, err = lm.LoadLogProbModel(o.ref, mo); err != nil {
-			return err
-		}
-		defer ref.Close()
-		if ref.VocabSize() != policy.VocabSize() {
-			return fmt.Errorf("--ref %s has vocabulary %d but --model %s has %d", o.ref, ref.VocabSize(), o.model, policy.VocabSize())
-		}
-	}
-	if err := encode.CheckTokenizerFits(data.Tokenizer, policy.VocabSize()); err != nil {
-		return fmt.Errorf("--tokenizer %s: %w", o.tokenizer, err)
-	}
-	data.Vocab, data.Warn = policy.VocabSize(), stderr
-	sum, err := score.ScoreFile(ctx, ds, score.ScoreFileConfig{
-		Out: o.out, Data: data, Policy: policy, Ref: ref, Beta: o.beta, BatchSize: o.batchSize,
-		Shard: o.shardI, Shards: o.shards, Progress: progress.NewProgress(stderr, "score", "pairs"),
+	data.Warn = stderr
+	sum, err := score.ScoreDataset(ctx, score.DatasetConfig{
+		Data: o.dataPath, Out: o.out, DataOptions: data, Policy: o.model, Ref: o.ref, Reward: o.reward,
+		Model: lm.ModelOptions{Threads: o.threads, PadID: padID(data.Tokenizer)},
+		Beta:  o.beta, BatchSize: o.batchSize, Shard: o.shardI, Shards: o.shards,
+		InitRuntime: o.initORT, Progress: stderr,
 	})
 	if err != nil {
 		return flagHints(err)
 	}
-	fmt.Fprintf(stdout, "scored %d pairs from %s (%s layout) -> %s\n", sum.Pairs, o.dataPath, ds.Layout, o.out)
-	fmt.Fprintf(stdout, "  skipped %d rows (null or empty values; see the warnings), dropped %d (prompt fills --max-length), truncated %d\n", sum.Skipped, sum.Dropped, sum.Truncated)
-	if sum.HasRef {
-		fmt.Fprintf(stdout, "  reward accuracy: %.1f%%   mean margin: %.4f   (beta %g)\n", 100*sum.RewardAccuracy, sum.MeanMargin, o.beta)
-	} else {
-		fmt.Fprintf(stdout, "  chosen log-prob > rejected: %.1f%% (no reference: pass --ref for rewards)\n", 100*sum.RewardAccuracy)
-	}
-	fmt.Fprintf(stdout, "  %d tokens in %.2fs: %.0f tokens/s\n", sum.Tokens, sum.Elapsed.Seconds(), sum.TokensPerSecond())
+	printScoreSummary(stdout, o, sum)
 	return nil
 }
 
-// runRewardScore is score --reward: preference pairs get both sides' rewards, files with
-// one sequence a row (prompt–completion, messages, text) a reward column.
-func runRewardScore(ctx context.Context, o *scoreOptions, data encode.DataOptions, stdout, stderr io.Writer) error {
-	ds, err := encode.OpenDataset(o.dataPath, dataset.UsePreference, data)
-	var missing *dataset.MissingColumnsError
-	if errors.As(err, &missing) {
-		ds, err = encode.OpenDataset(o.dataPath, dataset.UseSFT, data)
-	}
-	if err != nil {
-		return flagHints(err)
-	}
-	defer ds.Close()
-	if err := o.initORT(); err != nil {
-		return err
-	}
-	rm, err := score.LoadRewardModel(o.reward, lm.ModelOptions{Threads: o.threads, PadID: padID(data.Tokenizer)})
-	if err != nil {
-		return err
-	}
-	defer rm.Close()
-	if err := encode.CheckTokenizerFits(data.Tokenizer, rm.VocabSize()); err != nil {
-		return fmt.Errorf("--tokenizer %s: %w", o.tokenizer, err)
-	}
-	data.Vocab, data.Warn = rm.VocabSize(), stderr
-	unit := "pairs"
-	if ds.Use == dataset.UseSFT {
-		unit = "sequences"
-	}
-	sum, err := score.ScoreFile(ctx, ds, score.ScoreFileConfig{
-		Out: o.out, Data: data, Reward: rm, BatchSize: o.batchSize,
-		Shard: o.shardI, Shards: o.shards, Progress: progress.NewProgress(stderr, "score", unit),
-	})
-	if err != nil {
-		return flagHints(err)
-	}
-	n := sum.Pairs
-	if ds.Use == dataset.UseSFT {
-		n = sum.Sequences
-	}
-	fmt.Fprintf(stdout, "scored %d %s from %s (%s layout) with the reward model %s -> %s\n", n, unit, o.dataPath, ds.Layout, o.reward, o.out)
-	fmt.Fprintf(stdout, "  skipped %d rows (null or empty values; see the warnings), dropped %d (prompt fills --max-length), truncated %d\n", sum.Skipped, sum.Dropped, sum.Truncated)
-	if ds.Use == dataset.UseSFT {
-		fmt.Fprintf(stdout, "  mean reward: %.4f\n", sum.MeanReward)
+// printScoreSummary reports a scored file: counts, then the accuracy and margin (or the
+// mean reward of one sequence a row), then the speed.
+func printScoreSummary(w io.Writer, o *scoreOptions, sum score.DatasetSummary) {
+	if o.reward != "" {
+		fmt.Fprintf(w, "scored %d %s from %s (%s layout) with the reward model %s -> %s\n", sum.Scored(), sum.Unit(), o.dataPath, sum.Layout, o.reward, o.out)
 	} else {
-		fmt.Fprintf(stdout, "  accuracy (rewards_chosen > rewards_rejected): %.1f%% (%d of %d pairs)   mean margin: %.4f\n",
-			100*sum.RewardAccuracy, int(math.Round(sum.RewardAccuracy*float64(sum.Pairs))), sum.Pairs, sum.MeanMargin)
+		fmt.Fprintf(w, "scored %d pairs from %s (%s layout) -> %s\n", sum.Pairs, o.dataPath, sum.Layout, o.out)
 	}
-	fmt.Fprintf(stdout, "  %d tokens in %.2fs: %.0f tokens/s\n", sum.Tokens, sum.Elapsed.Seconds(), sum.TokensPerSecond())
-	return nil
+	fmt.Fprintf(w, "  skipped %d rows (null or empty values; see the warnings), dropped %d (prompt fills --max-length), truncated %d\n", sum.Skipped, sum.Dropped, sum.Truncated)
+	switch {
+	case o.reward != "" && sum.Use == dataset.UseSFT:
+		fmt.Fprintf(w, "  mean reward: %.4f\n", sum.MeanReward)
+	case o.reward != "":
+		fmt.Fprintf(w, "  accuracy (rewards_chosen > rewards_rejected): %.1f%% (%d of %d pairs)   mean margin: %.4f\n",
+			100*sum.RewardAccuracy, int(math.Round(sum.RewardAccuracy*float64(sum.Pairs))), sum.Pairs, sum.MeanMargin)
+	case sum.HasRef:
+		fmt.Fprintf(w, "  reward accuracy: %.1f%%   mean margin: %.4f   (beta %g)\n", 100*sum.RewardAccuracy, sum.MeanMargin, o.beta)
+	default:
+		fmt.Fprintf(w, "  chosen log-prob > rejected: %.1f%% (no reference: pass --ref for rewards)\n", 100*sum.RewardAccuracy)
+	}
+	fmt.Fprintf(w, "  %d tokens in %.2fs: %.0f tokens/s\n", sum.Tokens, sum.Elapsed.Seconds(), sum.TokensPerSecond())
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -479,5 +480,31 @@ func TestScoreFlagErrorsComeFirst(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestScoreFlags: the command line fills the options through runF (nothing runs), the
+// shard is parsed by validate, and cobra refuses --model with --reward.
+func TestScoreFlags(t *testing.T) {
+	o := parseFlags(t, newScoreCmd, "--model", "p.onnx", "--ref", "r.onnx", "--data", "d.parquet", "--tokenizer", "tok.json",
+		"--out", "s.jsonl", "--beta", "0.2", "--batch-size", "3", "--shard", "1/4", "--columns", "chosen=good", "--max-length", "64",
+		"--truncation", "keep_end", "--strict")
+	if o.model != "p.onnx" || o.ref != "r.onnx" || o.reward != "" || o.dataPath != "d.parquet" || o.tokenizer != "tok.json" || o.out != "s.jsonl" ||
+		o.beta != 0.2 || o.batchSize != 3 || o.shard != "1/4" || o.columns != "chosen=good" || o.maxLength != 64 || o.truncation != "keep_end" || !o.strict {
+		t.Fatalf("options %+v", o)
+	}
+	if err := o.validate(); err != nil || o.shardI != 1 || o.shards != 4 {
+		t.Fatalf("validate: %v, shard %d/%d", err, o.shardI, o.shards)
+	}
+	r := parseFlags(t, newScoreCmd, "--reward", "rm.onnx", "--data", "d.jsonl", "--out", "s.parquet")
+	if r.reward != "rm.onnx" || r.model != "" || r.beta != 0.1 || r.batchSize != 8 || r.maxLength != 1024 {
+		t.Fatalf("reward options %+v", r)
+	}
+	cmd := newScoreCmd(&globalOptions{}, func(*scoreOptions) error { t.Fatal("ran with --model and --reward"); return nil })
+	cmd.SetArgs([]string{"--model", "p.onnx", "--reward", "rm.onnx", "--data", "d", "--out", "s.jsonl"})
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "model") {
+		t.Fatalf("--model with --reward: %v", err)
 	}
 }
