@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -23,7 +24,9 @@ type artifactsOptions struct {
 	out string
 }
 
-func newArtifactsCmd(g *globalOptions) *cobra.Command {
+// newArtifactsCmd builds the command; runF replaces runArtifacts in tests of flag
+// parsing.
+func newArtifactsCmd(g *globalOptions, runF func(*artifactsOptions) error) *cobra.Command {
 	o := &artifactsOptions{}
 	cmd := &cobra.Command{
 		Use:   "artifacts --model M.onnx --loss sigmoid --out DIR",
@@ -36,9 +39,9 @@ gradient, and all outputs. One session run gives the loss, the per-sequence log-
 every gradient; apply your optimizer to the parameters and feed them back.`,
 		Example: `  ortalign artifacts --model model.onnx --loss sigmoid --beta 0.1 --out artifacts/`,
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runArtifacts(g, o, cmd.OutOrStdout())
-		},
+		RunE: runner(o, runF, func(_ context.Context, o *artifactsOptions, stdout, _ io.Writer) error {
+			return runArtifacts(g, o, stdout)
+		}),
 	}
 	f := cmd.Flags()
 	addModelFlags(f, &o.modelFlags)

@@ -94,3 +94,18 @@ func TestArtifactsRunInPlainORT(t *testing.T) {
 		t.Fatalf("loss %.7f, PyTorch %.7f", got, o.Loss)
 	}
 }
+
+// TestArtifactsFlags: the command line fills the options through runF, without running.
+func TestArtifactsFlags(t *testing.T) {
+	o := parseFlags(t, newArtifactsCmd, "--model", "m.onnx", "--out", "dir", "--loss", "ipo", "--beta", "0.3", "--freeze", "emb.*", "--untie")
+	if o.model != "m.onnx" || o.out != "dir" || o.loss != "ipo" || o.beta != 0.3 || o.freeze != "emb.*" || !o.untie {
+		t.Fatalf("options %+v", o)
+	}
+	c, err := o.lossFlags.config()
+	if err != nil || c.Type != objective.LossIPO || c.Beta != 0.3 {
+		t.Fatalf("loss config %+v, %v", c, err)
+	}
+	if d := parseFlags(t, newArtifactsCmd, "--model", "m.onnx", "--out", "dir"); d.loss != objective.LossSigmoid || d.beta != 0.1 || d.untie {
+		t.Fatalf("defaults %+v", d)
+	}
+}

@@ -16,7 +16,16 @@ import (
 	"ortalign/pipeline/objective"
 )
 
-func newInspectCmd(g *globalOptions) *cobra.Command {
+// inspectOptions are the arguments of `ortalign inspect`.
+type inspectOptions struct {
+	*globalOptions
+	model string
+}
+
+// newInspectCmd builds the command; runF replaces inspectModel in tests of argument
+// parsing.
+func newInspectCmd(g *globalOptions, runF func(*inspectOptions) error) *cobra.Command {
+	o := &inspectOptions{globalOptions: g}
 	return &cobra.Command{
 		Use:   "inspect MODEL.onnx",
 		Short: "Show a model's inputs, outputs, opsets, parameter count, op histogram, trainability and KV cache",
@@ -28,21 +37,29 @@ model with ONNX Runtime.`,
 		Example: `  ortalign inspect testdata/models/llama_opset17.onnx`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := onnx.Load(args[0])
-			if err != nil {
-				return err
+			o.model = args[0]
+			if runF != nil {
+				return runF(o)
 			}
-			w := cmd.OutOrStdout()
-			printSummary(w, args[0], onnx.Summary(m))
-			printTrainability(w, m)
-			if err := g.initORT(); err != nil {
-				fmt.Fprintf(w, "KV cache:   not checked: %v\n", err)
-				return nil
-			}
-			printKVCache(w, args[0], m, g.threads)
-			return nil
+			return inspectModel(o, cmd.OutOrStdout())
 		},
 	}
+}
+
+// inspectModel prints the model's summary, trainability and KV cache.
+func inspectModel(o *inspectOptions, w io.Writer) error {
+	m, err := onnx.Load(o.model)
+	if err != nil {
+		return err
+	}
+	printSummary(w, o.model, onnx.Summary(m))
+	printTrainability(w, m)
+	if err := o.initORT(); err != nil {
+		fmt.Fprintf(w, "KV cache:   not checked: %v\n", err)
+		return nil
+	}
+	printKVCache(w, o.model, m, o.threads)
+	return nil
 }
 
 // printKVCache says how generation decodes with the model (generate.InspectKVCache).

@@ -72,3 +72,18 @@ func TestInspectKVCache(t *testing.T) {
 		}
 	}
 }
+
+// TestInspectArgs: the model path argument fills the options through runF, without
+// running; inspect takes exactly one.
+func TestInspectArgs(t *testing.T) {
+	if o := parseFlags(t, newInspectCmd, "m.onnx"); o.model != "m.onnx" || o.threads != 1 {
+		t.Fatalf("options %+v", o)
+	}
+	cmd := newInspectCmd(&globalOptions{}, func(*inspectOptions) error { t.Fatal("ran without a model"); return nil })
+	cmd.SetArgs(nil)
+	cmd.SetOut(&bytes.Buffer{})
+	cmd.SetErr(&bytes.Buffer{})
+	if err := cmd.Execute(); err == nil {
+		t.Fatal("inspect without a model: no error")
+	}
+}

@@ -36,7 +36,7 @@ tokenizer.json files.`,
 	}
 	root.PersistentFlags().StringVar(&g.ortLib, "ort-lib", "", "`PATH` of libonnxruntime.so (default: $ORTALIGN_ORT_LIB, next to the binary, or third_party/ort as make setup installs it)")
 	root.PersistentFlags().IntVar(&g.threads, "threads", 0, "ONNX Runtime intra-op threads (0 = all cores)")
-	root.AddCommand(newScoreCmd(g, nil), newDPOCmd(g, nil), newSFTCmd(g, nil), newTokenizeCmd(), newArtifactsCmd(g), newInspectCmd(g))
+	root.AddCommand(newScoreCmd(g, nil), newDPOCmd(g, nil), newSFTCmd(g, nil), newTokenizeCmd(nil), newArtifactsCmd(g, nil), newInspectCmd(g, nil))
 	root.AddCommand(newReportCmd(g, nil))
 	root.AddCommand(newGenerateCmd(g, nil))
 	root.AddCommand(newRLHFCmd(g, nil))

@@ -20,7 +20,8 @@ type tokenizeOptions struct {
 	skipSpecial              bool
 }
 
-func newTokenizeCmd() *cobra.Command {
+// newTokenizeCmd builds the command; runF replaces runTokenize in tests of flag parsing.
+func newTokenizeCmd(runF func(*tokenizeOptions) error) *cobra.Command {
 	o := &tokenizeOptions{}
 	cmd := &cobra.Command{
 		Use:   "tokenize --tokenizer tokenizer.json [--input texts.jsonl] [--output ids.jsonl]",
@@ -32,6 +33,9 @@ by default. Use it to check a tokenizer against HuggingFace's before training.`,
   ortalign tokenize --tokenizer tokenizer.json --input ids.jsonl --decode`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if runF != nil {
+				return runF(o)
+			}
 			return runTokenize(o, cmd.InOrStdin(), cmd.OutOrStdout())
 		},
 	}

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
 )
 
 // TestTokenizeMatchesHuggingFace encodes the bundled tokenizer's reference strings (ids
@@ -88,4 +90,17 @@ func equalInts(a, b []int) bool {
 		}
 	}
 	return true
+}
+
+// TestTokenizeFlags: the command line fills the options through runF, without running.
+func TestTokenizeFlags(t *testing.T) {
+	newCmd := func(_ *globalOptions, runF func(*tokenizeOptions) error) *cobra.Command { return newTokenizeCmd(runF) }
+	o := parseFlags(t, newCmd, "--tokenizer", "tok.json", "--input", "in.jsonl", "--output", "out.jsonl", "--add-special-tokens", "--decode", "--skip-special-tokens")
+	want := tokenizeOptions{tokenizer: "tok.json", input: "in.jsonl", output: "out.jsonl", addSpecial: true, decode: true, skipSpecial: true}
+	if *o != want {
+		t.Fatalf("options %+v, want %+v", *o, want)
+	}
+	if d := parseFlags(t, newCmd, "--tokenizer", "tok.json"); *d != (tokenizeOptions{tokenizer: "tok.json"}) {
+		t.Fatalf("defaults %+v", *d)
+	}
 }
