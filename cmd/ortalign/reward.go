@@ -105,10 +105,6 @@ func runReward(ctx context.Context, o *rewardOptions, stdout, stderr io.Writer) 
 		return err
 	}
 	// The engine's model is the reward graph: what it writes is the reward model.
-	fmt.Fprintf(stdout, "wrote %s and %s\n", res.ModelPath, res.MetricsPath)
-	if res.EvalAfter != nil {
-		fmt.Fprintf(stdout, "held-out metrics (%d pairs):\n", len(eval))
-		engine.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
-	}
+	printRunSummary(stdout, res, fmt.Sprintf("held-out metrics (%d pairs)", len(eval)))
 	return nil
 }

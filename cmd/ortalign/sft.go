@@ -73,10 +73,6 @@ func runSFT(ctx context.Context, o *sftOptions, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "wrote %s and %s\n", res.ModelPath, res.MetricsPath)
-	if res.EvalAfter != nil {
-		fmt.Fprintf(stdout, "held-out metrics (%d sequences):\n", len(eval))
-		engine.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
-	}
+	printRunSummary(stdout, res, fmt.Sprintf("held-out metrics (%d sequences)", len(eval)))
 	return nil
 }

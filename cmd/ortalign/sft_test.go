@@ -67,3 +67,16 @@ func TestSFTThenDPO(t *testing.T) {
 		})
 	}
 }
+
+// TestSFTFlags: the command line fills the options through runF, without running.
+func TestSFTFlags(t *testing.T) {
+	o := parseSFT(t, "--model", "m.onnx", "--data", "d.parquet", "--tokenizer", "tok.json", "--out", "run",
+		"--lr", "3e-4", "--epochs", "2", "--batch-size", "4", "--max-length", "256", "--eval-fraction", "0.2", "--lora-r", "8")
+	if o.model != "m.onnx" || o.dataPath != "d.parquet" || o.tokenizer != "tok.json" || o.out != "run" || o.lr != 3e-4 ||
+		o.epochs != 2 || o.batchSize != 4 || o.maxLength != 256 || o.evalFraction != 0.2 || o.loraR != 8 {
+		t.Fatalf("options %+v", o)
+	}
+	if d := parseSFT(t, "--model", "m.onnx", "--data", "d.parquet", "--out", "run"); d.lr != 2e-5 || d.loraR != 0 {
+		t.Fatalf("defaults: lr %g, lora-r %d", d.lr, d.loraR)
+	}
+}
