@@ -41,6 +41,7 @@ tokenizer.json files.`,
 	root.AddCommand(newGenerateCmd(g, nil))
 	root.AddCommand(newRLHFCmd(g, nil))
 	root.AddCommand(newRewardCmd(g, nil))
+	root.AddCommand(newKTOCmd(g, nil))
 	return root
 }
 
