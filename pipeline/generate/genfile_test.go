@@ -32,19 +32,14 @@ func writeIDPrompts(t *testing.T, prompts ...[]int64) string {
 	return p
 }
 
-// readRows reads an output file back.
+// readRows reads an output file back as the prompt-completion dataset it is.
 func readRows(t *testing.T, path string) []data.Example {
 	t.Helper()
-	d, err := data.Open(path, data.Options{Use: data.UseSFT})
+	l, err := encode.LoadSequences(path, encode.DataOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
-	ex, _, err := d.ReadAll()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ex
+	return l.Examples
 }
 
 // TestGenerateFile: without cobra, GenerateFile skips the empty prompt (with a warning),
