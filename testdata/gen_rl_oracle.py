@@ -14,10 +14,15 @@ GRPOTrainer and RLOOTrainer:
 * logp_t = log_softmax(logits[t-1] / temperature)[ids[t]] at completion positions t.
 * old and ref: per completion token, logp (float64, at the model's weights) plus a fixed
   offset (see offsets()); given to the Go side as numbers.
-* GRPO: ratio = exp(logp - old); l = -min(ratio*A, clamp(ratio, 1-eps, 1+eps_high)*A)
-  + beta*(exp(ref-logp) - (ref-logp) - 1); loss by loss_type: grpo = mean over rows of
-  (sum_t m*l / max(1, sum_t m)); bnpo and dapo = sum m*l / max(1, sum m); dr_grpo =
-  sum m*l / (B * max_completion_length). Advantages: A = r - mean(group), divided by
+* GRPO: ratio = exp(logp - old) (importance_sampling_level token) or, for "sequence"
+  (GSPO), exp(sum_t m*(logp - old) / max(1, sum_t m)) per row; per-token policy loss by
+  loss_type: grpo, bnpo, dr_grpo, dapo -min(ratio*A, clamp(ratio, 1-eps, 1+eps_high)*A);
+  cispo -clamp(ratio, max=eps_high).detach()*A*logp; sapo -sigmoid(tau*(ratio-1))*4/tau*A
+  with tau = sapo_temperature_pos where A > 0, else sapo_temperature_neg; plus
+  beta*(exp(ref-logp) - (ref-logp) - 1); loss: grpo and sapo = mean over rows of
+  (sum_t m*l / max(1, sum_t m)); bnpo, dapo and cispo = sum m*l / max(1, sum m); dr_grpo =
+  sum m*l / (B * max_completion_length). A case's "rewards", when given, replace the
+  file's. Advantages: A = r - mean(group), divided by
   std(group) + 1e-4 (scale_rewards group), std(batch) + 1e-4 (batch), or not (none);
   std unbiased.
 * RLOO: r' = r - beta * sum_t m*(old - ref); A_i = r'_i - mean_{j != i, same group} r'_j;
@@ -42,6 +47,9 @@ from gen_expected_logps import special_ids  # noqa: E402
 G = 3
 MASKED = 5
 FULL_GRADS = ("bnpo_temperature", "rloo_beta")  # the other cases omit the embedding and lm_head
+# Cases that keep only the RMSNorm weights' gradients and SUBSET_GRADS' (file size).
+SUBSET_CASES = ("cispo_beta_sequence", "sapo_temps", "gspo_dapo_beta")
+SUBSET_GRADS = ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight")
 REWARDS = [1.0, 0.2, 0.5, -0.3, 0.8, 0.1]
 CASES = [
     {"name": "grpo", "algo": "grpo", "loss_type": "grpo", "beta": 0.0, "epsilon": 0.2, "epsilon_high": 0.2,
@@ -54,6 +62,21 @@ CASES = [
      "temperature": 1.0, "scale_rewards": "group", "max_completion_length": 16},
     {"name": "dapo", "algo": "grpo", "loss_type": "dapo", "beta": 0.04, "epsilon": 0.2, "epsilon_high": 0.28,
      "temperature": 1.0, "scale_rewards": "group"},
+    {"name": "cispo", "algo": "grpo", "loss_type": "cispo", "beta": 0.0, "epsilon": 0.2, "epsilon_high": 1.2,
+     "temperature": 1.0, "scale_rewards": "group"},
+    {"name": "cispo_beta_sequence", "algo": "grpo", "loss_type": "cispo", "beta": 0.04, "epsilon": 0.2,
+     "epsilon_high": 1.05, "temperature": 1.0, "scale_rewards": "group", "importance_sampling_level": "sequence"},
+    # Binary rewards (a reward function's): with REWARDS, sapo's loss nearly cancels to 0.
+    {"name": "sapo", "algo": "grpo", "loss_type": "sapo", "beta": 0.0, "epsilon": 0.2, "epsilon_high": 0.2,
+     "temperature": 1.0, "scale_rewards": "group", "sapo_temperature_pos": 1.0, "sapo_temperature_neg": 1.05,
+     "rewards": [0.0, 1.0, 0.0, 1.0, 0.0, 0.0]},
+    {"name": "sapo_temps", "algo": "grpo", "loss_type": "sapo", "beta": 0.0, "epsilon": 0.2,
+     "epsilon_high": 0.2, "temperature": 1.0, "scale_rewards": "batch", "sapo_temperature_pos": 2.0,
+     "sapo_temperature_neg": 0.5},
+    {"name": "gspo", "algo": "grpo", "loss_type": "grpo", "beta": 0.0, "epsilon": 0.05, "epsilon_high": 0.05,
+     "temperature": 1.0, "scale_rewards": "group", "importance_sampling_level": "sequence"},
+    {"name": "gspo_dapo_beta", "algo": "grpo", "loss_type": "dapo", "beta": 0.04, "epsilon": 0.05,
+     "epsilon_high": 0.08, "temperature": 0.7, "scale_rewards": "group", "importance_sampling_level": "sequence"},
     {"name": "rloo_beta", "algo": "rloo", "beta": 0.05, "epsilon": 0.2, "epsilon_high": 0.2, "temperature": 1.0,
      "normalize_advantages": False},
     {"name": "rloo_normalized", "algo": "rloo", "beta": 0.0, "epsilon": 0.2, "epsilon_high": 0.28,
@@ -117,7 +140,7 @@ def case_loss(model, c, rows, batch, pad_id):
             r_.append(ref[i, t].item())
         old_list.append(o)
         ref_list.append(r_)
-    rewards = torch.tensor(REWARDS, dtype=torch.float64)
+    rewards = torch.tensor(c.get("rewards", REWARDS), dtype=torch.float64)
     eps_lo, eps_hi, beta = c["epsilon"], c["epsilon_high"], c["beta"]
     if c["algo"] == "grpo":
         grouped = rewards.view(-1, G)
@@ -128,16 +151,26 @@ def case_loss(model, c, rows, batch, pad_id):
         elif c["scale_rewards"] == "batch":
             adv = adv / (rewards.std() + 1e-4)
         A = adv.unsqueeze(1)
-        coef_1 = torch.exp(tok - old)
-        coef_2 = torch.clamp(coef_1, 1 - eps_lo, 1 + eps_hi)
-        per = -torch.min(coef_1 * A, coef_2 * A)
+        log_w = tok - old
+        if c.get("importance_sampling_level", "token") == "sequence":
+            log_w = ((log_w * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+        coef_1 = torch.exp(log_w)
+        if c["loss_type"] == "cispo":
+            per = -torch.clamp(coef_1, max=eps_hi).detach() * A * tok
+        elif c["loss_type"] == "sapo":
+            tau = torch.where(A > 0, torch.full_like(A, c["sapo_temperature_pos"]),
+                              torch.full_like(A, c["sapo_temperature_neg"]))
+            per = -torch.sigmoid(tau * (coef_1 - 1)) * 4 / tau * A
+        else:
+            coef_2 = torch.clamp(coef_1, 1 - eps_lo, 1 + eps_hi)
+            per = -torch.min(coef_1 * A, coef_2 * A)
         if beta != 0:
             d = ref - tok
             per = per + beta * (torch.exp(d) - d - 1)
         lt = c["loss_type"]
-        if lt == "grpo":
+        if lt in ("grpo", "sapo"):
             loss = ((per * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
-        elif lt in ("bnpo", "dapo"):
+        elif lt in ("bnpo", "dapo", "cispo"):
             loss = (per * mask).sum() / mask.sum().clamp(min=1.0)
         elif lt == "dr_grpo":
             loss = (per * mask).sum() / (B * c["max_completion_length"])
@@ -189,6 +222,9 @@ def main():
                 continue
             if c["name"] not in FULL_GRADS and e["param"] in ("lm_head.weight", "model.embed_tokens.weight"):
                 del og[init]  # keeps the file small; the cases in FULL_GRADS check them
+                continue
+            if c["name"] in SUBSET_CASES and not (e["param"] in SUBSET_GRADS or e["param"].endswith("norm.weight")):
+                del og[init]
                 continue
             e["values"] = [float(f"{v:.7g}") for v in e["values"]]
         cases.append(dict(c, loss=loss.item(), advantages=adv.tolist(), penalized_rewards=penalized.tolist(),

@@ -39,6 +39,7 @@ type rlhfOptions struct {
 	beta, epsilon, epsilonHigh        float64
 	numIterations                     int
 	scaleRewards, lossType            string
+	importanceSamplingLevel           string
 	normalizeAdvantages               bool
 	missingEOSPenalty                 float64
 	maskTruncated                     bool
@@ -60,7 +61,10 @@ and/or reward functions (summed with --reward-weights), and updates the policy.
   grpo  advantages A = r − mean of the prompt's group, divided by the group's (or the
         batch's) std + 1e-4 (--scale-rewards); per-token clipped importance ratio
         (--epsilon, --epsilon-high), β·k3 KL to the reference in the loss (--beta,
-        default 0), aggregated by --loss-type (dapo default, grpo, bnpo, dr_grpo).
+        default 0), aggregated by --loss-type (dapo default, grpo, bnpo, dr_grpo);
+        --loss-type cispo (ratio capped at --epsilon-high, no gradient through it)
+        or sapo (a soft gate instead of the clip); --importance-sampling-level
+        sequence takes one ratio per sequence (GSPO).
   rloo  rewards lowered by β·Σ(log π_old − log π_ref) (--beta, default 0.05),
         leave-one-out baseline A_i = r_i − mean_{j≠i} r_j (--normalize-advantages),
         sequence-level clipped ratio.
@@ -121,7 +125,8 @@ and samples the same completions (the sampling seed is derived from --seed and t
 	f.Float64Var(&o.epsilonHigh, "epsilon-high", 0, "clip above at 1 + epsilon-high (0 = --epsilon)")
 	f.IntVar(&o.numIterations, "num-iterations", 1, "optimizer steps per batch of completions (μ)")
 	f.StringVar(&o.scaleRewards, "scale-rewards", objective.ScaleGroup, "grpo: scale advantages by the group's std (group), the batch's (batch) or not (none)")
-	f.StringVar(&o.lossType, "loss-type", objective.LossDAPO, "grpo loss aggregation: dapo, grpo, bnpo or dr_grpo")
+	f.StringVar(&o.lossType, "loss-type", objective.LossDAPO, "grpo loss: dapo, grpo, bnpo, dr_grpo (aggregations of the clipped loss), cispo (the ratio capped at --epsilon-high itself, TRL's; 5 recommended) or sapo")
+	f.StringVar(&o.importanceSamplingLevel, "importance-sampling-level", objective.ISToken, "grpo: one importance ratio per token, or per sequence (the mean log-ratio: GSPO)")
 	f.BoolVar(&o.normalizeAdvantages, "normalize-advantages", false, "rloo: standardise advantages over the batch")
 	f.Float64Var(&o.missingEOSPenalty, "missing-eos-penalty", 0, "subtract from the reward of a completion without EOS")
 	f.BoolVar(&o.maskTruncated, "mask-truncated-completions", false, "leave completions without EOS out of the loss")
@@ -146,7 +151,7 @@ func (o *rlhfOptions) rlConfig() objective.RLConfig {
 	}
 	return objective.RLConfig{Algo: o.algo, LossType: o.lossType, Beta: beta, Epsilon: o.epsilon, EpsilonHigh: o.epsilonHigh,
 		Temperature: o.temperature, MaxCompletionLength: o.maxNewTokens, ScaleRewards: o.scaleRewards,
-		NormalizeAdvantages: o.normalizeAdvantages}
+		NormalizeAdvantages: o.normalizeAdvantages, ImportanceSamplingLevel: o.importanceSamplingLevel}
 }
 
 // validate checks the flags that need no model or data, naming the flag.
@@ -180,7 +185,7 @@ func (o *rlhfOptions) validate() error {
 		return o.validatePPO(n)
 	}
 	if err := o.rlConfig().Validate(); err != nil {
-		return fmt.Errorf("--algo/--loss-type/--scale-rewards/--beta/--epsilon: %w", err)
+		return fmt.Errorf("--algo/--loss-type/--importance-sampling-level/--scale-rewards/--beta/--epsilon: %w", err)
 	}
 	rc := rollout.RLRunConfig{RL: o.rlConfig(), NumGenerations: o.numGenerations, NumIterations: o.numIterations,
 		Sample: o.sampleOptions(nil), Rewards: make([]rollout.RewardFunc, n), RewardWeights: o.rewardWeights, MissingEOSPenalty: o.missingEOSPenalty}

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"hash"
 	"math"
+	"slices"
 	"strconv"
+	"strings"
 
 	"ortalign/onnx"
 	"ortalign/onnx/ort"
@@ -19,12 +21,32 @@ const (
 	AlgoRLOO = "rloo"
 )
 
-// GRPO loss aggregations (RLConfig.LossType), TRL v1.x's GRPOConfig.loss_type.
+// GRPO loss types (RLConfig.LossType), TRL v1.x's GRPOConfig.loss_type: the first four
+// are aggregations of the clipped loss; cispo and sapo change the per-token loss and
+// aggregate as dapo and grpo do.
 const (
 	LossGRPO   = "grpo"    // mean over each sequence's tokens, then over sequences
 	LossBNPO   = "bnpo"    // sum over the micro-batch's tokens / its number of tokens
 	LossDrGRPO = "dr_grpo" // sum over tokens / (sequences × max completion length)
 	LossDAPO   = "dapo"    // sum over tokens / tokens of the whole optimizer step
+	LossCISPO  = "cispo"   // MiniMax-M1: −sg(min(ratio, ε_high))·A·log π, aggregated as dapo
+	LossSAPO   = "sapo"    // soft gate: −σ(τ(ratio − 1))·(4/τ)·A, aggregated as grpo
+)
+
+// GRPOLossTypes lists GRPO's loss types.
+var GRPOLossTypes = []string{LossDAPO, LossGRPO, LossBNPO, LossDrGRPO, LossCISPO, LossSAPO}
+
+// Importance-sampling levels of GRPO (RLConfig.ImportanceSamplingLevel), TRL's
+// importance_sampling_level.
+const (
+	ISToken    = "token"    // one ratio per token (GRPO)
+	ISSequence = "sequence" // exp of the mean log-ratio over the sequence's tokens (GSPO)
+)
+
+// Defaults of SAPO's temperatures (TRL's sapo_temperature_pos and _neg).
+const (
+	DefaultSAPOTemperaturePos = 1.0
+	DefaultSAPOTemperatureNeg = 1.05
 )
 
 // Reward scalings of GRPO advantages (RLConfig.ScaleRewards), TRL's scale_rewards.
@@ -47,6 +69,9 @@ const (
 	// RLWeightsInput is float32 [batch, seq] (GRPO: each token's share of the loss, which
 	// sets the aggregation) or [batch] (RLOO: each sequence's share).
 	RLWeightsInput = "rl_weights"
+	// RLCISPOWeights is the value of a cispo graph that holds min(ratio, ε_high), which
+	// the backward pass treats as a constant (autodiff.StopGradientMetadata).
+	RLCISPOWeights = "ortalign_rl/cispo_weights"
 )
 
 // RLConfig configures the policy-gradient loss of an online RL run, with TRL v1.x's
@@ -68,6 +93,11 @@ type RLConfig struct {
 	// NormalizeAdvantages standardises RLOO's advantages over the batch (TRL's
 	// normalize_advantages).
 	NormalizeAdvantages bool
+	// ImportanceSamplingLevel is GRPO's ISToken ("" too) or ISSequence (GSPO).
+	ImportanceSamplingLevel string
+	// SAPOTemperaturePos and SAPOTemperatureNeg are sapo's τ for tokens of positive and
+	// of other advantages (0 means the defaults).
+	SAPOTemperaturePos, SAPOTemperatureNeg float64
 }
 
 func (c RLConfig) epsHigh() float64 {
@@ -91,6 +121,32 @@ func (c RLConfig) lossType() string {
 	return c.LossType
 }
 
+// aggregation is the loss type that says how GRPO's per-token losses combine: cispo's
+// is dapo's, sapo's grpo's.
+func (c RLConfig) aggregation() string {
+	switch c.lossType() {
+	case LossCISPO:
+		return LossDAPO
+	case LossSAPO:
+		return LossGRPO
+	}
+	return c.lossType()
+}
+
+func (c RLConfig) sequenceLevel() bool { return c.ImportanceSamplingLevel == ISSequence }
+
+// sapoTemperatures are sapo's τ for positive and other advantages.
+func (c RLConfig) sapoTemperatures() (pos, neg float64) {
+	pos, neg = c.SAPOTemperaturePos, c.SAPOTemperatureNeg
+	if pos == 0 {
+		pos = DefaultSAPOTemperaturePos
+	}
+	if neg == 0 {
+		neg = DefaultSAPOTemperatureNeg
+	}
+	return pos, neg
+}
+
 func (c RLConfig) scaleRewards() string {
 	if c.ScaleRewards == "" {
 		return ScaleGroup
@@ -105,10 +161,27 @@ func (c RLConfig) Validate() error {
 	default:
 		return fmt.Errorf("algorithm must be %s or %s, got %q", AlgoGRPO, AlgoRLOO, c.Algo)
 	}
-	switch c.lossType() {
-	case LossGRPO, LossBNPO, LossDrGRPO, LossDAPO:
+	if !slices.Contains(GRPOLossTypes, c.lossType()) {
+		return fmt.Errorf("loss type must be one of %s, got %q", strings.Join(GRPOLossTypes, ", "), c.LossType)
+	}
+	if c.Algo != AlgoGRPO && (c.lossType() == LossCISPO || c.lossType() == LossSAPO) {
+		return fmt.Errorf("loss type %s applies to grpo only", c.lossType())
+	}
+	switch c.ImportanceSamplingLevel {
+	case "", ISToken:
+	case ISSequence:
+		if c.Algo != AlgoGRPO {
+			return fmt.Errorf("importance sampling level %s applies to grpo only (rloo's ratio is already one per sequence)", ISSequence)
+		}
 	default:
-		return fmt.Errorf("loss type must be %s, %s, %s or %s, got %q", LossGRPO, LossBNPO, LossDrGRPO, LossDAPO, c.LossType)
+		return fmt.Errorf("importance sampling level must be %s or %s, got %q", ISToken, ISSequence, c.ImportanceSamplingLevel)
+	}
+	pos, neg := c.sapoTemperatures()
+	if !(pos > 0 && neg > 0) || math.IsInf(pos+neg, 0) {
+		return fmt.Errorf("sapo temperatures must be positive, got %g and %g", pos, neg)
+	}
+	if (c.SAPOTemperaturePos != 0 || c.SAPOTemperatureNeg != 0) && c.lossType() != LossSAPO {
+		return fmt.Errorf("sapo temperatures are options of the sapo loss only")
 	}
 	switch c.scaleRewards() {
 	case ScaleGroup, ScaleBatch, ScaleNone:
@@ -124,7 +197,7 @@ func (c RLConfig) Validate() error {
 		return fmt.Errorf("epsilon high must be >= 0, got %g", c.EpsilonHigh)
 	case c.Temperature < 0 || math.IsNaN(c.Temperature):
 		return fmt.Errorf("temperature must be > 0, got %g", c.Temperature)
-	case c.Algo == AlgoGRPO && c.lossType() == LossDrGRPO && c.MaxCompletionLength <= 0:
+	case c.Algo == AlgoGRPO && c.aggregation() == LossDrGRPO && c.MaxCompletionLength <= 0:
 		return fmt.Errorf("dr_grpo needs the maximum completion length")
 	}
 	return nil
@@ -170,17 +243,22 @@ func (r Rollout) tokens() int {
 // the reference's per-token log-probs fed as inputs, A the rollouts' advantages and m the
 // completion mask:
 //
-// GRPO (TRL v1.x GRPOTrainer._compute_loss, importance_sampling_level "token"):
+// GRPO (TRL v1.x GRPOTrainer._compute_loss):
 //
-//	ratio_t = exp(logp_t − old_t)
-//	ℓ_t     = −min(ratio_t·A, clip(ratio_t, 1−ε, 1+ε_high)·A) + β·(exp(ref_t−logp_t) − (ref_t−logp_t) − 1)
-//	loss    = Σ_{b,t} w_{b,t}·ℓ_{b,t}, with w by the loss type:
-//	  grpo    m_{b,t} / (max(1, Σ_t m_{b,t}) · B)          (Weight: B sequences)
-//	  bnpo    m_{b,t} / max(1, Σ_{b,t} m_{b,t})             (Weight: B)
-//	  dr_grpo m_{b,t} / (B · max_completion_length)         (Weight: B)
-//	  dapo    m_{b,t} / max(1, Σ_{b,t} m_{b,t})             (Weight: the tokens, so that the
-//	          step's micro-batches combine into Σ ℓ / tokens of the whole step, TRL's
-//	          num_items_in_batch)
+//	ratio_t = exp(logp_t − old_t)                           (importance_sampling_level token)
+//	ratio_t = exp(Σ_t m_t·(logp_t − old_t) / max(1, Σ_t m_t)) (sequence: GSPO, one per sequence)
+//	ℓ_t     = pg_t + β·(exp(ref_t−logp_t) − (ref_t−logp_t) − 1), with pg by the loss type:
+//	  grpo, bnpo, dr_grpo, dapo  −min(ratio_t·A, clip(ratio_t, 1−ε, 1+ε_high)·A)
+//	  cispo                      −sg(min(ratio_t, ε_high))·A·logp_t (sg: no gradient; TRL caps
+//	                             at epsilon_high itself, the ScaleRL paper's ε_max)
+//	  sapo                       −σ(τ·(ratio_t − 1))·(4/τ)·A, τ = τ_pos if A > 0 else τ_neg
+//	loss    = Σ_{b,t} w_{b,t}·ℓ_{b,t}, with w by the loss type's aggregation:
+//	  grpo, sapo     m_{b,t} / (max(1, Σ_t m_{b,t}) · B)   (Weight: B sequences)
+//	  bnpo           m_{b,t} / max(1, Σ_{b,t} m_{b,t})      (Weight: B)
+//	  dr_grpo        m_{b,t} / (B · max_completion_length)  (Weight: B)
+//	  dapo, cispo    m_{b,t} / max(1, Σ_{b,t} m_{b,t})      (Weight: the tokens, so that the
+//	                 step's micro-batches combine into Σ ℓ / tokens of the whole step, TRL's
+//	                 num_items_in_batch)
 //
 // RLOO (TRL v1.x RLOOTrainer._compute_loss: a sequence-level ratio of summed log-probs):
 //
@@ -208,6 +286,14 @@ func (o RL) Settings() map[string]string {
 		s["scale_rewards"] = c.scaleRewards()
 		if c.lossType() == LossDrGRPO {
 			s["max_completion_length"] = strconv.Itoa(c.MaxCompletionLength)
+		}
+		// Set only off their defaults, so that the settings of earlier runs still match.
+		if c.sequenceLevel() {
+			s["importance_sampling_level"] = ISSequence
+		}
+		if c.lossType() == LossSAPO {
+			pos, neg := c.sapoTemperatures()
+			s["sapo_temperature_pos"], s["sapo_temperature_neg"] = f(pos), f(neg)
 		}
 	} else {
 		s["normalize_advantages"] = strconv.FormatBool(c.NormalizeAdvantages)
@@ -263,10 +349,31 @@ func (o RL) AppendLoss(m *onnx.Model) error {
 			return err
 		}
 		adv := b.Unsqueeze(RLAdvantagesInput, []int64{1})
-		ratio := b.Exp(b.Sub(lp, RLOldLogpsInput))
-		l1 := b.Mul(ratio, adv)
-		l2 := b.Mul(b.Clip(ratio, lo, hi), adv)
-		per := b.Neg(b.Min(l1, l2))
+		logRatio := b.Sub(lp, RLOldLogpsInput)
+		if c.sequenceLevel() {
+			// GSPO: the log-ratio averaged over the sequence's completion tokens, [batch, 1]
+			// (token_logps and rl_old_logps are 0 off them).
+			count := b.Max(b.ReduceSum(lm.CompletionMaskInput, []int64{1}, true), b.ConstFloat(1))
+			logRatio = b.Div(b.ReduceSum(logRatio, []int64{1}, true), count)
+		}
+		ratio := b.Exp(logRatio)
+		var per string
+		switch c.lossType() {
+		case LossCISPO:
+			// The capped ratio is a constant to the gradient (TRL's .detach()).
+			lm.AddIdentity(g, b.Min(ratio, b.ConstFloat(float32(c.epsHigh()))), RLCISPOWeights)
+			markStopGradient(m, RLCISPOWeights)
+			per = b.Neg(b.Mul(b.Mul(RLCISPOWeights, adv), lp))
+		case LossSAPO:
+			pos, neg := c.sapoTemperatures()
+			tau := b.Where(b.Greater(adv, b.ConstFloat(0)), b.ConstFloat(float32(pos)), b.ConstFloat(float32(neg)))
+			gate := b.Sigmoid(b.Mul(tau, b.Sub(ratio, b.ConstFloat(1))))
+			per = b.Neg(b.Mul(b.Div(b.Mul(gate, b.ConstFloat(4)), tau), adv))
+		default:
+			l1 := b.Mul(ratio, adv)
+			l2 := b.Mul(b.Clip(ratio, lo, hi), adv)
+			per = b.Neg(b.Min(l1, l2))
+		}
 		if c.Beta != 0 {
 			if err := onnx.AddInput(g, RLRefLogpsInput, onnx.Float, batchSeq); err != nil {
 				return err
@@ -319,7 +426,7 @@ func (RL) Outputs() []string { return []string{lm.TokenLogpsOutput} }
 // Weight implements Objective (see RL's loss): the step's micro-batches combine in
 // proportion to it.
 func (o RL) Weight(batch []Rollout) float64 {
-	if o.Config.Algo == AlgoGRPO && o.Config.lossType() == LossDAPO {
+	if o.Config.Algo == AlgoGRPO && o.Config.aggregation() == LossDAPO {
 		n := 0
 		for _, r := range batch {
 			n += r.tokens()
@@ -403,7 +510,7 @@ func (o RL) Feeds(in engine.ModelInputs, batch []Rollout) (map[string]*ort.Tenso
 			continue
 		}
 		var v float64
-		switch c.lossType() {
+		switch c.aggregation() {
 		case LossGRPO:
 			v = 1 / (float64(k) * float64(n))
 		case LossBNPO, LossDAPO:
@@ -420,10 +527,13 @@ func (o RL) Feeds(in engine.ModelInputs, batch []Rollout) (map[string]*ort.Tenso
 	return feeds, nil
 }
 
-// Metrics implements Objective: loss, policy/clipfrac_avg (the fraction of completion
-// tokens, for RLOO of sequences, whose ratio is clipped in the direction that stops the
-// gradient: below 1−ε with A < 0 or above 1+ε_high with A > 0, TRL's clip_ratio/region)
-// and policy/approxkl_avg (½·mean (logp − old)² over completion tokens).
+// Metrics implements Objective: loss, policy/clipfrac_avg and policy/approxkl_avg
+// (½·mean (logp − old)² over completion tokens). The clip fraction is that of the units
+// the ratio is taken over — completion tokens; sequences for RLOO and GRPO's sequence
+// level, masked ones included as TRL's mean over them — whose ratio is clipped in the
+// direction that stops the gradient: below 1−ε with A < 0 or above 1+ε_high with A > 0
+// (TRL's clip_ratio/region); for cispo, above ε_high with A > 0 (TRL's
+// cispo_clip_ratio). sapo clips nothing and logs no clip fraction.
 func (o RL) Metrics(batch []Rollout, out map[string]*ort.Tensor) (engine.Metrics, error) {
 	c := o.Config
 	lp := out[lm.TokenLogpsOutput]
@@ -433,11 +543,15 @@ func (o RL) Metrics(batch []Rollout, out map[string]*ort.Tensor) (engine.Metrics
 	}
 	lo, hi := 1-c.Epsilon, 1+c.epsHigh()
 	clipped := func(ratio, a float64) bool { return (ratio < lo && a < 0) || (ratio > hi && a > 0) }
+	if c.Algo == AlgoGRPO && c.lossType() == LossCISPO {
+		clipped = func(ratio, a float64) bool { return ratio > c.epsHigh() && a > 0 }
+	}
+	perSequence := c.Algo == AlgoRLOO || c.sequenceLevel()
 	var clip, units, approx float64
 	tokens := 0
 	for i, r := range batch {
 		if r.Masked {
-			if c.Algo == AlgoRLOO {
+			if perSequence {
 				units++
 			}
 			continue
@@ -449,14 +563,17 @@ func (o RL) Metrics(batch []Rollout, out map[string]*ort.Tensor) (engine.Metrics
 			seq += d
 			approx += 0.5 * d * d
 			tokens++
-			if c.Algo == AlgoGRPO {
+			if !perSequence {
 				units++
 				if clipped(math.Exp(d), r.Advantage) {
 					clip++
 				}
 			}
 		}
-		if c.Algo == AlgoRLOO {
+		if perSequence {
+			if c.Algo == AlgoGRPO {
+				seq /= math.Max(1, float64(len(r.Completion)))
+			}
 			units++
 			if clipped(math.Exp(seq), r.Advantage) {
 				clip++
@@ -464,7 +581,9 @@ func (o RL) Metrics(batch []Rollout, out map[string]*ort.Tensor) (engine.Metrics
 		}
 	}
 	m := engine.Metrics{{Name: engine.LossOutput, Value: float64(out[engine.LossOutput].F32[0])}}
-	m = append(m, engine.Metric{Name: "policy/clipfrac_avg", Value: clip / math.Max(1, units)})
+	if c.Algo != AlgoGRPO || c.lossType() != LossSAPO {
+		m = append(m, engine.Metric{Name: "policy/clipfrac_avg", Value: clip / math.Max(1, units)})
+	}
 	m = append(m, engine.Metric{Name: "policy/approxkl_avg", Value: approx / math.Max(1, float64(tokens))})
 	return m, nil
 }

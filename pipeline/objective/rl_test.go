@@ -28,6 +28,10 @@ type rlOracle struct {
 		ScaleRewards        string      `json:"scale_rewards"`
 		MaxCompletionLength int         `json:"max_completion_length"`
 		NormalizeAdvantages bool        `json:"normalize_advantages"`
+		ISLevel             string      `json:"importance_sampling_level"`
+		SAPOTemperaturePos  float64     `json:"sapo_temperature_pos"`
+		SAPOTemperatureNeg  float64     `json:"sapo_temperature_neg"`
+		Rewards             []float64   `json:"rewards"` // the case's own, when not nil
 		Loss                float64     `json:"loss"`
 		Advantages          []float64   `json:"advantages"`
 		Penalized           []float64   `json:"penalized_rewards"`
@@ -39,10 +43,11 @@ type rlOracle struct {
 	} `json:"cases"`
 }
 
-// TestRLLossesMatchPyTorch: on fixed rollouts, GRPO (each loss type, with and without the
-// KL term, with a temperature) and RLOO (with the KL in the reward, with normalised
-// advantages) give PyTorch's advantages, loss and gradients written from TRL's formulas;
-// dapo and grpo split into micro-batches combine into the one-batch loss and gradient.
+// TestRLLossesMatchPyTorch: on fixed rollouts, GRPO (each loss type — cispo and sapo
+// included —, token and sequence (GSPO) importance sampling, with and without the KL term,
+// with a temperature) and RLOO (with the KL in the reward, with normalised advantages)
+// give PyTorch's advantages, loss and gradients written from TRL's formulas; dapo, cispo,
+// grpo and sapo split into micro-batches combine into the one-batch loss and gradient.
 func TestRLLossesMatchPyTorch(t *testing.T) {
 	var o rlOracle
 	readOracle(t, "../../testdata/expected/rl_oracle_llama.json.gz", &o)
@@ -54,13 +59,22 @@ func TestRLLossesMatchPyTorch(t *testing.T) {
 		t.Run(c.Name, func(t *testing.T) {
 			cfg := RLConfig{Algo: c.Algo, LossType: c.LossType, Beta: c.Beta, Epsilon: c.Epsilon, EpsilonHigh: c.EpsilonHigh,
 				Temperature: c.Temperature, ScaleRewards: c.ScaleRewards, MaxCompletionLength: c.MaxCompletionLength,
-				NormalizeAdvantages: c.NormalizeAdvantages}
+				NormalizeAdvantages: c.NormalizeAdvantages, ImportanceSamplingLevel: c.ISLevel}
+			if c.LossType == LossSAPO {
+				cfg.SAPOTemperaturePos, cfg.SAPOTemperatureNeg = c.SAPOTemperaturePos, c.SAPOTemperatureNeg
+			}
+			if err := cfg.Validate(); err != nil {
+				t.Fatal(err)
+			}
 			rollouts := make([]Rollout, len(o.Prompts))
 			for i := range rollouts {
 				rollouts[i] = Rollout{Prompt: o.Prompts[i], Completion: o.Completions[i], Masked: i == o.Masked,
 					OldLogps: c.OldLogps[i], RefLogps: c.RefLogps[i]}
 			}
 			rewards := o.Rewards
+			if c.Rewards != nil {
+				rewards = c.Rewards
+			}
 			if c.Algo == AlgoRLOO {
 				rewards = RLOOPenalized(c.Beta, rewards, rollouts)
 				for i := range rewards {
@@ -114,12 +128,12 @@ func TestRLLossesMatchPyTorch(t *testing.T) {
 					label, got.Value(engine.LossOutput), c.Loss, checked, worst, got.Value("policy/clipfrac_avg"))
 			}
 			check("one batch", [][]Rollout{rollouts})
-			// Losses whose micro-batches combine exactly into the batch's: dapo by tokens,
-			// grpo/dr_grpo/rloo by sequences (equal halves).
+			// Losses whose micro-batches combine exactly into the batch's: dapo and cispo by
+			// tokens, grpo/sapo/dr_grpo/rloo by sequences (equal halves).
 			switch {
-			case c.LossType == LossDAPO:
+			case c.LossType == LossDAPO || c.LossType == LossCISPO:
 				check("micro-batches 2+4", [][]Rollout{rollouts[:2], rollouts[2:]})
-			case c.Algo == AlgoRLOO || c.LossType == LossGRPO || c.LossType == LossDrGRPO:
+			case c.Algo == AlgoRLOO || c.LossType == LossGRPO || c.LossType == LossSAPO || c.LossType == LossDrGRPO:
 				check("micro-batches 3+3", [][]Rollout{rollouts[:3], rollouts[3:]})
 			}
 		})
@@ -131,6 +145,9 @@ func TestRLConfigValidate(t *testing.T) {
 	for _, c := range []RLConfig{
 		{Algo: "ppo"}, {Algo: AlgoGRPO, LossType: "x"}, {Algo: AlgoGRPO, ScaleRewards: "x"}, {Algo: AlgoGRPO, Beta: -1},
 		{Algo: AlgoGRPO, Epsilon: 1}, {Algo: AlgoGRPO, LossType: LossDrGRPO},
+		{Algo: AlgoRLOO, LossType: LossCISPO}, {Algo: AlgoRLOO, ImportanceSamplingLevel: ISSequence},
+		{Algo: AlgoGRPO, ImportanceSamplingLevel: "tokens"}, {Algo: AlgoGRPO, LossType: LossSAPO, SAPOTemperatureNeg: -1},
+		{Algo: AlgoGRPO, SAPOTemperaturePos: 2},
 	} {
 		if err := c.Validate(); err == nil {
 			t.Errorf("%+v: no error", c)
