@@ -130,6 +130,7 @@ func (o *generateOptions) sampleOptions() generate.SampleOptions {
 	return so
 }
 
+// intIDs converts model token ids to the tokenizer's.
 func intIDs(ids []int64) []int {
 	out := make([]int, len(ids))
 	for i, id := range ids {
@@ -138,6 +139,8 @@ func intIDs(ids []int64) []int {
 	return out
 }
 
+// runGenerate is `ortalign generate`: generate.GenerateFile with the flags' options,
+// then its summary line.
 func runGenerate(ctx context.Context, o *generateOptions, stdout, stderr io.Writer) error {
 	if err := o.validate(); err != nil {
 		return err
