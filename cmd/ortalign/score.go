@@ -119,6 +119,8 @@ func parseShard(s string) (i, n int, err error) {
 	return i, n, nil
 }
 
+// runScore is `ortalign score`: score.ScoreDataset with the flags' options, then its
+// summary.
 func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) error {
 	// Everything that can fail without a model fails first: the flags, the tokenizer, the
 	// dataset's schema and what encoding it needs (ScoreDataset checks them before it
