@@ -41,6 +41,8 @@ tokenizer.json files.`,
 	root.AddCommand(newGenerateCmd(g, nil))
 	root.AddCommand(newRLHFCmd(g, nil))
 	root.AddCommand(newRewardCmd(g, nil))
+	root.AddCommand(newORPOCmd(g, nil))
+	root.AddCommand(newCPOCmd(g, nil))
 	root.AddCommand(newKTOCmd(g, nil))
 	return root
 }
