@@ -278,10 +278,6 @@ func runRLHF(ctx context.Context, o *rlhfOptions, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "wrote %s and %s\n", res.ModelPath, res.MetricsPath)
-	if res.EvalAfter != nil {
-		fmt.Fprintf(stdout, "held-out mean reward of sampled completions (%d prompts × %d):\n", len(eval), o.numGenerations)
-		engine.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
-	}
+	printRunSummary(stdout, res, fmt.Sprintf("held-out mean reward of sampled completions (%d prompts × %d)", len(eval), o.numGenerations))
 	return nil
 }
