@@ -97,10 +97,6 @@ func runPPO(ctx context.Context, o *rlhfOptions, base *onnx.Model, cfg engine.Tr
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "wrote %s and %s\n", res.ModelPath, res.MetricsPath)
-	if res.EvalAfter != nil {
-		fmt.Fprintf(stdout, "held-out mean reward of sampled completions (%d prompts × 1):\n", len(eval))
-		engine.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
-	}
+	printRunSummary(stdout, res, fmt.Sprintf("held-out mean reward of sampled completions (%d prompts × 1)", len(eval)))
 	return nil
 }
