@@ -119,10 +119,21 @@ def trl_kto(logps, ref, ref_kl, labels, c, kl=None):
     return losses.nanmean(), kl, metrics
 
 
+def stored_grads(grads, params_map, full):
+    """The ONNX-layout gradients the file keeps (all, or the RMSNorm weights' and
+    SUBSET_GRADS'), rounded to GRAD_DIGITS significant digits."""
+    og = dpo.onnx_grads(MODEL, params_map, grads, None)[f"models/{ONNX_FILE}"]
+    keep = {k: v for k, v in og.items() if full or v["param"] in SUBSET_GRADS or v["param"].endswith("norm.weight")}
+    for v in keep.values():
+        v["values"] = [float(f"{x:.{GRAD_DIGITS}g}") for x in v["values"]]
+    return keep
+
+
 def main():
-    if os.environ.get("OPENBLAS_CORETYPE") != dpo.ORACLE_CORETYPE:
-        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:],
-                  dict(os.environ, OPENBLAS_CORETYPE=dpo.ORACLE_CORETYPE))
+    # The oracle's OpenBLAS kernels (gen_dpo_oracle.py): the process restarts with them.
+    env = dict(os.environ, OPENBLAS_CORETYPE=dpo.ORACLE_CORETYPE)
+    if os.environ.get("OPENBLAS_CORETYPE") != env["OPENBLAS_CORETYPE"]:
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
     torch.set_num_threads(1)
     pad_id, _, _ = special_ids()
     _, pair_rows = dpo.make_batch(pad_id)
@@ -166,11 +177,7 @@ def main():
             fd, ag = (up - down) / 2e-6, grads[p].view(-1)[idx].item()
             worst = max(worst, abs(fd - ag) / max(abs(ag), 1e-8))
         assert worst < 1e-4, (c["name"], worst)
-        og = dpo.onnx_grads(MODEL, params_map, grads, None)[f"models/{ONNX_FILE}"]
-        if c["name"] not in FULL_GRADS:
-            og = {k: v for k, v in og.items() if v["param"] in SUBSET_GRADS or v["param"].endswith("norm.weight")}
-        for v in og.values():
-            v["values"] = [float(f"{x:.{GRAD_DIGITS}g}") for x in v["values"]]
+        og = stored_grads(grads, params_map, c["name"] in FULL_GRADS)
         raw_kl = (logps[n:].detach() - ref_kl).mean().item()
         print(f"{c['name']:26s} loss {loss.item():.12f}  kl {kl.item():.6f} (unclamped {raw_kl:.6f})  fd worst rel {worst:.1e}")
         out_cases.append(dict(c, **{
@@ -191,13 +198,10 @@ def main():
         "pad_id": pad_id,
         "prompt_ids": [p for p, _ in rows], "completion_ids": [c for _, c in rows], "labels": labels,
         "kl_prompt_ids": [p for p, _ in kls], "kl_completion_ids": [c for _, c in kls],
-        "ref_model": dpo.OTHER[MODEL],
-        "grad_rounding": f"{GRAD_DIGITS} significant digits",
-        "cases": out_cases,
+        "ref_model": dpo.OTHER[MODEL], "grad_rounding": f"{GRAD_DIGITS} significant digits", "cases": out_cases,
     }
     path = os.path.join(HERE, "expected", f"kto_oracle_{MODEL}.json.gz")
-    size = dpo.write_gz(path, out)
-    print(f"wrote {path} ({os.path.getsize(path)} bytes gz, {size} raw)")
+    print(f"wrote {path}: {dpo.write_gz(path, out)} bytes of JSON, {os.path.getsize(path)} gzipped")
 
 
 if __name__ == "__main__":

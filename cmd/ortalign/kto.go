@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"ortalign/onnx"
 	"ortalign/pipeline/encode"
 	"ortalign/pipeline/engine"
 	"ortalign/pipeline/lm"
@@ -67,13 +68,13 @@ same command again resumes.`,
 	}
 	f := cmd.Flags()
 	addModelFlags(f, &o.modelFlags)
-	f.StringVar(&o.ref, "ref", "", "reference model (default: the starting model)")
 	f.StringVar(&o.dataPath, "data", "", "unpaired rows (prompt, completion, label) or preference pairs (.parquet or .jsonl)")
-	f.StringVar(&o.tokenizer, "tokenizer", "", "HuggingFace tokenizer.json (needed for text datasets)")
 	f.StringVar(&o.loss, "loss", objective.KTOLossKTO, "loss type: "+strings.Join(objective.KTOLossTypes, " or "))
 	f.Float64Var(&o.beta, "beta", objective.DefaultKTOBeta, "KTO β: the strength of the KL penalty to the reference")
 	f.Float64Var(&o.desirableWeight, "desirable-weight", objective.DefaultKTOWeight, "weight of the desirable rows' losses")
 	f.Float64Var(&o.undesirableWeight, "undesirable-weight", objective.DefaultKTOWeight, "weight of the undesirable rows' losses")
+	f.StringVar(&o.ref, "ref", "", "reference model (default: the starting model)")
+	f.StringVar(&o.tokenizer, "tokenizer", "", "HuggingFace tokenizer.json (needed for text datasets)")
 	addOptimFlags(f, &o.optimFlags, trainDefaults{lr: 1e-6})
 	// TRL's KTOTrainer samples in order (the KL partners of a batch are its own rows).
 	o.noShuffle = true
@@ -86,52 +87,30 @@ same command again resumes.`,
 }
 
 func runKTO(ctx context.Context, o *ktoOptions, stdout, stderr io.Writer) error {
-	// Every flag is checked before anything is loaded.
-	loss, err := o.config()
+	s, err := o.prepare(stderr)
 	if err != nil {
 		return err
 	}
-	data, cfg, base, err := prepareTraining(o.globalOptions, &o.dataFlags, &o.modelFlags, &o.optimFlags, o.tokenizer)
-	if err != nil {
-		return err
-	}
-	data.Warn = stderr
-	ref, err := loadReference(o.ref, o.model, o.threads, cfg.PadID, data.Vocab)
-	if err != nil {
-		return err
-	}
+	ref, loss := s.ref, s.loss
 	if ref != nil {
 		defer ref.Close()
 	}
-	rows, eval, err := loadTrainEval(encode.LoadUnpaired, &o.optimFlags, o.dataPath, data)
+	rows, eval, err := o.loadRows(s.data, loss, stderr)
 	if err != nil {
 		return err
 	}
-	desirable := 0
-	for _, set := range [][]encode.EncodedUnpaired{rows, eval} {
-		if err := encode.PairKL(set, o.batchSize, data.MaxLength, data.Truncation); err != nil {
-			return fmt.Errorf("%s: %w", o.dataPath, err)
-		}
-	}
-	for _, r := range rows {
-		if r.Desirable {
-			desirable++
-		}
-	}
-	if advice := objective.KTOWeightAdvice(desirable, len(rows)-desirable, loss); advice != "" {
-		fmt.Fprintf(stderr, "warning: %s (--desirable-weight, --undesirable-weight)\n", advice)
-	}
-	eng, err := engine.NewEngine(o.model, base, cfg, objective.KTO{Config: loss})
+	eng, err := newNotedEngine(o.model, s.base, s.cfg, objective.KTO{Config: loss}, stderr)
 	if err != nil {
 		return err
 	}
 	defer eng.Close()
-	printNotices(stderr, eng.Notices())
-	printReusedGraph(stderr, eng.ReusedGraph())
+	// The reference of the training rows, then of the held-out ones.
 	prog := progress.NewProgress(stderr, "reference", "rows")
-	rows, from, err := objective.KTOReference(ctx, eng, ref, rows, loss.UsesKL(), o.batchSize, prog)
-	if err == nil && len(eval) > 0 {
-		eval, _, err = objective.KTOReference(ctx, eng, ref, eval, loss.UsesKL(), o.batchSize, prog)
+	from := ""
+	for _, set := range []*[]encode.EncodedUnpaired{&rows, &eval} {
+		if len(*set) > 0 && err == nil {
+			*set, from, err = objective.KTOReference(ctx, eng, ref, *set, loss.UsesKL(), o.batchSize, prog)
+		}
 	}
 	if errors.Is(err, context.Canceled) {
 		return fmt.Errorf("interrupted before training started; nothing was saved")
@@ -141,19 +120,95 @@ func runKTO(ctx context.Context, o *ktoOptions, stdout, stderr io.Writer) error 
 	}
 	fmt.Fprintf(stderr, "reference log-probs: %s\n", from)
 	fmt.Fprintf(stderr, "training %d tensors of %s on %d rows (%d desirable; %s loss, %s, lr %g)\n",
-		len(eng.Trainable()), o.model, len(rows), desirable, o.loss, o.optimizer, o.lr)
+		len(eng.Trainable()), o.model, len(rows), desirableRows(rows), o.loss, o.optimizer, o.lr)
 	ro := o.optimFlags.runOptions("kto")
 	ro.Stderr = stderr
 	res, err := engine.RunTraining(ctx, eng, rows, eval, ro)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "wrote %s and %s\n", res.ModelPath, res.MetricsPath)
-	if res.EvalAfter != nil {
-		fmt.Fprintf(stdout, "held-out metrics (%d rows):\n", len(eval))
-		engine.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
-	}
+	reportRun(stdout, res, len(eval), "rows")
 	return nil
+}
+
+// ktoSetup is what runKTO prepares before reading the data.
+type ktoSetup struct {
+	loss objective.KTOConfig
+	data encode.DataOptions
+	cfg  engine.TrainConfig
+	base *onnx.Model
+	ref  *lm.LogProbModel // nil without --ref
+}
+
+// prepare checks every flag before anything is loaded, then loads ONNX Runtime, the
+// model and the --ref model.
+func (o *ktoOptions) prepare(stderr io.Writer) (ktoSetup, error) {
+	var s ktoSetup
+	var err error
+	if s.loss, err = o.config(); err != nil {
+		return s, err
+	}
+	if s.data, s.cfg, s.base, err = prepareTraining(o.globalOptions, &o.dataFlags, &o.modelFlags, &o.optimFlags, o.tokenizer); err != nil {
+		return s, err
+	}
+	s.data.Warn = stderr
+	s.ref, err = loadReference(o.ref, o.model, o.threads, s.cfg.PadID, s.data.Vocab)
+	return s, err
+}
+
+// loadRows reads the training and held-out rows and forms their KL sequences in blocks
+// of --batch-size; an imbalance of labels that the weights do not offset is a warning.
+func (o *ktoOptions) loadRows(data encode.DataOptions, loss objective.KTOConfig, stderr io.Writer) (rows, eval []encode.EncodedUnpaired, err error) {
+	if rows, eval, err = loadTrainEval(encode.LoadUnpaired, &o.optimFlags, o.dataPath, data); err != nil {
+		return nil, nil, err
+	}
+	for _, set := range [][]encode.EncodedUnpaired{rows, eval} {
+		if err := encode.PairKL(set, o.batchSize, data.MaxLength, data.Truncation); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", o.dataPath, err)
+		}
+	}
+	d := desirableRows(rows)
+	if advice := objective.KTOWeightAdvice(d, len(rows)-d, loss); advice != "" {
+		fmt.Fprintf(stderr, "warning: %s (--desirable-weight, --undesirable-weight)\n", advice)
+	}
+	return rows, eval, nil
+}
+
+// desirableRows counts the rows labelled desirable.
+func desirableRows(rows []encode.EncodedUnpaired) int {
+	n := 0
+	for _, r := range rows {
+		if r.Desirable {
+			n++
+		}
+	}
+	return n
+}
+
+// newNotedEngine builds a trainer's engine and reports what it decided on its own:
+// notices, a reused training graph, weights trained as the transpose of another.
+func newNotedEngine[T any](model string, base *onnx.Model, cfg engine.TrainConfig, obj engine.Objective[T], stderr io.Writer) (*engine.Engine[T], error) {
+	eng, err := engine.NewEngine(model, base, cfg, obj)
+	if err != nil {
+		return nil, err
+	}
+	printNotices(stderr, eng.Notices())
+	printReusedGraph(stderr, eng.ReusedGraph())
+	for _, tie := range eng.Ties() {
+		fmt.Fprintf(stderr, "training %q as the transpose of %q, as the exporter copied it (--untie trains it separately)\n", tie.Copy, tie.Source)
+	}
+	return eng, nil
+}
+
+// reportRun says what a finished run wrote and, with held-out data, its metrics before
+// and after training (held items of unit).
+func reportRun(stdout io.Writer, res *engine.RunResult, held int, unit string) {
+	fmt.Fprintf(stdout, "wrote %s and %s\n", res.ModelPath, res.MetricsPath)
+	if res.EvalAfter == nil {
+		return
+	}
+	fmt.Fprintf(stdout, "held-out metrics (%d %s):\n", held, unit)
+	engine.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
 }
 
 // loadReference loads the --ref model (nil when path is ""), checking that its vocabulary

@@ -20,9 +20,9 @@ func parseKTO(t *testing.T, args ...string) *ktoOptions { return parseFlags(t, n
 // ktoOpts is the bundled KTO run: the tiny Llama on the synthetic pairs, unpaired.
 func ktoOpts(t *testing.T, out string, extra ...string) *ktoOptions {
 	t.Helper()
-	return parseKTO(t, append([]string{"--model", tinyLlama, "--data", trainData, "--tokenizer", tinyTok, "--out", out,
-		"--max-length", "128", "--truncation", "keep_end", "--lr", "1e-3", "--epochs", "1", "--seed", "1",
-		"--checkpoint-every", "50"}, extra...)...)
+	args := []string{"--model", tinyLlama, "--data", trainData, "--tokenizer", tinyTok, "--out", out}
+	args = append(args, "--max-length", "128", "--truncation", "keep_end", "--lr", "1e-3", "--epochs", "1", "--seed", "1", "--checkpoint-every", "50")
+	return parseKTO(t, append(args, extra...)...)
 }
 
 // stepLines are the optimizer-step lines (those with a loss) of a metrics.jsonl, by name.
@@ -45,8 +45,8 @@ func stepLines(t *testing.T, path string) []map[string]float64 {
 // TRL's order (a block of desirable rows, then undesirable ones) for one epoch raises the
 // held-out reward accuracy of the pairs against the starting model from 0 (every reward
 // is 0 at the start) to >= 90%; shuffled, so are 20 steps, as DPO's 20 steps on the same
-// pairs (both accuracies logged). The metrics lines carry TRL's names, and the export
-// keeps the user's graph.
+// pairs (both accuracies logged); with LoRA adapters, >= 80%. The metrics lines carry
+// TRL's names, and the export keeps the user's graph.
 func TestKTORaisesHeldOutRewardAccuracy(t *testing.T) {
 	out := t.TempDir()
 	var stdout, stderr bytes.Buffer
@@ -101,6 +101,20 @@ func TestKTORaisesHeldOutRewardAccuracy(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), "rewards/chosen_sum") {
 		t.Fatalf("summary: %s", stdout.String())
+	}
+
+	// LoRA: the 28 adapter tensors of the tiny Llama (2 layers x 7 projections x A, B),
+	// merged into model.onnx, also saved as PEFT's files.
+	lora := t.TempDir()
+	stderr.Reset()
+	o := ktoOpts(t, lora, "--lora-r", "8", "--lora-alpha", "16", "--lr", "1e-2", "--no-shuffle=false", "--save-adapter", "--lora-base-model", "tiny/llama")
+	if err := runKTO(context.Background(), o, io.Discard, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	loraAcc := heldOutAccuracy(t, filepath.Join(lora, "model.onnx"), tinyLlama)
+	t.Logf("held-out reward accuracy after one LoRA KTO epoch (shuffled rows): %.1f%%", 100*loraAcc)
+	if _, err := os.Stat(filepath.Join(lora, "adapter_config.json")); err != nil || !strings.Contains(stderr.String(), "training 28 tensors") || loraAcc < 0.8 {
+		t.Fatalf("LoRA: accuracy %.1f%% (want >= 80%%), adapter_config.json: %v; %s", 100*loraAcc, err, stderr.String())
 	}
 
 	// Shuffled, 20 steps, against DPO's 20 steps on the same pairs.
@@ -158,28 +172,6 @@ func TestKTOResumeMatchesUninterruptedRun(t *testing.T) {
 				t.Fatalf("apo_zero_unpaired logs kl %v, want 0", want[9]["kl"])
 			}
 		})
-	}
-}
-
-// TestKTOWithLoRA: kto --lora-r trains the 28 adapter tensors of the tiny Llama, and the
-// merged model wins on held-out pairs against the start.
-func TestKTOWithLoRA(t *testing.T) {
-	out := t.TempDir()
-	var stderr bytes.Buffer
-	o := ktoOpts(t, out, "--lora-r", "8", "--lora-alpha", "16", "--lr", "1e-2", "--no-shuffle=false", "--save-adapter", "--lora-base-model", "tiny/llama")
-	if err := runKTO(context.Background(), o, io.Discard, &stderr); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(stderr.String(), "training 28 tensors") {
-		t.Fatalf("want 28 adapter tensors: %s", stderr.String())
-	}
-	acc := heldOutAccuracy(t, filepath.Join(out, "model.onnx"), tinyLlama)
-	t.Logf("held-out reward accuracy after one LoRA KTO epoch: %.1f%%", 100*acc)
-	if acc < 0.8 {
-		t.Fatalf("held-out reward accuracy %.1f%%, want >= 80%%", 100*acc)
-	}
-	if _, err := os.Stat(filepath.Join(out, "adapter_config.json")); err != nil {
-		t.Fatal(err)
 	}
 }
 

@@ -271,14 +271,15 @@ func (KTO) Samples() (first, second []encode.EncodedUnpaired) {
 func (KTO) Fingerprint(h hash.Hash, r encode.EncodedUnpaired) {
 	fingerprintSequence(h, r.Seq)
 	fingerprintSequence(h, r.KL)
-	binary.Write(h, binary.LittleEndian, r.Desirable)
-	for _, v := range []*float64{r.RefLogps, r.RefKLLogps} {
-		x := math.NaN()
-		if v != nil {
-			x = *v
-		}
-		binary.Write(h, binary.LittleEndian, x)
+	ref := []float64{math.NaN(), math.NaN()} // absent
+	if r.RefLogps != nil {
+		ref[0] = *r.RefLogps
 	}
+	if r.RefKLLogps != nil {
+		ref[1] = *r.RefKLLogps
+	}
+	binary.Write(h, binary.LittleEndian, r.Desirable)
+	binary.Write(h, binary.LittleEndian, ref)
 }
 
 // KTOReference returns rows carrying the reference log-probs of their sequences and, with
@@ -334,6 +335,8 @@ func KTOReference(ctx context.Context, e *engine.Engine[encode.EncodedUnpaired],
 	for i := range out {
 		out[i].RefLogps, out[i].RefKLLogps = &zero, &zero
 	}
+	// The forward session's arena is not needed through training.
+	defer e.ReleaseForward()
 	next := 0
 	err := e.Forward(ctx, out, func(batch []encode.EncodedUnpaired, o map[string]*ort.Tensor) error {
 		lp := make([]float64, len(o[lm.SequenceLogpsOutput].F32))
@@ -345,7 +348,6 @@ func KTOReference(ctx context.Context, e *engine.Engine[encode.EncodedUnpaired],
 		prog.Add(len(batch))
 		return nil
 	})
-	e.ReleaseForward()
 	if err != nil {
 		return nil, "", fmt.Errorf("reference log-probs: %w", err)
 	}

@@ -45,6 +45,19 @@ func joined(p, c []int64) lm.Sequence {
 	return lm.Sequence{IDs: slices.Concat(p, c), CompletionStart: len(p)}
 }
 
+// rows are the oracle's rows with their KL sequences formed by PairKL in blocks of block.
+func (o *ktoOracle) rows(t *testing.T, block int) []encode.EncodedUnpaired {
+	t.Helper()
+	rows := make([]encode.EncodedUnpaired, len(o.Labels))
+	for i := range rows {
+		rows[i] = encode.EncodedUnpaired{Row: int64(i), Seq: joined(o.PromptIDs[i], o.CompletionIDs[i]), Desirable: o.Labels[i]}
+	}
+	if err := encode.PairKL(rows, block, 0, tokenize.KeepStart); err != nil {
+		t.Fatal(err)
+	}
+	return rows
+}
+
 // TestKTOLossOracle: for every case of the oracle (kto with the KL estimate above 0 and
 // clamped at 0, β and both weights, apo_zero_unpaired), the training graph's loss equals
 // PyTorch's on TRL's formulas within oracleLossTol relative, each initializer's gradient
@@ -53,13 +66,7 @@ func joined(p, c []int64) lm.Sequence {
 func TestKTOLossOracle(t *testing.T) {
 	var o ktoOracle
 	readOracle(t, "../../testdata/expected/kto_oracle_llama.json.gz", &o)
-	rows := make([]encode.EncodedUnpaired, len(o.Labels))
-	for i := range rows {
-		rows[i] = encode.EncodedUnpaired{Row: int64(i), Seq: joined(o.PromptIDs[i], o.CompletionIDs[i]), Desirable: o.Labels[i]}
-	}
-	if err := encode.PairKL(rows, len(rows), 0, tokenize.KeepStart); err != nil {
-		t.Fatal(err)
-	}
+	rows := o.rows(t, len(o.Labels))
 	for i, r := range rows {
 		if want := joined(o.KLPromptIDs[i], o.KLCompletionIDs[i]); !slices.Equal(r.KL.IDs, want.IDs) || r.KL.CompletionStart != want.CompletionStart {
 			t.Fatalf("row %d: PairKL gives %v, TRL's _get_kl_dataset %v", i, r.KL, want)
@@ -130,13 +137,7 @@ func TestKTOLossOracle(t *testing.T) {
 func TestKTOReferenceFromPolicy(t *testing.T) {
 	var o ktoOracle
 	readOracle(t, "../../testdata/expected/kto_oracle_llama.json.gz", &o)
-	rows := make([]encode.EncodedUnpaired, len(o.Labels))
-	for i := range rows {
-		rows[i] = encode.EncodedUnpaired{Row: int64(i), Seq: joined(o.PromptIDs[i], o.CompletionIDs[i]), Desirable: o.Labels[i]}
-	}
-	if err := encode.PairKL(rows, 3, 0, tokenize.KeepStart); err != nil {
-		t.Fatal(err)
-	}
+	rows := o.rows(t, 3)
 	cfg := engine.TrainConfig{Optim: engine.OptimConfig{Name: engine.OptimSGD}, LR: 1, BatchSize: 3, MaxSteps: 1, Threads: 1, PadID: o.PadID}
 	e := newEngineOf(t, engineModel, cfg, KTO{Config: KTOConfig{Beta: 0.1, DesirableWeight: 1, UndesirableWeight: 1}})
 	got, from, err := KTOReference(context.Background(), e, nil, rows, true, 3, nil)
