@@ -24,6 +24,7 @@ type dpoOptions struct {
 	modelFlags
 	optimFlags
 	lossFlags
+	referenceFlags
 	ref, dataPath, tokenizer string
 }
 
@@ -123,8 +124,9 @@ func newDPOCmd(g *globalOptions, runF func(*dpoOptions) error) *cobra.Command {
 		Use:   "dpo --model M.onnx --data D.parquet --out DIR",
 		Short: "Align a model on preference pairs with DPO (or IPO / hinge / robust)",
 		Long: `dpo trains the model's float initializers on preference pairs with a TRL-style
-preference loss. Reference log-probs are computed once up front with --ref (default: the
-starting model), or read from ref_chosen_logps / ref_rejected_logps columns. Each step runs
+preference loss. Reference log-probs are read from ref_chosen_logps / ref_rejected_logps
+columns, or computed with --ref (default: the starting model) for each step's pairs as the
+step comes (all before the first step with --precompute-ref-log-probs). Each step runs
 forward and backward in one ONNX Runtime session (the training graph is generated from the
 model's own graph); the optimizer runs in Go.
 
@@ -143,6 +145,7 @@ checkpoint; Ctrl-C saves one before stopping.`,
 	f.StringVar(&o.dataPath, "data", "", "training pairs (.parquet or .jsonl)")
 	f.StringVar(&o.tokenizer, "tokenizer", "", "HuggingFace tokenizer.json (needed for text datasets)")
 	addLossFlags(f, &o.lossFlags)
+	addReferenceFlags(f, &o.referenceFlags)
 	addOptimFlags(f, &o.optimFlags, trainDefaults{lr: 1e-6})
 	addDataFlags(f, &o.dataFlags)
 	for _, name := range []string{"model", "data", "out"} {
@@ -150,6 +153,10 @@ checkpoint; Ctrl-C saves one before stopping.`,
 	}
 	return cmd
 }
+
+// errInterruptedBeforeTraining is a trainer's error when a signal stops it before its
+// first step.
+var errInterruptedBeforeTraining = fmt.Errorf("%w before training started; nothing was saved", engine.ErrInterrupted)
 
 func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error {
 	// Every flag is checked before anything is loaded.
@@ -172,7 +179,13 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 			return fmt.Errorf("--ref %s has vocabulary %d but --model %s has %d", o.ref, ref.VocabSize(), o.model, data.Vocab)
 		}
 	}
-	pairs, eval, err := loadTrainEval(encode.LoadPairs, &o.optimFlags, o.dataPath, data)
+	load := func(path string, d encode.DataOptions) (*encode.Loaded[encode.EncodedPair], error) {
+		return encode.LoadPairsContext(ctx, path, d)
+	}
+	pairs, eval, err := loadTrainEval(load, &o.optimFlags, o.dataPath, data)
+	if errors.Is(err, context.Canceled) {
+		return errInterruptedBeforeTraining
+	}
 	if err != nil {
 		return err
 	}
@@ -186,22 +199,33 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 	for _, tie := range eng.Ties() {
 		fmt.Fprintf(stderr, "training %q as the transpose of %q, as the exporter copied it (--untie trains it separately)\n", tie.Copy, tie.Source)
 	}
-	refCfg := objective.ReferenceConfig{BatchSize: o.batchSize, Loss: loss, Progress: progress.NewProgress(stderr, "reference", "pairs")}
+	refCfg := objective.ReferenceConfig{BatchSize: o.batchSize, Loss: loss, Progress: progress.NewProgress(stderr, "reference", "pairs"), Precompute: o.precomputeRef}
 	pairs, from, err := objective.AttachReference(ctx, eng, ref, pairs, refCfg)
 	if err == nil && len(eval) > 0 {
 		eval, _, err = objective.AttachReference(ctx, eng, ref, eval, refCfg)
 	}
 	if errors.Is(err, context.Canceled) {
-		return fmt.Errorf("interrupted before training started; nothing was saved")
+		return errInterruptedBeforeTraining
 	}
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "reference log-probs: %s\n", from)
+	reference := eng.StartingReference()
+	if ref != nil {
+		if o.precomputeRef {
+			ref.Close() // every reference log-prob is computed: its memory is not needed
+		}
+		reference = objective.ModelReference(ref, o.batchSize)
+	}
+	when := ""
+	if eng.NeedsReference(pairs) {
+		when = ", each step's as it comes"
+	}
+	fmt.Fprintf(stderr, "reference log-probs: %s%s\n", from, when)
 	fmt.Fprintf(stderr, "training %d tensors of %s on %d pairs (%s loss, %s, lr %g)\n", len(eng.Trainable()), o.model, len(pairs), o.lossFlags.loss, o.optimizer, o.lr)
 	ro := o.optimFlags.runOptions("dpo")
 	ro.Stderr = stderr
-	res, err := engine.RunTraining(ctx, eng, pairs, eval, ro)
+	res, err := engine.RunTrainingWithReference(ctx, eng, pairs, eval, reference, ro)
 	if err != nil {
 		return err
 	}

@@ -127,6 +127,12 @@ func TestDPORaisesHeldOutRewardAccuracy(t *testing.T) {
 	}
 }
 
+// lastLine is the last line of s, without its newline.
+func lastLine(s string) string {
+	s = strings.TrimSuffix(s, "\n")
+	return s[strings.LastIndex(s, "\n")+1:]
+}
+
 func readFile(t *testing.T, p string) string {
 	t.Helper()
 	b, err := os.ReadFile(p)
@@ -137,7 +143,9 @@ func readFile(t *testing.T, p string) string {
 }
 
 // TestDPOResumeMatchesUninterruptedRun: a run stopped after 5 steps and resumed to 10
-// ends with exactly the weights of a 10-step run, and its metrics have 10 lines.
+// ends with exactly the weights of a 10-step run, and its metrics are the 10-step run's:
+// 10 step lines and the run's last line (train_runtime), equal but for the wall-clock
+// values.
 func TestDPOResumeMatchesUninterruptedRun(t *testing.T) {
 	straight, split := t.TempDir(), t.TempDir()
 	run := func(dir string, steps int) {
@@ -160,8 +168,12 @@ func TestDPOResumeMatchesUninterruptedRun(t *testing.T) {
 			}
 		}
 	}
-	if n := strings.Count(readFile(t, filepath.Join(split, "metrics.jsonl")), "\n"); n != 10 {
-		t.Fatalf("resumed metrics.jsonl has %d lines, want 10", n)
+	metrics := readFile(t, filepath.Join(split, "metrics.jsonl"))
+	if n := strings.Count(metrics, `"step":`); n != 10 || strings.Count(metrics, "\n") != 11 || !strings.Contains(lastLine(metrics), `"train_runtime":`) {
+		t.Fatalf("resumed metrics.jsonl has %d step lines, want 10 and the run's last line:\n%s", n, metrics)
+	}
+	if a, b := untimed(t, []byte(readFile(t, filepath.Join(straight, "metrics.jsonl")))), untimed(t, []byte(metrics)); a != b {
+		t.Fatalf("resumed metrics differ from the uninterrupted run's (wall-clock values left out):\n%s\nvs\n%s", b, a)
 	}
 }
 

@@ -15,7 +15,8 @@ const sftData = "../../testdata/data/sft_train.parquet"
 
 func parseSFT(t *testing.T, args ...string) *sftOptions { return parseFlags(t, newSFTCmd, args...) }
 
-// metricLines reads the training lines (not eval_) of a metrics.jsonl.
+// metricLines reads the training lines of a metrics.jsonl: not eval_ lines, nor the run's
+// last line (its train_runtime, with no step).
 func metricLines(t *testing.T, path string) []engine.Metrics {
 	t.Helper()
 	var out []engine.Metrics
@@ -24,7 +25,8 @@ func metricLines(t *testing.T, path string) []engine.Metrics {
 		if err := json.Unmarshal([]byte(line), &m); err != nil {
 			t.Fatal(err)
 		}
-		if _, eval := m.Get("eval_loss"); !eval {
+		_, eval := m.Get("eval_loss")
+		if _, step := m.Get("step"); step && !eval {
 			out = append(out, m)
 		}
 	}

@@ -210,6 +210,16 @@ func (o *optimFlags) trainConfig(m *modelFlags, threads int, tok *tokenize.Token
 	return c, err
 }
 
+// referenceFlags say when a reference-model objective (DPO) computes its reference
+// log-probs.
+type referenceFlags struct {
+	precomputeRef bool
+}
+
+func addReferenceFlags(f *pflag.FlagSet, r *referenceFlags) {
+	f.BoolVar(&r.precomputeRef, "precompute-ref-log-probs", false, "compute every pair's reference log-probs before the first step (TRL's precompute_ref_log_probs) instead of each step's as it comes")
+}
+
 // runOptions are the engine's run settings from the flags.
 func (o *optimFlags) runOptions(label string) engine.RunOptions {
 	return engine.RunOptions{Out: o.out, CheckpointEvery: o.checkpointEvery, EvalSteps: o.evalSteps, Label: label}

@@ -1,6 +1,7 @@
 package encode
 
 import (
+	"context"
 	"fmt"
 	"io"
 
@@ -75,12 +76,21 @@ func (e *NeedsTokenizerError) Error() string {
 
 // ReadShard reads the row groups g of ds with g mod shards == shard (all when shards is 1).
 func ReadShard(ds *data.Dataset, shard, shards int) ([]data.Example, []data.SkippedRow, error) {
+	return ReadShardContext(context.Background(), ds, shard, shards)
+}
+
+// ReadShardContext is ReadShard stopping, with ctx's error, between row groups when ctx
+// is done.
+func ReadShardContext(ctx context.Context, ds *data.Dataset, shard, shards int) ([]data.Example, []data.SkippedRow, error) {
 	if shards <= 1 {
-		return ds.ReadAll()
+		shard, shards = 0, 1
 	}
 	var ex []data.Example
 	var skipped []data.SkippedRow
 	for g := shard; g < ds.NumRowGroups(); g += shards {
+		if err := ctx.Err(); err != nil {
+			return nil, nil, err
+		}
 		e, s, err := ds.ReadRowGroup(g)
 		if err != nil {
 			return nil, nil, err
@@ -92,31 +102,57 @@ func ReadShard(ds *data.Dataset, shard, shards int) ([]data.Example, []data.Skip
 
 // LoadPairs reads and encodes a preference dataset.
 func LoadPairs(path string, o DataOptions) (*Loaded[EncodedPair], error) {
-	return load(path, data.UsePreference, o, EncodePairsOf(o))
+	return LoadPairsContext(context.Background(), path, o)
+}
+
+// LoadPairsContext is LoadPairs stopping, with ctx's error, when ctx is done: between
+// row groups, between rows and inside a chat template's rendering.
+func LoadPairsContext(ctx context.Context, path string, o DataOptions) (*Loaded[EncodedPair], error) {
+	return loadContext(ctx, path, data.UsePreference, o, func(ds *data.Dataset, ex []data.Example) ([]EncodedPair, EncodeStats, error) {
+		return EncodePairsContext(ctx, ds.Path, ds.Layout, ex, o.Tokenizer, o.EncodeConfig(ds), o.Vocab)
+	})
 }
 
 // LoadSequences reads and encodes a dataset for supervised fine-tuning (prompt–completion,
 // messages, text, or the chosen side of preference pairs).
 func LoadSequences(path string, o DataOptions) (*Loaded[EncodedSequence], error) {
-	return load(path, data.UseSFT, o, func(ds *data.Dataset, ex []data.Example) ([]EncodedSequence, EncodeStats, error) {
-		return EncodeSequences(ds.Path, ds.Layout, ex, o.Tokenizer, o.EncodeConfig(ds), o.Vocab)
+	return LoadSequencesContext(context.Background(), path, o)
+}
+
+// LoadSequencesContext is LoadSequences stopping, with ctx's error, when ctx is done (see
+// LoadPairsContext).
+func LoadSequencesContext(ctx context.Context, path string, o DataOptions) (*Loaded[EncodedSequence], error) {
+	return loadContext(ctx, path, data.UseSFT, o, func(ds *data.Dataset, ex []data.Example) ([]EncodedSequence, EncodeStats, error) {
+		return EncodeSequencesContext(ctx, ds.Path, ds.Layout, ex, o.Tokenizer, o.EncodeConfig(ds), o.Vocab)
 	})
 }
 
 // LoadPrompts reads and encodes the prompts of any dataset that has them.
 func LoadPrompts(path string, o DataOptions) (*Loaded[EncodedPrompt], error) {
-	return load(path, data.UsePrompts, o, func(ds *data.Dataset, ex []data.Example) ([]EncodedPrompt, EncodeStats, error) {
-		return EncodePrompts(ds.Path, ds.Layout, ex, o.Tokenizer, o.EncodeConfig(ds), o.Vocab)
+	return LoadPromptsContext(context.Background(), path, o)
+}
+
+// LoadPromptsContext is LoadPrompts stopping, with ctx's error, when ctx is done (see
+// LoadPairsContext).
+func LoadPromptsContext(ctx context.Context, path string, o DataOptions) (*Loaded[EncodedPrompt], error) {
+	return loadContext(ctx, path, data.UsePrompts, o, func(ds *data.Dataset, ex []data.Example) ([]EncodedPrompt, EncodeStats, error) {
+		return EncodePromptsContext(ctx, ds.Path, ds.Layout, ex, o.Tokenizer, o.EncodeConfig(ds), o.Vocab)
 	})
 }
 
 func load[T any](path string, use data.Use, o DataOptions, encode func(*data.Dataset, []data.Example) ([]T, EncodeStats, error)) (*Loaded[T], error) {
+	return loadContext(context.Background(), path, use, o, encode)
+}
+
+// loadContext opens, reads (checking ctx between row groups) and encodes the dataset at
+// path.
+func loadContext[T any](ctx context.Context, path string, use data.Use, o DataOptions, encode func(*data.Dataset, []data.Example) ([]T, EncodeStats, error)) (*Loaded[T], error) {
 	ds, err := OpenDataset(path, use, o)
 	if err != nil {
 		return nil, err
 	}
 	defer ds.Close()
-	ex, skipped, err := ds.ReadAll()
+	ex, skipped, err := ReadShardContext(ctx, ds, 0, 1)
 	if err != nil {
 		return nil, err
 	}

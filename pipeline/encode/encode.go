@@ -1,6 +1,7 @@
 package encode
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -87,6 +88,12 @@ func CheckEncodable(path string, layout data.Layout, tok *tokenize.Tokenizer) er
 // model). Other encoding errors (e.g. a chat template that refuses a conversation) are
 // errors naming the row.
 func EncodePairs(path string, layout data.Layout, examples []data.Example, tok *tokenize.Tokenizer, cfg EncodeConfig, vocab int64) ([]EncodedPair, EncodeStats, error) {
+	return EncodePairsContext(context.Background(), path, layout, examples, tok, cfg, vocab)
+}
+
+// EncodePairsContext is EncodePairs stopping, with ctx's error, when ctx is done: between
+// rows and inside a chat template's rendering.
+func EncodePairsContext(ctx context.Context, path string, layout data.Layout, examples []data.Example, tok *tokenize.Tokenizer, cfg EncodeConfig, vocab int64) ([]EncodedPair, EncodeStats, error) {
 	var stats EncodeStats
 	if err := CheckEncodable(path, layout, tok); err != nil {
 		return nil, stats, err
@@ -121,7 +128,7 @@ func EncodePairs(path string, layout data.Layout, examples []data.Example, tok *
 			if first {
 				c = ex.ChosenMessages
 			}
-			return tok.EncodeConversation(chatMessages(ex.PromptMessages), chatMessages(c), opts)
+			return tok.EncodeConversationContext(ctx, chatMessages(ex.PromptMessages), chatMessages(c), opts)
 		default:
 			c := ex.Rejected
 			if first {
@@ -132,6 +139,9 @@ func EncodePairs(path string, layout data.Layout, examples []data.Example, tok *
 	}
 	pairs := make([]EncodedPair, 0, len(examples))
 	for i := range examples {
+		if err := ctx.Err(); err != nil {
+			return nil, stats, err
+		}
 		ex := &examples[i]
 		skip := func(field, reason string) error {
 			s := data.SkippedRow{Row: ex.Row, Column: column(field), Reason: reason}
@@ -168,6 +178,9 @@ func EncodePairs(path string, layout data.Layout, examples []data.Example, tok *
 			continue
 		}
 		if err != nil {
+			if ctxErr := ctx.Err(); ctxErr != nil {
+				return nil, stats, ctxErr
+			}
 			return nil, stats, fmt.Errorf("%s: row %d: column %q: %w", path, ex.Row, column(failed), err)
 		}
 		chosen, rejected := seqs[0], seqs[1]

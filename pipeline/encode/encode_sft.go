@@ -1,6 +1,7 @@
 package encode
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -98,6 +99,12 @@ func CheckPromptsEncodable(path string, layout data.Layout, tok *tokenize.Tokeni
 // outside it is an error. Other encoding errors (a chat template that refuses a
 // conversation) are errors naming the row.
 func EncodeSequences(path string, layout data.Layout, examples []data.Example, tok *tokenize.Tokenizer, cfg EncodeConfig, vocab int64) ([]EncodedSequence, EncodeStats, error) {
+	return EncodeSequencesContext(context.Background(), path, layout, examples, tok, cfg, vocab)
+}
+
+// EncodeSequencesContext is EncodeSequences stopping, with ctx's error, when ctx is done:
+// between rows and inside a chat template's rendering.
+func EncodeSequencesContext(ctx context.Context, path string, layout data.Layout, examples []data.Example, tok *tokenize.Tokenizer, cfg EncodeConfig, vocab int64) ([]EncodedSequence, EncodeStats, error) {
 	var stats EncodeStats
 	if err := CheckSequencesEncodable(path, layout, tok); err != nil {
 		return nil, stats, err
@@ -113,6 +120,9 @@ func EncodeSequences(path string, layout data.Layout, examples []data.Example, t
 	pairOpts := tokenize.PairOptions{MaxLength: cfg.MaxLength, Truncation: cfg.Truncation, AppendEOS: true}
 	out := make([]EncodedSequence, 0, len(examples))
 	for i := range examples {
+		if err := ctx.Err(); err != nil {
+			return nil, stats, err
+		}
 		ex := &examples[i]
 		skip := func(reason string) error {
 			s := data.SkippedRow{Row: ex.Row, Column: column(field), Reason: reason}
@@ -133,11 +143,11 @@ func EncodeSequences(path string, layout data.Layout, examples []data.Example, t
 		var err error
 		switch layout {
 		case data.ConversationalLanguageModeling:
-			seq, err = encodeMessages(tok, ex.Messages, &stats)
+			seq, err = encodeMessages(ctx, tok, ex.Messages, &stats)
 		case data.LanguageModeling:
 			seq, err = encodeText(tok, ex.Text)
 		default:
-			enc, err = encodeSFTPair(layout, ex, tok, pairOpts)
+			enc, err = encodeSFTPair(ctx, layout, ex, tok, pairOpts)
 			seq = lm.Sequence{IDs: enc.IDs, CompletionStart: enc.CompletionStart}
 			if enc.BoundaryMismatch {
 				stats.BoundaryMismatches++
@@ -150,6 +160,9 @@ func EncodeSequences(path string, layout data.Layout, examples []data.Example, t
 			continue
 		}
 		if err != nil && !errors.Is(err, tokenize.ErrPromptTooLong) {
+			if ctxErr := ctx.Err(); ctxErr != nil {
+				return nil, stats, ctxErr
+			}
 			return nil, stats, fmt.Errorf("%s: row %d: column %q: %w", path, ex.Row, column(field), err)
 		}
 		truncated := enc.Truncated
@@ -256,16 +269,16 @@ func unusableSFT(layout data.Layout, ex *data.Example) string {
 
 // encodeSFTPair encodes a prompt and its completion (the chosen side for preference
 // layouts), with truncation.
-func encodeSFTPair(layout data.Layout, ex *data.Example, tok *tokenize.Tokenizer, o tokenize.PairOptions) (tokenize.Encoded, error) {
+func encodeSFTPair(ctx context.Context, layout data.Layout, ex *data.Example, tok *tokenize.Tokenizer, o tokenize.PairOptions) (tokenize.Encoded, error) {
 	switch layout {
 	case data.Tokenized:
 		return tokenize.EncodeIDsPair(ex.PromptIDs, ex.ChosenIDs, o)
 	case data.TokenizedPromptCompletion:
 		return tokenize.EncodeIDsPair(ex.PromptIDs, ex.CompletionIDs, o)
 	case data.Conversational:
-		return tok.EncodeConversation(chatMessages(ex.PromptMessages), chatMessages(ex.ChosenMessages), o)
+		return tok.EncodeConversationContext(ctx, chatMessages(ex.PromptMessages), chatMessages(ex.ChosenMessages), o)
 	case data.ConversationalPromptCompletion:
-		return tok.EncodeConversation(chatMessages(ex.PromptMessages), chatMessages(ex.CompletionMessages), o)
+		return tok.EncodeConversationContext(ctx, chatMessages(ex.PromptMessages), chatMessages(ex.CompletionMessages), o)
 	case data.PromptCompletion:
 		o.AddSpecialTokens = true // TRL's SFTTrainer calls the tokenizer with its defaults
 		return tok.EncodePromptCompletion(ex.Prompt, ex.Completion, o)
@@ -296,10 +309,10 @@ func encodeText(tok *tokenize.Tokenizer, text string) (lm.Sequence, error) {
 
 // encodeMessages renders a conversation with the chat template and marks the tokens of
 // its assistant turns (see EncodeSequences).
-func encodeMessages(tok *tokenize.Tokenizer, msgs []data.Message, stats *EncodeStats) (lm.Sequence, error) {
+func encodeMessages(ctx context.Context, tok *tokenize.Tokenizer, msgs []data.Message, stats *EncodeStats) (lm.Sequence, error) {
 	conv := chatMessages(msgs)
 	render := func(n int, gen bool) ([]int, error) {
-		text, err := tok.ApplyChatTemplate(conv[:n], gen)
+		text, err := tok.ApplyChatTemplateContext(ctx, conv[:n], gen)
 		if err != nil {
 			return nil, err
 		}
@@ -407,6 +420,12 @@ func checkVocab(ids []int64, vocab int64) error {
 // (data.ReasonEmptyPrompt) is skipped and listed in EncodeStats.Skipped, or is a
 // *data.RowError with cfg.Strict. Ids are checked against vocab when vocab > 0.
 func EncodePrompts(path string, layout data.Layout, examples []data.Example, tok *tokenize.Tokenizer, cfg EncodeConfig, vocab int64) ([]EncodedPrompt, EncodeStats, error) {
+	return EncodePromptsContext(context.Background(), path, layout, examples, tok, cfg, vocab)
+}
+
+// EncodePromptsContext is EncodePrompts stopping, with ctx's error, when ctx is done:
+// between rows and inside a chat template's rendering.
+func EncodePromptsContext(ctx context.Context, path string, layout data.Layout, examples []data.Example, tok *tokenize.Tokenizer, cfg EncodeConfig, vocab int64) ([]EncodedPrompt, EncodeStats, error) {
 	var stats EncodeStats
 	if err := CheckPromptsEncodable(path, layout, tok); err != nil {
 		return nil, stats, err
@@ -423,6 +442,9 @@ func EncodePrompts(path string, layout data.Layout, examples []data.Example, tok
 	}
 	out := make([]EncodedPrompt, 0, len(examples))
 	for i := range examples {
+		if err := ctx.Err(); err != nil {
+			return nil, stats, err
+		}
 		ex := &examples[i]
 		skip := func(reason string) error {
 			s := data.SkippedRow{Row: ex.Row, Column: cfg.column(field), Reason: reason}
@@ -449,8 +471,11 @@ func EncodePrompts(path string, layout data.Layout, examples []data.Example, tok
 				}
 				continue
 			}
-			text, err := tok.RenderPrompt(chatMessages(ex.PromptMessages))
+			text, err := tok.RenderPromptContext(ctx, chatMessages(ex.PromptMessages))
 			if err != nil {
+				if ctxErr := ctx.Err(); ctxErr != nil {
+					return nil, stats, ctxErr
+				}
 				return nil, stats, fmt.Errorf("%s: row %d: column %q: %w", path, ex.Row, cfg.column(field), err)
 			}
 			enc, err := tok.Encode(text, false)

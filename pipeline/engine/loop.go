@@ -11,6 +11,7 @@ import (
 	"math/rand"
 	"ortalign/pipeline/progress"
 	"strconv"
+	"time"
 )
 
 // Source supplies a run's optimizer steps to the engine's loop (Engine.Run), a round at a
@@ -78,9 +79,13 @@ func (c TrainConfig) Plan(n int) (Plan, error) {
 type RunConfig[T any] struct {
 	Checkpoint      string // checkpoint file; "" disables checkpoints
 	CheckpointEvery int    // optimizer steps between checkpoints (0: only at the end or on interrupt)
-	// MetricsPath is metrics.jsonl: one JSON object per step (and per evaluation). A
-	// resumed run first cuts it back to the checkpoint's step, so that it ends up equal,
-	// line for line, to an uninterrupted run's.
+	// MetricsPath is metrics.jsonl: one JSON object per step (and per evaluation), each
+	// step's with its wall-clock seconds (StepTimeMetric), and a last line with TRL's
+	// train_runtime, train_samples_per_second and train_steps_per_second (of the steps
+	// this process ran) and the epoch. That last line has no step: a resumed run first
+	// cuts the file back to the checkpoint's step, which drops it, so that the file ends
+	// up equal, line for line, to an uninterrupted run's apart from the wall-clock values
+	// (WallClock).
 	MetricsPath string
 	// Metrics, when set, also receives every line.
 	Metrics  io.Writer
@@ -160,6 +165,7 @@ func (e *Engine[T]) Run(ctx context.Context, src Source[T], rc RunConfig[T]) err
 	}
 	rc.Progress.Start(plan.Total)
 	rc.Progress.Resume(e.opt.Step)
+	clock := runClock{start: time.Now()}
 	for step := e.opt.Step; step < plan.Total; {
 		if err := ctx.Err(); err != nil {
 			if cerr := save(); cerr != nil {
@@ -168,12 +174,15 @@ func (e *Engine[T]) Run(ctx context.Context, src Source[T], rc RunConfig[T]) err
 			return err
 		}
 		start := step
+		// A round's first step is timed from here: making the round (reference values,
+		// rollouts) is part of it.
+		stepStart := time.Now()
 		round, err := src.Round(ctx, step)
 		if err != nil {
 			return fail(step, err)
 		}
 		var parts []Metrics
-		lr := 0.0
+		lr, roundTime := 0.0, 0.0
 		for _, micro := range round.Steps {
 			if step >= plan.Total {
 				break
@@ -184,6 +193,8 @@ func (e *Engine[T]) Run(ctx context.Context, src Source[T], rc RunConfig[T]) err
 				return fail(step, err)
 			}
 			step++
+			took := clock.step(stepStart, itemCount(micro))
+			roundTime += took
 			for i := range m {
 				if m[i].Sum {
 					e.Totals[m[i].Name] += m[i].Value
@@ -196,7 +207,7 @@ func (e *Engine[T]) Run(ctx context.Context, src Source[T], rc RunConfig[T]) err
 				if round.Extra != nil {
 					m = append(m, round.Extra(m)...)
 				}
-				m = append(m, Metric{Name: "learning_rate", Value: lr}, epochOf(step), Metric{Name: "step", Value: float64(e.opt.Step)})
+				m = append(m, Metric{Name: StepTimeMetric, Value: took}, Metric{Name: "learning_rate", Value: lr}, epochOf(step), Metric{Name: "step", Value: float64(e.opt.Step)})
 				if err := write(m); err != nil {
 					return err
 				}
@@ -211,9 +222,11 @@ func (e *Engine[T]) Run(ctx context.Context, src Source[T], rc RunConfig[T]) err
 					return err
 				}
 			}
+			stepStart = time.Now()
 		}
 		if round.Summary != nil {
-			if err := write(append(round.Summary(parts, lr), epochOf(step), Metric{Name: "step", Value: float64(e.opt.Step)})); err != nil {
+			mean := Metric{Name: StepTimeMetric, Value: roundTime / float64(max(1, len(parts)))}
+			if err := write(append(round.Summary(parts, lr), mean, epochOf(step), Metric{Name: "step", Value: float64(e.opt.Step)})); err != nil {
 				return err
 			}
 		}
@@ -226,6 +239,9 @@ func (e *Engine[T]) Run(ctx context.Context, src Source[T], rc RunConfig[T]) err
 		}
 	}
 	rc.Progress.Done()
+	if err := write(append(clock.summary(), epochOf(e.opt.Step))); err != nil {
+		return err
+	}
 	if rc.AlongFinalSave == nil {
 		return save()
 	}
@@ -316,44 +332,103 @@ type itemSource[T any] struct {
 	plan       Plan
 	order      []int
 	orderEpoch int
+	// ref, when set, gives the items their reference values as their steps come
+	// (ItemsWithReference): batches are its batches, batchOf each item's, referenced the
+	// items carrying their values and has those computed, by index.
+	ref        Reference[T]
+	batches    [][]int
+	batchOf    []int
+	referenced []T
+	has        []bool
 }
 
 // Items makes items a Source of the engine's configured batches and steps.
-func (e *Engine[T]) Items(items []T) (Source[T], error) {
+func (e *Engine[T]) Items(items []T) (Source[T], error) { return e.ItemsWithReference(items, nil) }
+
+// ItemsWithReference is Items for a Referenced objective whose items lack their
+// reference values (when some do, every item gets a computed one): a step's items get
+// theirs from ref as the loop reaches the step, so that a run starts without a pass over
+// the dataset and a run of a few steps computes the values of a few batches. An item's
+// value is computed with its batch of ref.Batches, which may hold items of later steps
+// (kept for them): the values are those of a pass over the items before training, to the
+// last bit, wherever a run is resumed. items is not changed. With a nil ref, or items
+// that all carry their values, it is Items.
+func (e *Engine[T]) ItemsWithReference(items []T, ref Reference[T]) (Source[T], error) {
 	plan, err := e.cfg.Plan(len(items))
 	if err != nil {
 		return nil, err
 	}
-	return &itemSource[T]{e: e, items: items, plan: plan, orderEpoch: -1}, nil
+	s := &itemSource[T]{e: e, items: items, plan: plan, orderEpoch: -1}
+	if ref != nil && e.NeedsReference(items) {
+		s.ref, s.batches = ref, ref.Batches(items)
+		s.batchOf, s.referenced, s.has = make([]int, len(items)), make([]T, len(items)), make([]bool, len(items))
+		for k, b := range s.batches {
+			for _, i := range b {
+				s.batchOf[i] = k
+			}
+		}
+	}
+	return s, nil
 }
 
 func (s *itemSource[T]) Plan() Plan                  { return s.plan }
 func (s *itemSource[T]) Settings() map[string]string { return nil }
 
+// Fingerprint hashes the items as given: without the reference values ref computes, which
+// are named instead.
 func (s *itemSource[T]) Fingerprint() string {
 	h := sha256.New()
 	for _, it := range s.items {
 		s.e.obj.Fingerprint(h, it)
 	}
-	return fmt.Sprintf("%d items, sha256 %s", len(s.items), hex.EncodeToString(h.Sum(nil))[:16])
+	fp := fmt.Sprintf("%d items, sha256 %s", len(s.items), hex.EncodeToString(h.Sum(nil))[:16])
+	if s.ref != nil {
+		fp += ", reference values computed as their steps come"
+	}
+	return fp
 }
 
-func (s *itemSource[T]) Round(_ context.Context, step int) (*Round[T], error) {
+func (s *itemSource[T]) Round(ctx context.Context, step int) (*Round[T], error) {
 	p, cfg := s.plan, s.e.cfg
 	epoch, k := step/p.StepsPerEpoch, step%p.StepsPerEpoch
 	if epoch != s.orderEpoch {
 		s.order, s.orderEpoch = EpochOrder(len(s.items), cfg.Seed, epoch, cfg.Shuffle), epoch
 	}
-	var micro [][]T
+	var idx [][]int
 	for j := k * p.Accum; j < min((k+1)*p.Accum, p.MicroPerEpoch); j++ {
-		idx := s.order[j*p.BatchSize : min((j+1)*p.BatchSize, len(s.items))]
-		batch := make([]T, len(idx))
-		for b, i := range idx {
-			batch[b] = s.items[i]
-		}
-		micro = append(micro, batch)
+		idx = append(idx, s.order[j*p.BatchSize:min((j+1)*p.BatchSize, len(s.items))])
 	}
-	return &Round[T]{Steps: [][][]T{micro}}, nil
+	items := s.items
+	if s.ref != nil {
+		if err := s.reference(ctx, idx); err != nil {
+			return nil, err
+		}
+		items = s.referenced
+	}
+	return &Round[T]{Steps: [][][]T{gather(items, idx)}}, nil
+}
+
+// reference computes the reference values of the batches holding items of idx that
+// lack them.
+func (s *itemSource[T]) reference(ctx context.Context, idx [][]int) error {
+	var todo [][]int
+	queued := map[int]bool{}
+	for _, b := range idx {
+		for _, i := range b {
+			if k := s.batchOf[i]; !s.has[i] && !queued[k] {
+				queued[k] = true
+				todo = append(todo, s.batches[k])
+			}
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	done, err := s.ref.Compute(ctx, gather(s.items, todo))
+	if err != nil {
+		return err
+	}
+	return scatter(s.referenced, s.has, todo, done)
 }
 
 // epochOrder is the item order of an epoch: a seeded shuffle, so a resumed run sees the

@@ -40,17 +40,29 @@ var ErrInterrupted = errors.New("interrupted")
 // RunTraining trains e on items, evaluating eval (when non-empty) before, every
 // EvalSteps and after training, and writes the trained model to Out/model.onnx in the
 // user's graph and layout. Interrupted runs leave a checkpoint that the same call resumes.
+// Items of a Referenced objective that lack their reference values get them from the
+// starting weights (RunTrainingWithReference with e.StartingReference()).
 func RunTraining[T any](ctx context.Context, e *Engine[T], items, eval []T, o RunOptions) (*RunResult, error) {
+	return RunTrainingWithReference(ctx, e, items, eval, e.StartingReference(), o)
+}
+
+// RunTrainingWithReference is RunTraining with the reference values that items and eval
+// lack (see Referenced) computed by ref: the training items' as their steps come
+// (ItemsWithReference), the held-out items' before the first evaluation.
+func RunTrainingWithReference[T any](ctx context.Context, e *Engine[T], items, eval []T, ref Reference[T], o RunOptions) (*RunResult, error) {
 	res, stderr, err := o.Start()
 	if err != nil {
 		return nil, err
 	}
 	if len(eval) > 0 {
+		if eval, err = attachReference(ctx, e, ref, eval); err != nil {
+			return nil, Interrupted(err, "before training started; nothing was saved")
+		}
 		if res.EvalBefore, err = e.Evaluate(ctx, eval); err != nil {
 			return nil, Interrupted(err, "before training started; nothing was saved")
 		}
 	}
-	src, err := e.Items(items)
+	src, err := e.ItemsWithReference(items, ref)
 	if err != nil {
 		return nil, err
 	}

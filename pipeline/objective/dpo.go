@@ -121,6 +121,34 @@ func (DPO) Fingerprint(h hash.Hash, p encode.EncodedPair) {
 	}
 }
 
+// HasReference implements engine.Referenced: the pair carries both reference log-probs.
+func (DPO) HasReference(p encode.EncodedPair) bool {
+	return p.RefChosenLogps != nil && p.RefRejectedLogps != nil
+}
+
+// ForReference implements engine.Referenced: the pairs with reference log-probs 0, which
+// the policy's log-probs do not depend on.
+func (DPO) ForReference(pairs []encode.EncodedPair) []encode.EncodedPair {
+	zeros := make([]float64, len(pairs))
+	return WithReference(pairs, zeros, zeros)
+}
+
+// WithReference implements engine.Referenced: the pairs carrying the forward's sequence
+// log-probs (chosen rows, then rejected), the log-probs the loss compares (LD-weighted
+// with LDAlpha, so that LD-DPO's reference comes out right).
+func (DPO) WithReference(pairs []encode.EncodedPair, out map[string]*ort.Tensor) ([]encode.EncodedPair, error) {
+	lp := out[lm.SequenceLogpsOutput]
+	n := len(pairs)
+	if lp == nil || len(lp.F32) != 2*n {
+		return nil, fmt.Errorf("reference log-probs: the forward gave no %d values of %s for %d pairs", 2*n, lm.SequenceLogpsOutput, n)
+	}
+	refC, refR := make([]float64, n), make([]float64, n)
+	for i := range n {
+		refC[i], refR[i] = float64(lp.F32[i]), float64(lp.F32[n+i])
+	}
+	return WithReference(pairs, refC, refR), nil
+}
+
 // WithReference returns a copy of pairs carrying the reference log-probs refC, refR.
 func WithReference(pairs []encode.EncodedPair, refC, refR []float64) []encode.EncodedPair {
 	out := make([]encode.EncodedPair, len(pairs))
@@ -137,9 +165,14 @@ type ReferenceConfig struct {
 	BatchSize int                // pairs per forward pass of a separate reference model
 	Loss      LossConfig         // reference-free losses take the references as 0
 	Progress  *progress.Progress // advanced per pair; started and ended here
+	// Precompute computes every pair's reference log-probs here, before training (TRL's
+	// precompute_ref_log_probs). Without it, pairs that need computed ones come back
+	// without any, and training computes them as its steps come (engine.Referenced;
+	// give Reference to RunTrainingWithReference).
+	Precompute bool
 }
 
-// Where reference log-probs came from (AttachReference).
+// Where reference log-probs come from (AttachReference).
 const (
 	RefFromNothing = "none (reference-free)"
 	RefFromData    = "the dataset's ref_chosen_logps/ref_rejected_logps"
@@ -147,12 +180,14 @@ const (
 	RefFromPolicy  = "the starting model"
 )
 
-// AttachReference returns pairs carrying their reference log-probs, and where they came
-// from: zeros for a reference-free loss; the dataset's ref_*_logps columns when every
-// pair has them and no reference model is given; the reference model ref when given;
-// else the engine's own forward graph with its starting weights — before training the
-// policy is the reference, so no second copy of the model is loaded. Call it before
-// training (and before a resume restores trained weights: Train does that).
+// AttachReference returns pairs ready for training with the reference log-probs they
+// need, and where those come from: zeros for a reference-free loss; the dataset's
+// ref_*_logps columns when every pair has them and no reference model is given; else the
+// reference model ref when given, or the engine's own forward graph with its starting
+// weights — the policy before training is the reference, so no second copy of the model
+// is loaded. Those computed ones are computed here with c.Precompute (call it before
+// training, before a resume restores trained weights: RunTraining does that); without it
+// the pairs come back carrying none, for training to compute as its steps come.
 func AttachReference(ctx context.Context, e *engine.Engine[encode.EncodedPair], ref *lm.LogProbModel, pairs []encode.EncodedPair, c ReferenceConfig) ([]encode.EncodedPair, string, error) {
 	if c.Loss.ReferenceFree {
 		zeros := make([]float64, len(pairs))
@@ -161,13 +196,13 @@ func AttachReference(ctx context.Context, e *engine.Engine[encode.EncodedPair], 
 	if ref == nil {
 		fromData := len(pairs) > 0
 		for _, p := range pairs {
-			if p.RefChosenLogps == nil || p.RefRejectedLogps == nil {
-				fromData = false
-				break
-			}
+			fromData = fromData && DPO{}.HasReference(p)
 		}
 		if fromData {
 			return pairs, RefFromData, nil
+		}
+		if !c.Precompute {
+			return withoutReference(pairs), RefFromPolicy, nil
 		}
 		out, err := ReferenceFromPolicy(ctx, e, pairs, c.Progress)
 		return out, RefFromPolicy, err
@@ -175,41 +210,76 @@ func AttachReference(ctx context.Context, e *engine.Engine[encode.EncodedPair], 
 	if c.Loss.LDAlpha != nil {
 		return nil, "", fmt.Errorf("LD-DPO with a separate reference model needs its per-token log-probs, which reference scoring does not compute; use the starting model as the reference or give LD-weighted ref_chosen_logps/ref_rejected_logps columns")
 	}
+	if !c.Precompute {
+		return withoutReference(pairs), RefFromModel, nil
+	}
 	c.Progress.Start(len(pairs))
-	scores, _, err := score.ScorePairs(ctx, ref, nil, pairs, score.ScoreConfig{Beta: 1, BatchSize: c.BatchSize, Progress: c.Progress})
+	refC, refR, err := score.ReferenceLogps(ctx, ref, pairs, score.ScoreConfig{BatchSize: c.BatchSize, Progress: c.Progress})
 	c.Progress.Done()
 	if err != nil {
-		return nil, "", fmt.Errorf("reference log-probs: %w", err)
-	}
-	refC, refR := make([]float64, len(pairs)), make([]float64, len(pairs))
-	for i, s := range scores {
-		refC[i], refR[i] = s.ChosenLogps, s.RejectedLogps
+		return nil, "", err
 	}
 	return WithReference(pairs, refC, refR), RefFromModel, nil
 }
 
-// ReferenceFromPolicy returns pairs carrying reference log-probs computed by the engine's
-// forward graph with its current weights: before training, the starting model is the
-// reference, so no second copy of the model is loaded. The log-probs are those the loss
-// compares (LD-weighted with LDAlpha), so LD-DPO's reference comes out right.
-func ReferenceFromPolicy(ctx context.Context, e *engine.Engine[encode.EncodedPair], pairs []encode.EncodedPair, prog *progress.Progress) ([]encode.EncodedPair, error) {
-	zeros := make([]float64, len(pairs))
-	in := WithReference(pairs, zeros, zeros)
-	refC, refR := make([]float64, 0, len(pairs)), make([]float64, 0, len(pairs))
-	prog.Start(len(pairs))
-	err := e.Forward(ctx, in, func(batch []encode.EncodedPair, out map[string]*ort.Tensor) error {
-		lp := out[lm.SequenceLogpsOutput].F32
-		n := len(batch)
-		for i := 0; i < n; i++ {
-			refC, refR = append(refC, float64(lp[i])), append(refR, float64(lp[n+i]))
+// withoutReference returns a copy of pairs carrying no reference log-probs: a dataset's
+// own are used only when every pair has them.
+func withoutReference(pairs []encode.EncodedPair) []encode.EncodedPair {
+	out := make([]encode.EncodedPair, len(pairs))
+	for i, p := range pairs {
+		p.RefChosenLogps, p.RefRejectedLogps = nil, nil
+		out[i] = p
+	}
+	return out
+}
+
+// ModelReference is the engine.Reference of a separate reference model ref: pairs scored
+// in the batches of batchSize pairs of similar length that AttachReference scores them in
+// before training (score.PairBatches), so that the values are the same.
+func ModelReference(ref *lm.LogProbModel, batchSize int) engine.Reference[encode.EncodedPair] {
+	return modelReference{ref: ref, batchSize: batchSize}
+}
+
+// modelReference is ModelReference.
+type modelReference struct {
+	ref       *lm.LogProbModel
+	batchSize int
+}
+
+func (m modelReference) Batches(pairs []encode.EncodedPair) [][]int {
+	return score.PairBatches(pairs, m.batchSize)
+}
+
+func (m modelReference) Compute(ctx context.Context, batches [][]encode.EncodedPair) ([][]encode.EncodedPair, error) {
+	out := make([][]encode.EncodedPair, len(batches))
+	for k, b := range batches {
+		// One batch of all of b, in its order (PairBatches of a batch it made keeps it).
+		refC, refR, err := score.ReferenceLogps(ctx, m.ref, b, score.ScoreConfig{BatchSize: len(b)})
+		if err != nil {
+			return nil, err
 		}
-		prog.Add(n)
-		return nil
+		out[k] = WithReference(b, refC, refR)
+	}
+	return out, nil
+}
+
+// ReferenceFromPolicy returns pairs carrying reference log-probs computed by the engine's
+// forward graph with its current weights, in batches of the training batch size: before
+// training, the starting model is the reference, so no second copy of the model is
+// loaded.
+func ReferenceFromPolicy(ctx context.Context, e *engine.Engine[encode.EncodedPair], pairs []encode.EncodedPair, prog *progress.Progress) ([]encode.EncodedPair, error) {
+	out := make([]encode.EncodedPair, 0, len(pairs))
+	prog.Start(len(pairs))
+	err := e.Forward(ctx, DPO{}.ForReference(pairs), func(batch []encode.EncodedPair, res map[string]*ort.Tensor) error {
+		b, err := DPO{}.WithReference(batch, res)
+		out = append(out, b...)
+		prog.Add(len(batch))
+		return err
 	})
 	prog.Done()
 	e.ReleaseForward()
 	if err != nil {
 		return nil, fmt.Errorf("reference log-probs: %w", err)
 	}
-	return WithReference(pairs, refC, refR), nil
+	return out, nil
 }

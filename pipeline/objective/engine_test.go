@@ -581,8 +581,9 @@ func TestResumeWithChangedSettingsIsAnError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := bytes.Count(metrics, []byte("\n")); n != 2 {
-		t.Fatalf("metrics.jsonl has %d lines after 2 steps", n)
+	// Two step lines, then the run's last line (train_runtime, no step).
+	if n := bytes.Count(metrics, []byte("\n")); n != 3 || bytes.Count(metrics, []byte(`"step":`)) != 2 {
+		t.Fatalf("metrics.jsonl has %d lines after 2 steps:\n%s", n, metrics)
 	}
 	// resume copies the first run's files to a new directory and resumes there.
 	resume := func(t *testing.T, cfg engine.TrainConfig, beta float64, items []encode.EncodedPair, prog *progress.Progress) (*engine.Engine[encode.EncodedPair], string, error) {
@@ -671,15 +672,22 @@ func TestResumeWithChangedSettingsIsAnError(t *testing.T) {
 		if e.Step() != 4 {
 			t.Fatalf("extended run stopped at step %d, want 4", e.Step())
 		}
+		// The first run's step lines as they were, its last line (train_runtime, no
+		// step) dropped, steps 3 and 4, and the extended run's last line.
 		got, _ := os.ReadFile(filepath.Join(work, "metrics.jsonl"))
 		lines := strings.Split(strings.TrimSpace(string(got)), "\n")
-		if len(lines) != 4 || !strings.HasPrefix(string(got), string(metrics)) {
+		firstSteps := metrics[:bytes.LastIndex(metrics[:len(metrics)-1], []byte("\n"))+1]
+		if len(lines) != 5 || !strings.HasPrefix(string(got), string(firstSteps)) {
 			t.Fatalf("metrics.jsonl after extending to 4 steps:\n%s", got)
 		}
 		for k, line := range lines {
 			var m map[string]float64
-			if err := json.Unmarshal([]byte(line), &m); err != nil || m["step"] != float64(k+1) {
+			if err := json.Unmarshal([]byte(line), &m); err != nil {
 				t.Fatalf("line %d: %s (%v)", k+1, line, err)
+			}
+			_, runtime := m["train_runtime"]
+			if step, ok := m["step"]; k < 4 && step != float64(k+1) || k == 4 && (ok || !runtime) {
+				t.Fatalf("line %d: %s", k+1, line)
 			}
 		}
 		out := prog.String()

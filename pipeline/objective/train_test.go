@@ -180,7 +180,8 @@ func TestDPOAdamWCurveMatchesPyTorch(t *testing.T) {
 	}
 }
 
-// jsonRecorder decodes the trainer's metrics lines back into structs.
+// jsonRecorder decodes the trainer's metrics lines of steps and evaluations back into
+// structs; the run's last line (its train_runtime, with no step) is left out.
 type jsonRecorder struct{ out *[]engine.Metrics }
 
 func (r jsonRecorder) Write(b []byte) (int, error) {
@@ -188,7 +189,9 @@ func (r jsonRecorder) Write(b []byte) (int, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return 0, err
 	}
-	*r.out = append(*r.out, m)
+	if _, ok := m.Get("step"); ok {
+		*r.out = append(*r.out, m)
+	}
 	return len(b), nil
 }
 

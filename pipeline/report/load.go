@@ -21,6 +21,10 @@ const MetricsFile = "metrics.jsonl"
 // EvalPrefix marks the keys of evaluation lines (TRL's "eval_loss", ...).
 const EvalPrefix = "eval_"
 
+// RuntimeKey marks a run's totals line, its last: Hugging Face's speed metrics
+// (train_runtime, train_samples_per_second, train_steps_per_second), with no step.
+const RuntimeKey = "train_runtime"
+
 // Point is one logged value of a metric.
 type Point struct {
 	Step, Value float64
@@ -49,6 +53,10 @@ type Run struct {
 	// step (for a step logged twice, the later line wins). Eval is keyed by the name
 	// without EvalPrefix, so "eval_loss" is Eval["loss"].
 	Train, Eval map[string][]Point
+	// Totals are the values of the run's totals line (see RuntimeKey), by name; nil
+	// when the run has none (it is still running, or was written before ortalign logged
+	// one). A later totals line replaces an earlier one.
+	Totals map[string]float64
 	// LastStep is the largest step logged; LastEpoch the largest epoch (NaN when no
 	// line has one).
 	LastStep, LastEpoch float64
@@ -121,16 +129,28 @@ func parse(in io.Reader, path string) (*Run, error) {
 			warn(n, "blank line")
 		} else if obj, msg := decodeLine(line); msg != "" {
 			warn(n, "%s; line skipped", msg)
+		} else if _, totals := obj[RuntimeKey]; totals && obj["step"] == nil {
+			r.Totals = map[string]float64{}
+			for _, k := range sortedKeys(obj) {
+				raw := obj[k]
+				v, ok := number(raw)
+				switch {
+				case !ok:
+					warn(n, "%q is %s, not a finite number; value skipped", k, describe(raw))
+				case k == "epoch":
+					r.noteEpoch(v)
+				default:
+					r.Totals[k] = v
+				}
+			}
 		} else if step, ok := number(obj["step"]); !ok {
 			warn(n, "no numeric \"step\"; line skipped")
 		} else {
 			isEval := false
-			keys := make([]string, 0, len(obj))
-			for k := range obj {
-				keys = append(keys, k)
+			keys := sortedKeys(obj)
+			for _, k := range keys {
 				isEval = isEval || strings.HasPrefix(k, EvalPrefix)
 			}
-			sort.Strings(keys)
 			if step < lastStep[isEval] {
 				warn(n, "step %g comes after step %g (lines of an earlier run?); a step logged twice is plotted with its later value", step, lastStep[isEval])
 			}
@@ -146,9 +166,7 @@ func parse(in io.Reader, path string) (*Run, error) {
 					continue
 				}
 				if k == "epoch" {
-					if math.IsNaN(r.LastEpoch) || v > r.LastEpoch {
-						r.LastEpoch = v
-					}
+					r.noteEpoch(v)
 					continue
 				}
 				m := r.Train
@@ -168,6 +186,23 @@ func parse(in io.Reader, path string) (*Run, error) {
 		}
 	}
 	return r, nil
+}
+
+// sortedKeys are the keys of a line's object, sorted.
+func sortedKeys(obj map[string]json.RawMessage) []string {
+	keys := make([]string, 0, len(obj))
+	for k := range obj {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// noteEpoch raises LastEpoch to v.
+func (r *Run) noteEpoch(v float64) {
+	if math.IsNaN(r.LastEpoch) || v > r.LastEpoch {
+		r.LastEpoch = v
+	}
 }
 
 // byStep sorts points by step, keeping the last point (in file order) of each step.

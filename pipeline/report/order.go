@@ -19,6 +19,7 @@ var known = []struct {
 	{"objective/kl", 5}, {"objective/entropy", 5}, {"objective/scores", 5}, {"objective/rlhf_reward", 5}, {"objective/non_score_reward", 5},
 	{"learning_rate", 6},
 	{"grad_norm", 7},
+	{"time/step_s", 8},
 }
 
 // groupOf places a metric that is not in known by its name.

@@ -10,6 +10,8 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -237,8 +239,9 @@ func xys(pts []Point) plotter.XYs {
 	return xy
 }
 
-// finalTable is the page's table of final values: step, epoch, then each metric's
-// training and evaluation rows, one column per run.
+// finalTable is the page's table of final values: step, epoch, each metric's training
+// and evaluation rows, then the runs' totals (train_runtime and the rates on it), one
+// column per run.
 func finalTable(runs []*Run, names []string) [][]string {
 	const none = "—"
 	row := func(label string, f func(r *Run) (float64, bool)) []string {
@@ -270,5 +273,34 @@ func finalTable(runs []*Run, names []string) [][]string {
 		add(row(m, func(r *Run) (float64, bool) { return r.Final(m, false) }))
 		add(row(EvalPrefix+m, func(r *Run) (float64, bool) { return r.Final(m, true) }))
 	}
+	for _, k := range totalNames(runs) {
+		add(row(k, func(r *Run) (float64, bool) { v, ok := r.Totals[k]; return v, ok }))
+	}
 	return rows
+}
+
+// totalNames are the names of the runs' totals: Hugging Face's order, then the others
+// alphabetically.
+func totalNames(runs []*Run) []string {
+	hf := []string{RuntimeKey, "train_samples_per_second", "train_steps_per_second"}
+	var names, other []string
+	for _, k := range hf {
+		for _, r := range runs {
+			if _, ok := r.Totals[k]; ok {
+				names = append(names, k)
+				break
+			}
+		}
+	}
+	seen := map[string]bool{}
+	for _, r := range runs {
+		for k := range r.Totals {
+			if !seen[k] && !slices.Contains(hf, k) {
+				seen[k] = true
+				other = append(other, k)
+			}
+		}
+	}
+	sort.Strings(other)
+	return append(names, other...)
 }

@@ -228,3 +228,66 @@ func TestQuoteNonFinite(t *testing.T) {
 		t.Errorf("got %s, want %s", got, want)
 	}
 }
+
+// TestRenderStepTimesAndTotals: each step's seconds (time/step_s) get a chart, and the
+// run's totals line — train_runtime and the rates on it, with no step — joins the table
+// of final values without a warning; it is read as the last one when a resumed run
+// wrote two.
+func TestRenderStepTimesAndTotals(t *testing.T) {
+	dir := t.TempDir()
+	lines := []string{
+		`{"loss":0.7,"time/step_s":0.52,"learning_rate":1e-3,"epoch":0.5,"step":1}`,
+		`{"train_runtime":0.6,"train_samples_per_second":13.3,"train_steps_per_second":1.667,"epoch":0.5}`,
+		`{"loss":0.6,"time/step_s":0.48,"learning_rate":1e-3,"epoch":1,"step":2}`,
+		`{"train_runtime":1.25,"train_samples_per_second":12.8,"train_steps_per_second":1.6,"train_loss":0.65,"epoch":1}`,
+		`{"train_loss":0.1}`,
+	}
+	if err := os.WriteFile(filepath.Join(dir, MetricsFile), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Warnings) != 1 || r.Warnings[0].Line != 5 || !strings.Contains(r.Warnings[0].Msg, `no numeric "step"`) {
+		t.Errorf("warnings %v, want one for line 5 (a line with no step that is not the totals)", r.Warnings)
+	}
+	want := map[string]float64{"train_runtime": 1.25, "train_samples_per_second": 12.8, "train_steps_per_second": 1.6, "train_loss": 0.65}
+	if !reflect.DeepEqual(r.Totals, want) || r.LastEpoch != 1 || r.LastStep != 2 {
+		t.Errorf("totals %v, last epoch %g, step %g; want %v, 1, 2", r.Totals, r.LastEpoch, r.LastStep, want)
+	}
+	if pts := r.Train["time/step_s"]; !reflect.DeepEqual(pts, []Point{{1, 0.52}, {2, 0.48}}) {
+		t.Errorf("time/step_s %v", pts)
+	}
+	if _, ok := r.Train["train_runtime"]; ok {
+		t.Error("train_runtime read as a series")
+	}
+	res, err := Render([]*Run{r}, Options{OutDir: filepath.Join(dir, "out")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var charts []string
+	for _, c := range res.Charts {
+		charts = append(charts, c.Metric)
+	}
+	if !reflect.DeepEqual(charts, []string{"loss", "learning_rate", "time/step_s"}) {
+		t.Errorf("charts %v", charts)
+	}
+	page, err := os.ReadFile(res.HTMLPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	html := string(page)
+	rows := []string{"<th>time/step_s</th><td>0.48</td>", "<th>train_runtime</th><td>1.25</td>",
+		"<th>train_samples_per_second</th><td>12.8</td>", "<th>train_steps_per_second</th><td>1.6</td>", "<th>train_loss</th><td>0.65</td>"}
+	last := -1
+	for _, s := range rows {
+		i := strings.Index(html, s)
+		if i < 0 {
+			t.Errorf("index.html lacks %q", s)
+		} else if i < last {
+			t.Errorf("%q out of order", s)
+		}
+		last = i
+	}
+}

@@ -125,7 +125,8 @@ func TestRLOORaisesHeldOutReward(t *testing.T) {
 	rlLearningRun(t, objective.AlgoRLOO, 8, 4e-3, 0.05)
 }
 
-// readMetricsLines reads metrics.jsonl as maps.
+// readMetricsLines reads the lines of steps of metrics.jsonl as maps (not the run's last
+// line, its train_runtime, which has no step).
 func readMetricsLines(t *testing.T, path string) []map[string]float64 {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -138,7 +139,9 @@ func readMetricsLines(t *testing.T, path string) []map[string]float64 {
 		if err := json.Unmarshal(line, &m); err != nil {
 			t.Fatalf("%s: %v", strings.TrimSpace(string(line)), err)
 		}
-		out = append(out, m)
+		if _, ok := m["step"]; ok {
+			out = append(out, m)
+		}
 	}
 	return out
 }

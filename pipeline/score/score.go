@@ -73,10 +73,7 @@ func ScorePairs(ctx context.Context, policy, ref *lm.LogProbModel, pairs []encod
 	}
 	scores := make([]PairScore, len(pairs))
 	sum := ScoreSummary{Pairs: len(pairs)}
-	batches := lm.LengthBatches(len(pairs), cfg.BatchSize, func(i int) int {
-		return max(len(pairs[i].Chosen.IDs), len(pairs[i].Rejected.IDs))
-	})
-	for _, batch := range batches {
+	for _, batch := range PairBatches(pairs, cfg.BatchSize) {
 		if err := ctx.Err(); err != nil {
 			return nil, sum, err
 		}
@@ -141,4 +138,29 @@ func ScorePairs(ctx context.Context, policy, ref *lm.LogProbModel, pairs []encod
 	}
 	sum.Elapsed = time.Since(start)
 	return scores, sum, nil
+}
+
+// PairBatches is how ScorePairs batches pairs: size pairs of similar length a batch
+// (lm.LengthBatches of each pair's longer sequence), as lists of indexes. A batch it
+// made, batched again with its own size, comes back as it is.
+func PairBatches(pairs []encode.EncodedPair, size int) [][]int {
+	return lm.LengthBatches(len(pairs), size, func(i int) int {
+		return max(len(pairs[i].Chosen.IDs), len(pairs[i].Rejected.IDs))
+	})
+}
+
+// ReferenceLogps returns the completion log-probs of each pair's chosen and rejected
+// sequences under the reference model ref, in pair order (ScorePairs with ref as the
+// policy): the reference log-probs of DPO's loss.
+func ReferenceLogps(ctx context.Context, ref *lm.LogProbModel, pairs []encode.EncodedPair, cfg ScoreConfig) (chosen, rejected []float64, err error) {
+	cfg.Beta = 1
+	scores, _, err := ScorePairs(ctx, ref, nil, pairs, cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reference log-probs: %w", err)
+	}
+	chosen, rejected = make([]float64, len(pairs)), make([]float64, len(pairs))
+	for i, s := range scores {
+		chosen[i], rejected[i] = s.ChosenLogps, s.RejectedLogps
+	}
+	return chosen, rejected, nil
 }

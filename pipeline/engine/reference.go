@@ -1,0 +1,206 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+
+	"ortalign/onnx"
+	"ortalign/onnx/ort"
+)
+
+// Referenced is implemented by objectives whose items carry reference values: what a
+// frozen reference model computes on them, which the loss compares the policy with (DPO's
+// reference log-probs). An objective declares its need by implementing it; RunTraining
+// then gives the items that lack them their values from the starting weights (adapters
+// off for LoRA) as the loop reaches the steps that use them — one forward pass per
+// micro-batch — instead of in a pass over the whole dataset before the first step.
+type Referenced[T any] interface {
+	// HasReference reports whether item carries its reference values.
+	HasReference(item T) bool
+	// ForReference returns a copy of batch ready for the reference pass: reference
+	// values set to placeholders, which the outputs WithReference reads do not depend on.
+	ForReference(batch []T) []T
+	// WithReference returns a copy of batch carrying the reference values read from out:
+	// the objective's forward outputs (Outputs) over ForReference(batch), run with the
+	// reference weights.
+	WithReference(batch []T, out map[string]*ort.Tensor) ([]T, error)
+}
+
+// Reference computes the reference values of a run's items (see Referenced), a batch at
+// a time. A value depends, to the last bit, on the batch it is computed in (its padded
+// width, the other rows it is summed beside), so every item's is computed in the batch
+// Batches puts it in, whenever a run first needs it: the same values as a pass over the
+// items before training, where it is resumed or how far it runs.
+type Reference[T any] interface {
+	// Batches splits items into the batches Compute is given, as lists of indexes.
+	Batches(items []T) [][]int
+	// Compute returns copies of batches carrying their reference values.
+	Compute(ctx context.Context, batches [][]T) ([][]T, error)
+}
+
+// NeedsReference reports whether the engine's objective is Referenced and some of items
+// lack their reference values.
+func (e *Engine[T]) NeedsReference(items []T) bool {
+	r, ok := e.obj.(Referenced[T])
+	if !ok {
+		return false
+	}
+	for _, it := range items {
+		if !r.HasReference(it) {
+			return true
+		}
+	}
+	return false
+}
+
+// StartingReference returns the Reference of a Referenced objective computed by its own
+// forward graph with the starting weights, in consecutive batches of the training batch
+// size (as ReferenceBatches): before the first update the starting weights are the live
+// parameters; after it (or after a resume) they are the trained initializers' values in
+// the user's model — for LoRA, the adapters' initial values, whose B is zero: adapters
+// off over the same base weights. No second copy of the weights is kept: the values are
+// read where the model holds them (a mapped file's pages, let go again after the pass),
+// and the forward session is closed after each call, so that no arena of it stays
+// through training. It returns nil when the objective is not Referenced.
+func (e *Engine[T]) StartingReference() Reference[T] {
+	r, ok := e.obj.(Referenced[T])
+	if !ok {
+		return nil
+	}
+	return startingReference[T]{e: e, r: r}
+}
+
+// startingReference is Engine.StartingReference.
+type startingReference[T any] struct {
+	e *Engine[T]
+	r Referenced[T]
+}
+
+func (s startingReference[T]) Batches(items []T) [][]int {
+	return ReferenceBatches(len(items), s.e.cfg.BatchSize)
+}
+
+func (s startingReference[T]) Compute(ctx context.Context, batches [][]T) ([][]T, error) {
+	e := s.e
+	defer e.ReleaseForward()
+	if e.opt.Step > 0 {
+		start, err := e.startingParams()
+		if err != nil {
+			return nil, fmt.Errorf("reference: %w", err)
+		}
+		live := e.params
+		// Forward feeds e.params: for this pass they are the starting values.
+		e.params = start
+		defer func() {
+			e.params = live
+			if e.adapted == nil {
+				e.base.ReleaseResident()
+			}
+		}()
+	}
+	out := make([][]T, len(batches))
+	for k, b := range batches {
+		err := e.Forward(ctx, s.r.ForReference(b), func(batch []T, res map[string]*ort.Tensor) error {
+			var err error
+			out[k], err = s.r.WithReference(batch, res)
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("reference: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// ReferenceBatches splits n items into consecutive batches of size (the last may be
+// short), as lists of indexes: the batches of a pass over them in order.
+func ReferenceBatches(n, size int) [][]int {
+	var out [][]int
+	for lo := 0; lo < n; lo += size {
+		b := make([]int, min(lo+size, n)-lo)
+		for k := range b {
+			b[k] = lo + k
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+// startingParams returns the starting values of the trained initializers, in Trainable
+// order: views of the training forward's initializers where they can be read in place,
+// copies of the others.
+func (e *Engine[T]) startingParams() ([][]float32, error) {
+	m := e.base
+	if e.adapted != nil {
+		m = e.adapted.Model
+	}
+	out := make([][]float32, len(e.names))
+	for i, name := range e.names {
+		init := onnx.Initializer(m.Graph(), name)
+		if init == nil {
+			return nil, fmt.Errorf("%s: no initializer %q", e.path, name)
+		}
+		v, ok := onnx.FloatsView(init)
+		if !ok {
+			var err error
+			if v, err = onnx.TensorFloats(init); err != nil {
+				return nil, fmt.Errorf("%s: %w", e.path, err)
+			}
+		}
+		if len(v) != len(e.params[i]) {
+			return nil, fmt.Errorf("%s: initializer %q has %d values, the trained tensor %d", e.path, name, len(v), len(e.params[i]))
+		}
+		out[i] = v
+	}
+	return out, nil
+}
+
+// attachReference returns a copy of items carrying the reference values ref computes,
+// every batch of them at once, when some lack them (see ItemsWithReference).
+func attachReference[T any](ctx context.Context, e *Engine[T], ref Reference[T], items []T) ([]T, error) {
+	if ref == nil || !e.NeedsReference(items) {
+		return items, nil
+	}
+	idx := ref.Batches(items)
+	done, err := ref.Compute(ctx, gather(items, idx))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]T, len(items))
+	if err := scatter(out, nil, idx, done); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// gather returns the batches of items that idx lists.
+func gather[T any](items []T, idx [][]int) [][]T {
+	out := make([][]T, len(idx))
+	for k, b := range idx {
+		out[k] = make([]T, len(b))
+		for n, i := range b {
+			out[k][n] = items[i]
+		}
+	}
+	return out
+}
+
+// scatter puts batches back at the indexes idx lists (gather's inverse), marking them in
+// has when it is not nil.
+func scatter[T any](into []T, has []bool, idx [][]int, batches [][]T) error {
+	if len(batches) != len(idx) {
+		return fmt.Errorf("reference: %d batches back for %d", len(batches), len(idx))
+	}
+	for k, b := range idx {
+		if len(batches[k]) != len(b) {
+			return fmt.Errorf("reference: %d items back for a batch of %d", len(batches[k]), len(b))
+		}
+		for n, i := range b {
+			into[i] = batches[k][n]
+			if has != nil {
+				has[i] = true
+			}
+		}
+	}
+	return nil
+}
