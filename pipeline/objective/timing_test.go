@@ -15,7 +15,9 @@ import (
 
 // pairRounds is a source of rounds of two steps each (as online RL's rounds), summed up
 // in one line a round, over an offline source's steps.
-type pairRounds struct{ engine.Source[encode.EncodedPair] }
+type pairRounds struct {
+	engine.Source[encode.EncodedPair]
+}
 
 func (p pairRounds) Plan() engine.Plan {
 	pl := p.Source.Plan()
