@@ -37,3 +37,4 @@ $PY testdata/gen_rl_oracle.py               # expected/rl_oracle_llama.json.gz
 $PY testdata/gen_ppo_oracle.py              # expected/ppo_oracle_llama.json.gz
 $PY testdata/gen_generate_oracle.py         # expected/generate.json
 $PY testdata/gen_kv_styles.py               # models/kvstyle_*.onnx, expected/kv_styles.json
+$PY testdata/gen_gqa_model.py               # models/gqa_genai.onnx, expected/gqa_genai.json

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 
 	"ortalign/onnx"
 	"ortalign/onnx/onnxpb"
@@ -51,6 +53,15 @@ type GeneratorOptions struct {
 	// GraphConfig.TieTransposedCopies reads them (Engine.Ties): each copy becomes
 	// Transpose(source), so feeding the source feeds the copy too.
 	Ties []lm.Tie
+	// Spin lets ONNX Runtime's idle threads spin between the parallel parts of a run (a
+	// little faster on an idle machine); by default they sleep, leaving the cores to the
+	// sampling goroutines and to other processes.
+	Spin bool
+}
+
+// sessionOptions are the ONNX Runtime options of o's generation sessions.
+func (o GeneratorOptions) sessionOptions() ort.Options {
+	return ort.Options{Threads: o.Threads, NoSpinning: !o.Spin}
 }
 
 // Generator samples completions from an ONNX causal LM.
@@ -63,6 +74,16 @@ type Generator struct {
 	cached  bool        // decode one token at a time feeding presents back
 	pasts   []cachePast // KV-cache inputs (fed empty when !cached)
 	mode    string
+	// inPlace: the cache is GroupQueryAttention's (slots.go): rows right-padded, each past
+	// and its present one buffer at the batch's final length, written in place.
+	inPlace bool
+	// lengths: the graph reads lengthsInput and totalInput (attention rewritten into
+	// GroupQueryAttention) rather than an attention mask.
+	lengths bool
+	// kv holds the in-place cache's buffers between calls (slots.go).
+	kv [][]float32
+	// scratch are advance's per-worker score buffers.
+	scratch [][]float64
 	// params are the parameter inputs' feeds (GeneratorOptions.ParamInputs), by name;
 	// paramNames are all of ParamInputs, those the next-token logits do not need included.
 	params     map[string]*ort.Tensor
@@ -162,11 +183,21 @@ func NewGenerator(path string, m *onnx.Model, o GeneratorOptions) (*Generator, e
 	for _, p := range pasts {
 		cps = append(cps, cachePast{name: p.Name, dims: p.Dims, batchAxis: 0, seqAxis: 2})
 	}
-	return newGenerator(path, m, cps, false, "none", o)
+	return newGenerator(path, m, cacheKind{pasts: cps, mode: "none"}, o)
+}
+
+// cacheKind is how a generator decodes: its cache inputs, whether it feeds presents back
+// (cached), whether they are written in place (inPlace), the graph reads lengthsInput
+// and totalInput (lengths), and CacheMode's word.
+type cacheKind struct {
+	pasts                    []cachePast
+	cached, inPlace, lengths bool
+	mode                     string
 }
 
 // newGenerator appends the generation head to a clone of m and opens the session.
-func newGenerator(path string, m *onnx.Model, pasts []cachePast, cached bool, mode string, o GeneratorOptions) (*Generator, error) {
+func newGenerator(path string, m *onnx.Model, kind cacheKind, o GeneratorOptions) (*Generator, error) {
+	pasts, cached := kind.pasts, kind.cached
 	m = m.Clone()
 	g := m.Graph()
 	if err := appendNextLogitsHead(m); err != nil {
@@ -195,7 +226,7 @@ func newGenerator(path string, m *onnx.Model, pasts []cachePast, cached bool, mo
 	}
 	g.Output = keep
 	onnx.Prune(g, inputs)
-	gen := &Generator{Path: path, cached: cached, pasts: pasts, mode: mode,
+	gen := &Generator{Path: path, cached: cached, pasts: pasts, mode: kind.mode, inPlace: kind.inPlace, lengths: kind.lengths,
 		hasMask: onnx.Input(g, lm.AttentionMask) != nil, hasPos: onnx.Input(g, lm.PositionIDs) != nil}
 	params, err := paramInputs(g, o.ParamInputs)
 	if err != nil {
@@ -205,7 +236,7 @@ func newGenerator(path string, m *onnx.Model, pasts []cachePast, cached bool, mo
 	for _, name := range o.ParamInputs {
 		gen.paramNames[name] = true
 	}
-	gen.sess, err = lm.NewModelSession(m, outputs, ort.Options{Threads: o.Threads})
+	gen.sess, err = openSession(m, outputs, o.sessionOptions())
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -284,12 +315,13 @@ func (gen *Generator) SetParams(names []string, shapes [][]int64, values [][]flo
 	return nil
 }
 
-// run runs the session with feeds and the parameter inputs.
-func (gen *Generator) run(feeds map[string]*ort.Tensor) (map[string]*ort.Tensor, error) {
+// run runs the session with feeds and the parameter inputs; into are output buffers
+// (Session.Run).
+func (gen *Generator) run(feeds, into map[string]*ort.Tensor) (map[string]*ort.Tensor, error) {
 	for name, t := range gen.params {
 		feeds[name] = t
 	}
-	return gen.sess.Run(feeds, nil)
+	return gen.sess.Run(feeds, into)
 }
 
 // Close releases the ONNX Runtime session.
@@ -356,7 +388,10 @@ func newExportCached(path string, m *onnx.Model, pasts []lm.PastInput, o Generat
 		}
 		cps = append(cps, cachePast{name: p.Name, present: present, dims: p.Dims, batchAxis: 0, seqAxis: 2})
 	}
-	return newGenerator(path, m, cps, true, "export", o)
+	if !hasGQA(g) {
+		return newGenerator(path, m, cacheKind{pasts: cps, cached: true, mode: "export"}, o)
+	}
+	return newGQAExport(path, m, cps, o)
 }
 
 func presentName(past string) string {
@@ -415,11 +450,7 @@ func (gen *Generator) Generate(ctx context.Context, prompts []Prompt, o SampleOp
 	}
 	var err error
 	if len(rows) > 0 && o.MaxNewTokens > 0 {
-		if gen.cached {
-			err = gen.decodeCached(ctx, rows, &o)
-		} else {
-			err = gen.decodeFull(ctx, rows, &o)
-		}
+		err = gen.decode(ctx, rows, &o)
 	}
 	if err != nil {
 		return nil, err
@@ -439,18 +470,65 @@ func (gen *Generator) Generate(ctx context.Context, prompts []Prompt, o SampleOp
 	return out, nil
 }
 
-// advance samples the next token of every unfinished row from its logits (row i of
-// rows is row i of logits) and records finishes.
-func (gen *Generator) advance(rows []*genRow, logits []float32, o *SampleOptions, buf []float64) error {
-	v := gen.vocab
-	for i, r := range rows {
-		if r.done {
-			continue
+// decode completes rows: with the in-place cache in slots of o.BatchSize rows (a finished
+// row's slot taking the next row), else in consecutive batches of o.BatchSize rows.
+func (gen *Generator) decode(ctx context.Context, rows []*genRow, o *SampleOptions) error {
+	if gen.inPlace {
+		return gen.decodeSlots(ctx, rows, o)
+	}
+	size := len(rows)
+	if o.BatchSize > 0 {
+		size = o.BatchSize
+	}
+	for batch := range slices.Chunk(rows, size) {
+		var err error
+		if gen.cached {
+			err = gen.decodeCached(ctx, batch, o)
+		} else {
+			err = gen.decodeFull(ctx, batch, o)
 		}
-		raw := logits[i*v : (i+1)*v]
-		tok := nextToken(buf, raw, r.seen, o, r.rng)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// advance samples the next token of every unfinished row from its logits (row i of
+// rows is row i of logits) and records finishes. Rows are sampled in parallel, each from
+// its own source, so the tokens do not depend on the order.
+func (gen *Generator) advance(rows []*genRow, logits []float32, o *SampleOptions) error {
+	v := gen.vocab
+	toks, logps := make([]int64, len(rows)), make([]float64, len(rows))
+	var todo []int
+	for i, r := range rows {
+		if !r.done {
+			todo = append(todo, i)
+		}
+	}
+	workers := min(len(todo), runtime.GOMAXPROCS(0))
+	for len(gen.scratch) < workers {
+		gen.scratch = append(gen.scratch, make([]float64, v))
+	}
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := gen.scratch[w]
+			for k := w; k < len(todo); k += workers {
+				i := todo[k]
+				raw := logits[i*v : (i+1)*v]
+				toks[i] = nextToken(buf, raw, rows[i].seen, o, rows[i].rng)
+				logps[i] = logSoftmaxAt(raw, toks[i])
+			}
+		}()
+	}
+	wg.Wait()
+	for _, i := range todo {
+		r, tok := rows[i], toks[i]
 		r.out = append(r.out, tok)
-		r.logps = append(r.logps, logSoftmaxAt(raw, tok))
+		r.logps = append(r.logps, logps[i])
 		r.seen[tok] = struct{}{}
 		switch {
 		case slices.Contains(o.EOS, tok):
@@ -489,7 +567,6 @@ func allDone(rows []*genRow) bool {
 // decodeFull generates without a cache: every step runs each unfinished row's whole
 // sequence, right-padded, and reads the logits at its last token.
 func (gen *Generator) decodeFull(ctx context.Context, rows []*genRow, o *SampleOptions) error {
-	buf := make([]float64, gen.vocab)
 	for !allDone(rows) {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -506,7 +583,7 @@ func (gen *Generator) decodeFull(ctx context.Context, rows []*genRow, o *SampleO
 		if err != nil {
 			return gen.runError(len(seqs), seqs, err)
 		}
-		if err := gen.advance(active, out[NextLogitsOutput].F32, o, buf); err != nil {
+		if err := gen.advance(active, out[NextLogitsOutput].F32, o); err != nil {
 			return err
 		}
 	}
@@ -550,10 +627,13 @@ func (gen *Generator) runFull(seqs [][]int64) (map[string]*ort.Tensor, error) {
 	if gen.hasPos {
 		feeds[lm.PositionIDs] = &ort.Tensor{Shape: shape, I64: pos}
 	}
+	if gen.lengths {
+		feedLengths(feeds, index, int64(width))
+	}
 	for _, p := range gen.pasts {
 		feeds[p.name] = p.empty(n)
 	}
-	return gen.run(feeds)
+	return gen.run(feeds, nil)
 }
 
 // cacheRun is the state of a batch decoded with the KV cache.
@@ -603,7 +683,7 @@ func (gen *Generator) prefill(prompts [][]int64, left bool) (*cacheRun, []float3
 	for _, p := range gen.pasts {
 		feeds[p.name] = p.empty(n)
 	}
-	out, err := gen.run(feeds)
+	out, err := gen.run(feeds, nil)
 	if err != nil {
 		return nil, nil, gen.runError(n, prompts, err)
 	}
@@ -641,7 +721,7 @@ func (c *cacheRun) step(tokens []int64, active []bool) ([]float32, error) {
 	for _, p := range gen.pasts {
 		feeds[p.name] = c.out[p.present]
 	}
-	out, err := gen.run(feeds)
+	out, err := gen.run(feeds, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%s: decoding step at %d tokens: %w", gen.Path, width, err)
 	}
@@ -658,7 +738,6 @@ func (gen *Generator) decodeCached(ctx context.Context, rows []*genRow, o *Sampl
 	for i, r := range rows {
 		prompts[i] = r.prompt
 	}
-	buf := make([]float64, gen.vocab)
 	c, logits, err := gen.prefill(prompts, o.PaddingSide == "left")
 	if err != nil {
 		return err
@@ -666,7 +745,7 @@ func (gen *Generator) decodeCached(ctx context.Context, rows []*genRow, o *Sampl
 	tokens := make([]int64, len(rows))
 	active := make([]bool, len(rows))
 	for {
-		if err := gen.advance(rows, logits, o, buf); err != nil {
+		if err := gen.advance(rows, logits, o); err != nil {
 			return err
 		}
 		if allDone(rows) {

@@ -38,7 +38,7 @@ func deriveCached(path string, m *onnx.Model, o GeneratorOptions) (*Generator, *
 	if err != nil {
 		return nil, nil, err
 	}
-	gen, err := newGenerator(path, dv.model, dv.pasts, true, "derived", o)
+	gen, err := newGenerator(path, dv.model, cacheKind{pasts: dv.pasts, cached: true, mode: "derived"}, o)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (%s)", err, dv)
 	}

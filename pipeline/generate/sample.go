@@ -45,8 +45,14 @@ type SampleOptions struct {
 	Decode func(ids []int64) (string, error)
 	// PaddingSide is "left" (default, as transformers generates) or "right": how a batch
 	// of prompts of different lengths is laid out for the cached prefill. Position ids
-	// follow the attention mask (cumsum − 1), so both give the same tokens.
+	// follow the attention mask (cumsum − 1), so both give the same tokens. A cache
+	// written in place (GroupQueryAttention) always takes rows right-padded, as the op
+	// reads them.
 	PaddingSide string
+	// BatchSize bounds the rows decoded together (0: all of them). With a cache written in
+	// place, a finished row's slot takes the next row waiting; otherwise the rows go in
+	// consecutive batches. Tokens do not depend on it.
+	BatchSize int
 }
 
 // Finish reasons.
@@ -85,6 +91,8 @@ func (o *SampleOptions) normalize() error {
 		return fmt.Errorf("repetition penalty %v: want > 0", o.RepetitionPenalty)
 	case o.MaxNewTokens < 0:
 		return fmt.Errorf("max new tokens %d: want >= 0", o.MaxNewTokens)
+	case o.BatchSize < 0:
+		return fmt.Errorf("batch size %d: want >= 0 (0 is all rows)", o.BatchSize)
 	case o.NumReturnSequences < 0:
 		return fmt.Errorf("num return sequences %d: want >= 1", o.NumReturnSequences)
 	case o.PaddingSide != "left" && o.PaddingSide != "right":
