@@ -139,6 +139,10 @@ func (c CPO) AppendLoss(m *onnx.Model) error {
 	return addScalarOutputs(b.Graph(), []string{logps, nll, loss}, []string{CPOLogpsOutput, CPONLLOutput, engine.LossOutput})
 }
 
+// SourceDigest implements engine.SourceDigester: a training graph cached by another
+// build of the loss heads is rebuilt.
+func (CPO) SourceDigest() (string, error) { return sourceDigest() }
+
 // Outputs implements Objective.
 func (CPO) Outputs() []string { return []string{CPOLogpsOutput, CPONLLOutput} }
 

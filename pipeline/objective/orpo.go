@@ -100,6 +100,10 @@ func log1mexp(b *onnx.Builder, x string) string {
 	return b.Add(b.Sub(b.Log(b.Neg(h)), b.Log(b.Sub(b.ConstFloat(1), h))), b.ConstFloat(float32(math.Ln2)))
 }
 
+// SourceDigest implements engine.SourceDigester: a training graph cached by another
+// build of the loss heads is rebuilt.
+func (ORPO) SourceDigest() (string, error) { return sourceDigest() }
+
 // Outputs implements Objective.
 func (ORPO) Outputs() []string {
 	return []string{ORPOAvgLogpsOutput, ORPONLLOutput, ORPOLogOddsRatioOutput, ORPOLogOddsChosenOutput}

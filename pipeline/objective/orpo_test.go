@@ -31,6 +31,9 @@ type refFreeOracle struct {
 	} `json:"cases"`
 }
 
+// The reference-free objectives key the graph cache by their loss heads' sources.
+var _, _ engine.SourceDigester = ORPO{}, CPO{}
+
 // refFreeGradients runs one forward and backward pass of obj on micro-batches of pairs
 // through the engine: the step's metrics, the trained initializers and their gradients.
 func refFreeGradients(t *testing.T, m *onnx.Model, obj engine.Objective[encode.EncodedPair], micro [][]encode.EncodedPair, pad int64) (engine.Metrics, []string, [][]float32) {
