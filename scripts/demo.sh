@@ -38,25 +38,30 @@ $bin dpo --model "$out/sft/model.onnx" --data testdata/data/train.parquet --eval
   "${common[@]}" --eval-steps 10 --loss ipo --beta 0.1 --out "$out/ipo" 2>/dev/null | grep -E "accuracies|margins"
 
 echo
-echo "== 6. score: the aligned model (an ordinary ONNX file) against the SFT model"
+echo "== 6. orpo: SFT and preference in one stage from the base model, no reference model (TRL's ORPO)"
+$bin orpo --model "$model" --data testdata/data/train.parquet --eval-data testdata/data/test.parquet \
+  "${common[@]}" --beta 0.1 --out "$out/orpo" 2>/dev/null | grep -E "accuracies|nll_loss|log_odds_ratio"
+
+echo
+echo "== 7. score: the aligned model (an ordinary ONNX file) against the SFT model"
 $bin score --model "$out/dpo/model.onnx" --ref "$out/sft/model.onnx" \
   --data testdata/data/test.parquet --tokenizer "$tok" --max-length 128 \
   --out "$out/aligned_scores.parquet" 2>/dev/null
 
 echo
-echo "== 7. generate: greedy completions of 3 held-out prompts from the aligned model (KV cache)"
+echo "== 8. generate: greedy completions of 3 held-out prompts from the aligned model (KV cache)"
 head -n 3 testdata/data/test.jsonl > "$out/prompts.jsonl"
 $bin generate --model "$out/dpo/model.onnx" --prompts "$out/prompts.jsonl" --tokenizer "$tok" \
   --temperature 0 --max-new-tokens 24 --out "$out/completions.jsonl" 2>/dev/null
 head -c 600 "$out/completions.jsonl"; echo
 
 echo
-echo "== 8. reward: a Bradley-Terry reward model on the same pairs (held-out accuracy before and after)"
+echo "== 9. reward: a Bradley-Terry reward model on the same pairs (held-out accuracy before and after)"
 $bin reward --model "$model" --data testdata/data/train.parquet --eval-data testdata/data/test.parquet \
   "${common[@]}" --out "$out/reward" 2>/dev/null | grep -E "wrote|accuracy|margin "
 
 echo
-echo "== 9. sampled completions of the SFT model with their rewards (generate, then score --reward)"
+echo "== 10. sampled completions of the SFT model with their rewards (generate, then score --reward)"
 head -n 16 testdata/data/test.jsonl > "$out/heldout_prompts.jsonl"
 $bin generate --model "$out/sft/model.onnx" --prompts "$out/heldout_prompts.jsonl" --tokenizer "$tok" \
   --max-new-tokens 12 --seed 7 --out "$out/sampled.jsonl" 2>/dev/null >/dev/null
@@ -67,12 +72,12 @@ paste -d' ' <(grep -o '"reward":[^,}]*' "$out/sampled_rewards.jsonl" | cut -d: -
   <(grep -o '"completion":"[^"]*"' "$out/sampled.jsonl" | cut -c14-) | head -n 5
 
 echo
-echo "== 10. rlhf: GRPO from the SFT model against the reward model, next to the DPO run"
+echo "== 11. rlhf: GRPO from the SFT model against the reward model, next to the DPO run"
 $bin rlhf --algo grpo --model "$out/sft/model.onnx" --reward "$out/reward/reward.onnx" \
   --prompts testdata/data/train.jsonl --eval-data "$out/heldout_prompts.jsonl" --tokenizer "$tok" \
   --num-generations 8 --max-new-tokens 16 --batch-size 4 --max-steps 12 --lr 2e-3 --beta 0.04 \
   --lr-scheduler constant --out "$out/grpo" 2>/dev/null
 
 echo
-echo "== 11. report: plots of the SFT, DPO, IPO, reward and GRPO runs"
+echo "== 12. report: plots of the SFT, DPO, IPO, reward and GRPO runs"
 $bin report "$out/sft" "$out/dpo" "$out/ipo" "$out/reward" "$out/grpo" --out "$out/report" 2>/dev/null
