@@ -53,6 +53,9 @@ type GeneratorOptions struct {
 	// GraphConfig.TieTransposedCopies reads them (Engine.Ties): each copy becomes
 	// Transpose(source), so feeding the source feeds the copy too.
 	Ties []lm.Tie
+	// concatOnly derives a cache that concatenates pasts (tests of that path), not one
+	// written in place.
+	concatOnly bool
 	// Spin lets ONNX Runtime's idle threads spin between the parallel parts of a run (a
 	// little faster on an idle machine); by default they sleep, leaving the cores to the
 	// sampling goroutines and to other processes.
@@ -601,39 +604,44 @@ func (gen *Generator) runError(batch int, seqs [][]int64, err error) error {
 // runFull runs whole sequences, right-padded, with an empty past, and fetches the logits
 // at each row's last token.
 func (gen *Generator) runFull(seqs [][]int64) (map[string]*ort.Tensor, error) {
-	width := 0
-	for _, s := range seqs {
-		width = max(width, len(s))
-	}
-	n := len(seqs)
-	ids := make([]int64, n*width)
-	mask := make([]int64, n*width)
-	pos := make([]int64, n*width)
-	index := make([]int64, n)
-	for i, s := range seqs {
-		for t := 0; t < width; t++ {
-			pos[i*width+t] = int64(t)
-			if t < len(s) {
-				ids[i*width+t], mask[i*width+t] = s[t], 1
-			}
-		}
-		index[i] = int64(len(s) - 1)
-	}
-	shape := []int64{int64(n), int64(width)}
-	feeds := map[string]*ort.Tensor{lm.InputIDs: {Shape: shape, I64: ids}, GenIndexInput: {Shape: []int64{int64(n)}, I64: index}}
-	if gen.hasMask {
-		feeds[lm.AttentionMask] = &ort.Tensor{Shape: shape, I64: mask}
-	}
-	if gen.hasPos {
-		feeds[lm.PositionIDs] = &ort.Tensor{Shape: shape, I64: pos}
-	}
+	feeds, index, width := paddedFeeds(seqs, gen.hasMask, gen.hasPos)
+	feeds[GenIndexInput] = &ort.Tensor{Shape: []int64{int64(len(seqs))}, I64: index}
 	if gen.lengths {
 		feedLengths(feeds, index, int64(width))
 	}
 	for _, p := range gen.pasts {
-		feeds[p.name] = p.empty(n)
+		feeds[p.name] = p.empty(len(seqs))
 	}
 	return gen.run(feeds, nil)
+}
+
+// paddedFeeds lays seqs out right-padded as input_ids and, when asked, attention_mask
+// and position_ids (0, 1, ...), and returns each row's last position and the width.
+func paddedFeeds(seqs [][]int64, mask, positions bool) (feeds map[string]*ort.Tensor, last []int64, width int) {
+	for _, s := range seqs {
+		width = max(width, len(s))
+	}
+	n := len(seqs)
+	ids, att, pos := make([]int64, n*width), make([]int64, n*width), make([]int64, n*width)
+	last = make([]int64, n)
+	for i, s := range seqs {
+		for t := 0; t < width; t++ {
+			pos[i*width+t] = int64(t)
+			if t < len(s) {
+				ids[i*width+t], att[i*width+t] = s[t], 1
+			}
+		}
+		last[i] = int64(len(s) - 1)
+	}
+	shape := []int64{int64(n), int64(width)}
+	feeds = map[string]*ort.Tensor{lm.InputIDs: {Shape: shape, I64: ids}}
+	if mask {
+		feeds[lm.AttentionMask] = &ort.Tensor{Shape: shape, I64: att}
+	}
+	if positions {
+		feeds[lm.PositionIDs] = &ort.Tensor{Shape: shape, I64: pos}
+	}
+	return feeds, last, width
 }
 
 // cacheRun is the state of a batch decoded with the KV cache.

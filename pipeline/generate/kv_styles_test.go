@@ -32,8 +32,10 @@ type kvStylesOracle struct {
 }
 
 // TestDerivedCacheStyles: on every export style of kv_styles.json a cache is derived (no
-// notice, mode "derived"), and greedy decoding with it, of the prompts batched with left
-// and with right padding, gives the tokens of decoding without a cache and PyTorch's.
+// notice, mode "derived"), both written in place (attention rewritten into
+// GroupQueryAttention) and concatenating pasts, and greedy decoding with it, of the
+// prompts batched with left and with right padding (and in two slots), gives the tokens
+// of decoding without a cache and PyTorch's.
 func TestDerivedCacheStyles(t *testing.T) {
 	var o kvStylesOracle
 	if b, err := os.ReadFile("../../testdata/expected/kv_styles.json"); err != nil {
@@ -50,45 +52,50 @@ func TestDerivedCacheStyles(t *testing.T) {
 	}
 	for _, style := range slices.Sorted(maps.Keys(o.Models)) {
 		want := o.Models[style]
-		t.Run(style, func(t *testing.T) {
-			path := filepath.Join("../../testdata", want.File)
-			var notices []string
-			cached, err := LoadGenerator(path, GeneratorOptions{Threads: 1, Notice: func(s string) { notices = append(notices, s) }})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cached.Close()
-			if cached.CacheMode() != "derived" || len(notices) > 0 {
-				t.Fatalf("cache mode %q, notices %q; want a derived cache and no notice", cached.CacheMode(), notices)
-			}
-			plain, err := LoadGenerator(path, GeneratorOptions{Threads: 1, Cache: CacheOff})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer plain.Close()
-			opts := SampleOptions{MaxNewTokens: o.MaxNewTokens}
-			ref := generate(t, plain, ps, opts)
-			for i, w := range want.Greedy {
-				if !slices.Equal(ref[i].IDs, w.IDs) {
-					t.Errorf("no cache, prompt %d: %v, PyTorch %v (min top-2 gap %.3g)", i, ref[i].IDs, w.IDs, w.MinGap)
+		for _, inPlace := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/inplace=%v", style, inPlace), func(t *testing.T) {
+				path := filepath.Join("../../testdata", want.File)
+				var notices []string
+				cached, err := LoadGenerator(path, GeneratorOptions{Threads: 1, concatOnly: !inPlace, Notice: func(s string) { notices = append(notices, s) }})
+				if err != nil {
+					t.Fatal(err)
 				}
-			}
-			for _, side := range []string{"left", "right"} {
-				opts.PaddingSide = side
-				got := generate(t, cached, ps, opts)
+				defer cached.Close()
+				if cached.CacheMode() != "derived" || len(notices) > 0 || cached.inPlace != inPlace {
+					t.Fatalf("cache mode %q (in place %v), notices %q; want a derived cache (in place %v) and no notice", cached.CacheMode(), cached.inPlace, notices, inPlace)
+				}
+				plain, err := LoadGenerator(path, GeneratorOptions{Threads: 1, Cache: CacheOff})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer plain.Close()
+				opts := SampleOptions{MaxNewTokens: o.MaxNewTokens}
+				ref := generate(t, plain, ps, opts)
 				for i, w := range want.Greedy {
-					if !slices.Equal(got[i].IDs, w.IDs) {
-						t.Errorf("derived cache, %s padding, prompt %d: %v, PyTorch %v (min top-2 gap %.3g)", side, i, got[i].IDs, w.IDs, w.MinGap)
+					if !slices.Equal(ref[i].IDs, w.IDs) {
+						t.Errorf("no cache, prompt %d: %v, PyTorch %v (min top-2 gap %.3g)", i, ref[i].IDs, w.IDs, w.MinGap)
 					}
-					for k := range ref[i].Logps {
-						if d := math.Abs(got[i].Logps[k] - ref[i].Logps[k]); d > 1e-4 {
-							t.Errorf("%s padding, prompt %d token %d: logp %.6f with the cache, %.6f without", side, i, k, got[i].Logps[k], ref[i].Logps[k])
-							break
+				}
+				for _, side := range []string{"left", "right", "slots"} {
+					opts.PaddingSide, opts.BatchSize = side, 0
+					if side == "slots" {
+						opts.PaddingSide, opts.BatchSize = "left", 2
+					}
+					got := generate(t, cached, ps, opts)
+					for i, w := range want.Greedy {
+						if !slices.Equal(got[i].IDs, w.IDs) {
+							t.Errorf("derived cache, %s padding, prompt %d: %v, PyTorch %v (min top-2 gap %.3g)", side, i, got[i].IDs, w.IDs, w.MinGap)
+						}
+						for k := range ref[i].Logps {
+							if d := math.Abs(got[i].Logps[k] - ref[i].Logps[k]); d > 1e-4 {
+								t.Errorf("%s padding, prompt %d token %d: logp %.6f with the cache, %.6f without", side, i, k, got[i].Logps[k], ref[i].Logps[k])
+								break
+							}
 						}
 					}
 				}
-			}
-		})
+			})
+		}
 	}
 }
 

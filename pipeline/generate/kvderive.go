@@ -38,6 +38,13 @@ func deriveCached(path string, m *onnx.Model, o GeneratorOptions) (*Generator, *
 	if err != nil {
 		return nil, nil, err
 	}
+	if dv.inPlace != nil && !o.concatOnly {
+		gen, err := dv.inPlace.open(path, o)
+		if err == nil {
+			return gen, dv, nil
+		}
+		dv.inPlaceErr, dv.inPlace = err, nil
+	}
 	gen, err := newGenerator(path, dv.model, cacheKind{pasts: dv.pasts, cached: true, mode: "derived"}, o)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (%s)", err, dv)
@@ -58,6 +65,10 @@ type derivation struct {
 	masks  onnx.KVMasks
 	// positionsAdded: the graph computed its positions and now reads position_ids.
 	positionsAdded bool
+	// inPlace is the graph with its attention rewritten into GroupQueryAttention, tried
+	// first; inPlaceErr says why there is none, or why it was not used.
+	inPlace    *gqaDerived
+	inPlaceErr error
 }
 
 // String summarises the surgery in one line for notices: where the pasts are joined and
@@ -122,9 +133,14 @@ func deriveCacheGraph(m *onnx.Model, o GeneratorOptions) (*derivation, error) {
 			}
 		}
 	}
-	axes, err := probeKVAxes(d, layers, &masks, o)
+	scales, scaleErr := attentionScales(dg, layers)
+	pr, err := probeKVAxes(d, layers, &masks, scaleInputs(scales), o)
 	if err != nil {
 		return nil, err
+	}
+	axes := pr.axes
+	if dv.inPlaceErr = scaleErr; scaleErr == nil {
+		dv.inPlace, dv.inPlaceErr = rewriteGQA(d, layers, scales, masks, positions, pr)
 	}
 	var specs []onnx.KVCacheSpec
 	for i, l := range layers {
@@ -151,6 +167,17 @@ func deriveCacheGraph(m *onnx.Model, o GeneratorOptions) (*derivation, error) {
 	return dv, nil
 }
 
+// probed is what probeKVAxes learns: where each chain's past goes, the shapes of each
+// layer's queries (the scores MatMul's first input) in its two runs, and the in-place
+// cache check's reference logits (recordCheck).
+type probed struct {
+	axes              []kvAxes
+	queries, queriesB [][]int64
+	// scalars are the values of the extra scalars asked for, in the two runs.
+	scalars map[string][2][]float32
+	check   []checkStep
+}
+
 // kvAxes is where a chain's past goes: the point (index into KVChain.Points), its batch
 // and sequence axes and its dimensions from the probe.
 type kvAxes struct {
@@ -171,8 +198,10 @@ const (
 // the sequence length, the one with the fewest values per token (before a head repeat);
 // at equal size one that needs no extended shapes (KVPoint.Extend), then the highest. It
 // sets the mask uses' query axes and the shape reads' sequence
-// entries in masks.
-func probeKVAxes(m *onnx.Model, layers []onnx.AttentionLayer, masks *onnx.KVMasks, o GeneratorOptions) ([]kvAxes, error) {
+// entries in masks. The queries' shapes, the values of scalars (cast to float) and the
+// check's reference logits come from the same session, which reads the weights where
+// they are (no repacked copy).
+func probeKVAxes(m *onnx.Model, layers []onnx.AttentionLayer, masks *onnx.KVMasks, scalars []string, o GeneratorOptions) (*probed, error) {
 	p := m.Clone()
 	g := p.Graph()
 	var outs []string
@@ -193,8 +222,21 @@ func probeKVAxes(m *onnx.Model, layers []onnx.AttentionLayer, masks *onnx.KVMask
 				}
 			}
 		}
+		if err := add(l.Scores.GetInput()[0], onnx.Float, nil); err != nil {
+			return nil, err
+		}
+	}
+	if err := add(lm.LogitsOutput, onnx.Float, nil); err != nil {
+		return nil, err
 	}
 	b := onnx.NewBuilder(g, p.Opset(""), "ortalign_probe")
+	asFloat := map[string]string{}
+	for _, x := range scalars {
+		asFloat[x] = b.Cast(x, onnx.Float)
+		if err := add(asFloat[x], onnx.Float, nil); err != nil {
+			return nil, err
+		}
+	}
 	vector := []onnx.Dim{onnx.DimParam("rank")}
 	shapeOf := map[string]string{}
 	for _, v := range masks.Values {
@@ -208,7 +250,9 @@ func probeKVAxes(m *onnx.Model, layers []onnx.AttentionLayer, masks *onnx.KVMask
 			return nil, err
 		}
 	}
-	sess, err := lm.NewModelSession(p, outs, ort.Options{Threads: o.Threads})
+	so := o.sessionOptions()
+	so.DisablePrepacking = true
+	sess, err := openSession(p, outs, so)
 	if err != nil {
 		return nil, fmt.Errorf("probe session: %w", err)
 	}
@@ -302,7 +346,34 @@ func probeKVAxes(m *onnx.Model, layers []onnx.AttentionLayer, masks *onnx.KVMask
 			res = append(res, best)
 		}
 	}
-	return res, nil
+	pr := &probed{axes: res, scalars: map[string][2][]float32{}}
+	for x, f := range asFloat {
+		pr.scalars[x] = [2][]float32{r1[f].F32, r2[f].F32}
+	}
+	for _, l := range layers {
+		q := l.Scores.GetInput()[0]
+		pr.queries, pr.queriesB = append(pr.queries, r1[q].Shape), append(pr.queriesB, r2[q].Shape)
+	}
+	// The reference of the in-place cache's check: the model's own logits, right-padded.
+	pr.check, err = recordCheck(func(seqs [][]int64) ([]float32, error) {
+		feeds, last, width := paddedFeeds(seqs, true, hasPos)
+		out, err := sess.Run(feeds, nil)
+		if err != nil {
+			return nil, fmt.Errorf("probe run: %w", err)
+		}
+		logits := out[lm.LogitsOutput]
+		vocab := int(logits.Shape[len(logits.Shape)-1])
+		next := make([]float32, 0, len(seqs)*vocab)
+		for i, t := range last {
+			row := (i*width + int(t)) * vocab
+			next = append(next, logits.F32[row:row+vocab]...)
+		}
+		return next, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return pr, nil
 }
 
 // checkCache compares decoding with the derived cache against re-running the whole
@@ -382,6 +453,9 @@ func InspectKVCache(path string, m *onnx.Model, threads int) (KVCacheInfo, error
 		}
 		defer gen.Close()
 		info.Mode = gen.CacheMode()
+		if gen.inPlace {
+			info.Detail = append(info.Detail, "GroupQueryAttention: rows right-padded, the cache written in place")
+		}
 		for _, p := range gen.pasts {
 			info.Detail = append(info.Detail, fmt.Sprintf("%s -> %s %v", p.name, p.present, p.dims))
 		}
@@ -393,6 +467,15 @@ func InspectKVCache(path string, m *onnx.Model, threads int) (KVCacheInfo, error
 	}
 	defer gen.Close()
 	info.Mode = gen.CacheMode()
+	if gen.inPlace {
+		info.Detail = append(info.Detail, fmt.Sprintf("attention of %d layers rewritten into GroupQueryAttention: rows right-padded, the cache written in place", dv.inPlace.layers))
+		for _, p := range gen.pasts {
+			info.Detail = append(info.Detail, fmt.Sprintf("%s -> %s %s", p.name, p.present, p.layout()))
+		}
+		info.Detail = append(info.Detail, "otherwise (the in-place cache failing its check) pasts would be concatenated:")
+	} else if dv.inPlaceErr != nil {
+		info.Detail = append(info.Detail, "not written in place (GroupQueryAttention): "+dv.inPlaceErr.Error())
+	}
 	for i, p := range dv.pasts {
 		info.Detail = append(info.Detail, fmt.Sprintf("%s -> %s %s: joined at %s", p.name, p.present, p.layout(), dv.points[i]))
 	}

@@ -238,53 +238,99 @@ func (gen *Generator) decodeSlots(ctx context.Context, rows []*genRow, o *Sample
 	}
 }
 
-// checkInPlace decodes a batch of two prompts of different lengths greedily for a few
-// steps with the in-place cache, one prompt starting after the other (a slot taken over),
-// and compares each step's logits with want's, the logits after each sequence's last
-// token computed without a cache.
-func (gen *Generator) checkInPlace(want func(seqs [][]int64) ([]float32, error)) error {
-	v := int64(gen.vocab)
-	rows := []*genRow{{prompt: []int64{1 % v, 2 % v, 3 % v}}, {prompt: []int64{4 % v, 5 % v, 6 % v, 7 % v, 8 % v}}, {prompt: []int64{9 % v, 10 % v}}}
+// checkStep is one comparison of the in-place cache's check: the sequences of the rows
+// in their slots and the reference logits after each.
+type checkStep struct {
+	seqs   [][]int64
+	logits []float32
+}
+
+// The check decodes checkPrompts in two slots, following checkPlan (the prompts in the
+// slots at each comparison): the first two are prefilled together and decoded two steps,
+// then the first finishes, the second moves into its slot and the third is prefilled into
+// the other (compared alone), and the two decode two more steps.
+var (
+	checkPrompts = [][]int64{{1, 2, 3}, {4, 5, 6, 7, 8}, {9, 10}}
+	checkPlan    = [][]int{{0, 1}, {0, 1}, {2}, {1, 2}, {1, 2}}
+)
+
+// recordCheck computes the check's reference: at each point of checkPlan, ref's logits
+// after the rows' sequences (computed without a cache), each row then continued with its
+// greedy token.
+func recordCheck(ref func(seqs [][]int64) ([]float32, error)) ([]checkStep, error) {
+	seqs := make([][]int64, len(checkPrompts))
+	for i, p := range checkPrompts {
+		seqs[i] = slices.Clone(p)
+	}
+	var steps []checkStep
+	for _, rows := range checkPlan {
+		in := make([][]int64, len(rows))
+		for i, r := range rows {
+			in[i] = slices.Clone(seqs[r])
+		}
+		logits, err := ref(in)
+		if err != nil {
+			return nil, err
+		}
+		steps = append(steps, checkStep{seqs: in, logits: logits})
+		vocab := len(logits) / len(rows)
+		for i, r := range rows {
+			row := logits[i*vocab : (i+1)*vocab]
+			seqs[r] = append(seqs[r], int64(slices.Index(row, slices.Max(row))))
+		}
+	}
+	return steps, nil
+}
+
+// checkInPlace replays the check (recordCheck) with the in-place cache and compares each
+// step's logits with the reference's.
+func (gen *Generator) checkInPlace(steps []checkStep) error {
+	if len(steps) != len(checkPlan) {
+		return fmt.Errorf("%d reference steps for a check of %d", len(steps), len(checkPlan))
+	}
+	rows := make([]*genRow, len(checkPrompts))
+	for i, p := range checkPrompts {
+		if slices.Max(p) >= int64(gen.vocab) {
+			return fmt.Errorf("vocabulary of %d tokens: too small for the cache check", gen.vocab)
+		}
+		rows[i] = &genRow{prompt: p}
+	}
 	s, err := gen.newSlotRun(2, 16)
 	if err != nil {
 		return err
 	}
-	logits, err := s.admit(rows[:2])
-	if err != nil {
-		return err
-	}
-	for step := 0; step < 5; step++ {
-		if step == 2 { // the first row finishes; the third takes its slot
+	var logits []float32
+	for k, want := range steps {
+		switch k {
+		case 0:
+			logits, err = s.admit(rows[:2])
+		case 2:
 			rows[0].done = true
 			s.retire()
-			more, err := s.admit(rows[2:])
-			if err != nil {
-				return err
-			}
-			// The second row, now in the first slot, keeps its logits.
-			logits = append(slices.Clone(logits[gen.vocab:2*gen.vocab]), more...)
+			logits, err = s.admit(rows[2:])
+		default:
+			logits, err = s.step()
 		}
-		seqs := make([][]int64, len(s.rows))
-		for i, r := range s.rows {
-			seqs[i] = append(slices.Clip(r.prompt), r.out...)
-		}
-		ref, err := want(seqs)
 		if err != nil {
 			return err
 		}
+		if len(logits) != len(want.logits) {
+			return fmt.Errorf("check step %d: %d logits, the reference has %d", k, len(logits), len(want.logits))
+		}
 		worst := 0.0
-		for i := range ref {
-			worst = max(worst, math.Abs(float64(logits[i]-ref[i]))/(1+math.Abs(float64(ref[i]))))
+		for i, w := range want.logits {
+			worst = max(worst, math.Abs(float64(logits[i]-w))/(1+math.Abs(float64(w))))
 		}
 		if !(worst <= 1e-3) {
-			return fmt.Errorf("the in-place cache's logits differ from a run without a cache by %.2g at step %d", worst, step)
+			return fmt.Errorf("the in-place cache's logits differ from a run without a cache by %.2g at step %d", worst, k)
 		}
-		for i, r := range s.rows {
-			row := logits[i*gen.vocab : (i+1)*gen.vocab]
-			r.out = append(r.out, int64(slices.Index(row, slices.Max(row))))
-		}
-		if logits, err = s.step(); err != nil {
-			return err
+		vocab := len(want.logits) / len(checkPlan[k])
+		for i, r := range checkPlan[k] {
+			if !slices.Equal(append(slices.Clip(rows[r].prompt), rows[r].out...), want.seqs[i]) {
+				return fmt.Errorf("check step %d: row %d is not the reference's sequence", k, r)
+			}
+			row := want.logits[i*vocab : (i+1)*vocab]
+			rows[r].out = append(rows[r].out, int64(slices.Index(row, slices.Max(row))))
 		}
 	}
 	return nil
