@@ -229,10 +229,6 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "wrote %s and %s\n", res.ModelPath, res.MetricsPath)
-	if res.EvalAfter != nil {
-		fmt.Fprintf(stdout, "held-out metrics (%d pairs):\n", len(eval))
-		engine.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
-	}
+	printRunSummary(stdout, res, fmt.Sprintf("held-out metrics (%d pairs)", len(eval)))
 	return nil
 }

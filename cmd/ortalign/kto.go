@@ -127,7 +127,7 @@ func runKTO(ctx context.Context, o *ktoOptions, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	reportRun(stdout, res, len(eval), "rows")
+	printRunSummary(stdout, res, fmt.Sprintf("held-out metrics (%d rows)", len(eval)))
 	return nil
 }
 
@@ -198,17 +198,6 @@ func newNotedEngine[T any](model string, base *onnx.Model, cfg engine.TrainConfi
 		fmt.Fprintf(stderr, "training %q as the transpose of %q, as the exporter copied it (--untie trains it separately)\n", tie.Copy, tie.Source)
 	}
 	return eng, nil
-}
-
-// reportRun says what a finished run wrote and, with held-out data, its metrics before
-// and after training (held items of unit).
-func reportRun(stdout io.Writer, res *engine.RunResult, held int, unit string) {
-	fmt.Fprintf(stdout, "wrote %s and %s\n", res.ModelPath, res.MetricsPath)
-	if res.EvalAfter == nil {
-		return
-	}
-	fmt.Fprintf(stdout, "held-out metrics (%d %s):\n", held, unit)
-	engine.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
 }
 
 // loadReference loads the --ref model (nil when path is ""), checking that its vocabulary

@@ -98,16 +98,6 @@ func runRefFree(ctx context.Context, o *refFreeOptions, obj engine.Objective[enc
 	if err != nil {
 		return err
 	}
-	printRunResult(stdout, res, len(eval), "pairs")
+	printRunSummary(stdout, res, fmt.Sprintf("held-out metrics (%d pairs)", len(eval)))
 	return nil
-}
-
-// printRunResult writes where a run's outputs went and, when it had held items of unit,
-// its held-out metrics before and after training.
-func printRunResult(stdout io.Writer, res *engine.RunResult, held int, unit string) {
-	fmt.Fprintf(stdout, "wrote %s and %s\n", res.ModelPath, res.MetricsPath)
-	if res.EvalAfter != nil {
-		fmt.Fprintf(stdout, "held-out metrics (%d %s):\n", held, unit)
-		engine.FormatComparison(stdout, res.EvalBefore, res.EvalAfter)
-	}
 }
