@@ -59,9 +59,10 @@ func (e *Engine[T]) NeedsReference(items []T) bool {
 // parameters; after it (or after a resume) they are the trained initializers' values in
 // the user's model — for LoRA, the adapters' initial values, whose B is zero: adapters
 // off over the same base weights. No second copy of the weights is kept: the values are
-// read where the model holds them (a mapped file's pages, let go again after the pass),
-// and the forward session is closed after each call, so that no arena of it stays
-// through training. It returns nil when the objective is not Referenced.
+// read where the model holds them (a mapped file's pages, let go again after the pass;
+// tensors the file left unaligned are copied into the gradient buffers, free between
+// steps), and the forward session is closed after each call, so that no arena of it
+// stays through training. It returns nil when the objective is not Referenced.
 func (e *Engine[T]) StartingReference() Reference[T] {
 	r, ok := e.obj.(Referenced[T])
 	if !ok {
@@ -87,6 +88,9 @@ func (s startingReference[T]) Compute(ctx context.Context, batches [][]T) ([][]T
 		start, err := e.startingParams()
 		if err != nil {
 			return nil, fmt.Errorf("reference: %w", err)
+		}
+		if e.adapted == nil {
+			e.base.ReleaseResident() // the pages the copies were read from
 		}
 		live := e.params
 		// Forward feeds e.params: for this pass they are the starting values.
@@ -127,8 +131,10 @@ func ReferenceBatches(n, size int) [][]int {
 }
 
 // startingParams returns the starting values of the trained initializers, in Trainable
-// order: views of the training forward's initializers where they can be read in place,
-// copies of the others.
+// order: views of the training forward's initializers where they can be read in place;
+// the others (a mapped model file leaves raw data unaligned) are copied into the
+// gradient buffers, which hold nothing between steps (a step's gradients are written
+// over them), so that no memory is taken for them.
 func (e *Engine[T]) startingParams() ([][]float32, error) {
 	m := e.base
 	if e.adapted != nil {
@@ -142,9 +148,19 @@ func (e *Engine[T]) startingParams() ([][]float32, error) {
 		}
 		v, ok := onnx.FloatsView(init)
 		if !ok {
-			var err error
-			if v, err = onnx.TensorFloats(init); err != nil {
-				return nil, fmt.Errorf("%s: %w", e.path, err)
+			v = e.grads[i]
+			raw := init.GetRawData()
+			if onnx.DataType(init.GetDataType()) == onnx.Float && littleEndian && len(raw) == 4*len(v) {
+				copy(floatBytes(v), raw) // unaligned raw data, as a view would read it
+			} else {
+				vals, err := onnx.TensorFloats(init)
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", e.path, err)
+				}
+				if len(vals) != len(v) {
+					return nil, fmt.Errorf("%s: initializer %q has %d values, the trained tensor %d", e.path, name, len(vals), len(v))
+				}
+				copy(v, vals)
 			}
 		}
 		if len(v) != len(e.params[i]) {
