@@ -30,3 +30,6 @@ func (RL) SourceDigest() (string, error) { return sourceDigest() }
 
 // SourceDigest implements engine.SourceDigester.
 func (PPO) SourceDigest() (string, error) { return sourceDigest() }
+
+// SourceDigest implements engine.SourceDigester.
+func (KTO) SourceDigest() (string, error) { return sourceDigest() }
