@@ -179,13 +179,7 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 			return fmt.Errorf("--ref %s has vocabulary %d but --model %s has %d", o.ref, ref.VocabSize(), o.model, data.Vocab)
 		}
 	}
-	load := func(path string, d encode.DataOptions) (*encode.Loaded[encode.EncodedPair], error) {
-		return encode.LoadPairsContext(ctx, path, d)
-	}
-	pairs, eval, err := loadTrainEval(load, &o.optimFlags, o.dataPath, data)
-	if errors.Is(err, context.Canceled) {
-		return errInterruptedBeforeTraining
-	}
+	pairs, eval, err := loadTrainEval(ctx, encode.LoadPairsContext, &o.optimFlags, o.dataPath, data)
 	if err != nil {
 		return err
 	}

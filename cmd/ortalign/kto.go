@@ -95,7 +95,7 @@ func runKTO(ctx context.Context, o *ktoOptions, stdout, stderr io.Writer) error 
 	if ref != nil {
 		defer ref.Close()
 	}
-	rows, eval, err := o.loadRows(s.data, loss, stderr)
+	rows, eval, err := o.loadRows(ctx, s.data, loss, stderr)
 	if err != nil {
 		return err
 	}
@@ -158,8 +158,8 @@ func (o *ktoOptions) prepare(stderr io.Writer) (ktoSetup, error) {
 
 // loadRows reads the training and held-out rows and forms their KL sequences in blocks
 // of --batch-size; an imbalance of labels that the weights do not offset is a warning.
-func (o *ktoOptions) loadRows(data encode.DataOptions, loss objective.KTOConfig, stderr io.Writer) (rows, eval []encode.EncodedUnpaired, err error) {
-	if rows, eval, err = loadTrainEval(encode.LoadUnpaired, &o.optimFlags, o.dataPath, data); err != nil {
+func (o *ktoOptions) loadRows(ctx context.Context, data encode.DataOptions, loss objective.KTOConfig, stderr io.Writer) (rows, eval []encode.EncodedUnpaired, err error) {
+	if rows, eval, err = loadTrainEval(ctx, encode.LoadUnpairedContext, &o.optimFlags, o.dataPath, data); err != nil {
 		return nil, nil, err
 	}
 	for _, set := range [][]encode.EncodedUnpaired{rows, eval} {

@@ -79,7 +79,7 @@ func runRefFree(ctx context.Context, o *refFreeOptions, obj engine.Objective[enc
 		return err
 	}
 	data.Warn = stderr
-	pairs, eval, err := loadTrainEval(encode.LoadPairs, &o.optimFlags, o.dataPath, data)
+	pairs, eval, err := loadTrainEval(ctx, encode.LoadPairsContext, &o.optimFlags, o.dataPath, data)
 	if err != nil {
 		return err
 	}

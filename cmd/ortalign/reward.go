@@ -76,7 +76,7 @@ func runReward(ctx context.Context, o *rewardOptions, stdout, stderr io.Writer) 
 		return err
 	}
 	data.Warn = stderr
-	train, eval, err := loadTrainEval(encode.LoadPairs, &o.optimFlags, o.dataPath, data)
+	train, eval, err := loadTrainEval(ctx, encode.LoadPairsContext, &o.optimFlags, o.dataPath, data)
 	if err != nil {
 		return err
 	}

@@ -231,7 +231,7 @@ func runRLHF(ctx context.Context, o *rlhfOptions, stdout, stderr io.Writer) erro
 	cols, _ := data.ParseColumns(o.columns)
 	dopts := encode.DataOptions{Columns: cols, MaxLength: o.maxPromptLength, Truncation: tokenize.KeepEnd, Strict: o.strict,
 		Tokenizer: tok, Vocab: lm.StaticVocabSize(base), Warn: stderr}
-	train, eval, err := loadTrainEval(encode.LoadPrompts, &o.optimFlags, o.prompts, dopts)
+	train, eval, err := loadTrainEval(ctx, encode.LoadPromptsContext, &o.optimFlags, o.prompts, dopts)
 	if err != nil {
 		return err
 	}

@@ -55,7 +55,7 @@ func runSFT(ctx context.Context, o *sftOptions, stdout, stderr io.Writer) error 
 		return err
 	}
 	data.Warn = stderr
-	train, eval, err := loadTrainEval(encode.LoadSequences, &o.optimFlags, o.dataPath, data)
+	train, eval, err := loadTrainEval(ctx, encode.LoadSequencesContext, &o.optimFlags, o.dataPath, data)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -227,16 +229,16 @@ func (o *optimFlags) runOptions(label string) engine.RunOptions {
 
 // loadTrainEval reads the training items of dataPath and the held-out ones: --eval-data,
 // or a seeded --eval-fraction of the training items.
-func loadTrainEval[T any](load func(string, encode.DataOptions) (*encode.Loaded[T], error), o *optimFlags, dataPath string, data encode.DataOptions) (train, eval []T, err error) {
-	l, err := load(dataPath, data)
+func loadTrainEval[T any](ctx context.Context, load func(context.Context, string, encode.DataOptions) (*encode.Loaded[T], error), o *optimFlags, dataPath string, data encode.DataOptions) (train, eval []T, err error) {
+	l, err := load(ctx, dataPath, data)
 	if err != nil {
-		return nil, nil, flagHints(err)
+		return nil, nil, loadError(err)
 	}
 	train = l.Items
 	if o.evalData != "" {
-		held, err := load(o.evalData, data)
+		held, err := load(ctx, o.evalData, data)
 		if err != nil {
-			return nil, nil, flagHints(err)
+			return nil, nil, loadError(err)
 		}
 		return train, held.Items, nil
 	}
@@ -247,4 +249,13 @@ func loadTrainEval[T any](load func(string, encode.DataOptions) (*encode.Loaded[
 		return nil, nil, fmt.Errorf("%s: nothing to train on", dataPath)
 	}
 	return train, eval, nil
+}
+
+// loadError is a dataset's loading error as a trainer reports it: a signal stops the run
+// before training (nothing saved), and missing columns hint at --columns.
+func loadError(err error) error {
+	if errors.Is(err, context.Canceled) {
+		return errInterruptedBeforeTraining
+	}
+	return flagHints(err)
 }

@@ -1,6 +1,7 @@
 package encode
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -28,7 +29,13 @@ type EncodedUnpaired struct {
 // a label column, or a preference file, unpaired as TRL's unpair_preference_dataset does
 // (data.Unpair). KL sequences are not formed here (PairKL).
 func LoadUnpaired(path string, o DataOptions) (*Loaded[EncodedUnpaired], error) {
-	return load(path, data.UseUnpaired, o, func(ds *data.Dataset, ex []data.Example) ([]EncodedUnpaired, EncodeStats, error) {
+	return LoadUnpairedContext(context.Background(), path, o)
+}
+
+// LoadUnpairedContext is LoadUnpaired stopping, with ctx's error, when ctx is done:
+// between row groups and rows (see LoadPairsContext).
+func LoadUnpairedContext(ctx context.Context, path string, o DataOptions) (*Loaded[EncodedUnpaired], error) {
+	return loadContext(ctx, path, data.UseUnpaired, o, func(ds *data.Dataset, ex []data.Example) ([]EncodedUnpaired, EncodeStats, error) {
 		return EncodeUnpaired(ds.Path, ds.Layout, ex, o.Tokenizer, o.EncodeConfig(ds), o.Vocab)
 	})
 }
