@@ -53,8 +53,8 @@ func (d DPO) Feeds(in engine.ModelInputs, pairs []encode.EncodedPair) (map[strin
 		}
 		rc[i], rr[i] = float32(*p.RefChosenLogps), float32(*p.RefRejectedLogps)
 	}
-	feeds[RefChosenInput] = &ort.Tensor{Shape: []int64{n}, F32: rc}
-	feeds[RefRejectedInput] = &ort.Tensor{Shape: []int64{n}, F32: rr}
+	feeds[RefChosenInput] = ort.MustFloatTensor([]int64{n}, rc)
+	feeds[RefRejectedInput] = ort.MustFloatTensor([]int64{n}, rr)
 	return feeds, nil
 }
 

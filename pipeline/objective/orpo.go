@@ -133,7 +133,7 @@ func (ORPO) Feeds(in engine.ModelInputs, pairs []encode.EncodedPair) (map[string
 			}
 		}
 	}
-	feeds[ORPOResponseMaskInput] = &ort.Tensor{Shape: []int64{shape[0], shape[1]}, F32: mask}
+	feeds[ORPOResponseMaskInput] = ort.MustFloatTensor([]int64{shape[0], shape[1]}, mask)
 	return feeds, nil
 }
 

@@ -490,17 +490,17 @@ func (o RL) Feeds(in engine.ModelInputs, batch []Rollout) (map[string]*ort.Tenso
 			}
 		}
 	}
-	feeds[RLOldLogpsInput] = &ort.Tensor{Shape: shape, F32: old}
-	feeds[RLAdvantagesInput] = &ort.Tensor{Shape: []int64{int64(n)}, F32: adv}
+	feeds[RLOldLogpsInput] = ort.MustFloatTensor(shape, old)
+	feeds[RLAdvantagesInput] = ort.MustFloatTensor([]int64{int64(n)}, adv)
 	if ref != nil {
-		feeds[RLRefLogpsInput] = &ort.Tensor{Shape: shape, F32: ref}
+		feeds[RLRefLogpsInput] = ort.MustFloatTensor(shape, ref)
 	}
 	if c.Algo == AlgoRLOO {
 		wts := make([]float32, n)
 		for i := range wts {
 			wts[i] = float32(1 / float64(n))
 		}
-		feeds[RLWeightsInput] = &ort.Tensor{Shape: []int64{int64(n)}, F32: wts}
+		feeds[RLWeightsInput] = ort.MustFloatTensor([]int64{int64(n)}, wts)
 		return feeds, nil
 	}
 	wts := make([]float32, n*w)
@@ -523,7 +523,7 @@ func (o RL) Feeds(in engine.ModelInputs, batch []Rollout) (map[string]*ort.Tenso
 			wts[base+j] = float32(v)
 		}
 	}
-	feeds[RLWeightsInput] = &ort.Tensor{Shape: shape, F32: wts}
+	feeds[RLWeightsInput] = ort.MustFloatTensor(shape, wts)
 	return feeds, nil
 }
 
