@@ -7,7 +7,9 @@
 # default, or qwen2.5; testdata/gen_bench_real.py): whole `ortalign dpo` runs (2 pairs,
 # 2 steps) against the same run in PyTorch eager at 128/256/512 tokens (BENCH_SEQS) —
 # peak RSS, start-up, step times, save — then LoRA DPO at 512 tokens (BENCH_LORA_SEQS) and
-# scoring tokens/s; prints markdown tables.
+# scoring tokens/s; prints markdown tables. For smollm2 it ends with scripts/bench_generate.sh's
+# real-size rows (decoding at batch 1/4/16 against the read-bandwidth bound, one GRPO step;
+# BENCH_SKIP_GEN=1 skips them).
 # Needs ~12 GB of free memory at 512 tokens; results in testdata/bench/results-SHAPE/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,6 +79,12 @@ if [ "${1:-}" = "--real" ]; then
   echo
   echo "$(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/{print $2}') GiB, $threads threads"
   py table "$res"
+  # Decoding at batch 1, 4 and 16 against the bandwidth bound, and one GRPO step at this
+  # size, beside PyTorch's own KV cache (scripts/bench_generate.sh).
+  if [ "$shape" = smollm2 ] && [ "${BENCH_SKIP_GEN:-0}" != 1 ]; then
+    echo
+    BENCH_GEN_REAL=1 BENCH_REAL_THREADS=$threads ./scripts/bench_generate.sh
+  fi
   exit 0
 fi
 

@@ -2,13 +2,15 @@
 """PyTorch eager side of scripts/bench_generate.sh (ortalign generation and one GRPO step
 against PyTorch on the same weights, same machine, same threads).
 
-  bench_generate.py gen MODEL --threads N [--reps R]
-      greedy generation with the KV cache (tinymodels.LlamaKVLM), 4 prompts of 32 tokens
-      (the ids of pipeline.BenchmarkGenerate), 64 new tokens, no EOS: one warm-up run, then
-      R timed runs. MODEL: tiny (testdata/models/llama.pt) or smollm2
-      (testdata/bench/smollm2.pt, gen_bench_real.py's SmolLM2-135M shape). Prints one JSON
-      line: tokens/s (generated tokens over wall time, prefill included), ms/step (wall
-      time per decoding step of the batch) and the process's peak RSS.
+  bench_generate.py gen MODEL --threads N [--reps R] [--batch B]
+      greedy generation with the KV cache (tinymodels.LlamaKVLM), B prompts (default 4) of
+      32 tokens (the ids of generate.BenchmarkGenerateSide), 64 new tokens, no EOS: one
+      warm-up run (--warmup tokens, default all), then R timed runs. MODEL: tiny (testdata/models/llama.pt) or smollm2
+      (testdata/bench/smollm2.pt, gen_bench_real.py's SmolLM2-135M shape; random weights,
+      seed 5, when that file is missing: speed does not depend on the values). Prints one
+      JSON line: tokens/s (generated tokens over wall time, prefill included), ms/step (wall
+      time per decoding step of the batch), the process's peak RSS and the bytes of the
+      weights a decoding step reads (the parameters, tied ones once).
   bench_generate.py rl PROMPTS.json --threads N [--reps R]
       pipeline.BenchmarkRLStep's work on the tiny Llama: the 4 prompts (token ids, from
       pipeline.TestDumpRLBenchPrompts) × 8 completions of 16 tokens sampled at temperature 1
@@ -16,6 +18,12 @@ against PyTorch on the same weights, same machine, same threads).
       forward for per-token log-probs, TRL's GRPO loss (clip eps 0.2, beta 0, loss_type
       dapo: sum of masked per-token losses over the batch's completion tokens), backward,
       grad-norm clipping 1.0 and an AdamW step (lr 1e-4). Prints ms of each (mean of R).
+  bench_generate.py rl-real MODEL --threads N
+      rollout.BenchmarkRLStepReal's work in PyTorch: 8 prompts of 32 tokens (its ids) × 4
+      completions of 64 tokens sampled at temperature 1 with the KV cache (generate), the
+      reference log-probs of the 32 sequences (score: forward without gradients), then one
+      GRPO update (as rl, β 0, in 4 micro-batches of 8, lr 1e-6), taken twice (update1,
+      update2). Prints seconds of each and the peak RSS.
 """
 import argparse
 import json
@@ -41,11 +49,18 @@ def load_model(name):
     import gen_bench_real as gbr
     c = tm.LlamaConfig(**gbr.SHAPES[name])
     assert not gbr.BIAS[name], "q/k/v biases: not in LlamaKVLM"
+    torch.manual_seed(5)
     m = tm.LlamaKVLM(c)
     m.lm_head.weight = m.model.embed_tokens.weight
-    m.load_state_dict(torch.load(os.path.join(HERE, "bench", name + ".pt")))
+    path = os.path.join(HERE, "bench", name + ".pt")
+    if os.path.exists(path):
+        m.load_state_dict(torch.load(path))
     m.lm_head.weight = m.model.embed_tokens.weight
     return m.eval()
+
+
+def weight_bytes(m):
+    return sum(p.numel() * p.element_size() for p in m.parameters())  # tied weights once
 
 
 @torch.no_grad()
@@ -81,9 +96,9 @@ def decode(m, prompts, new_tokens, sample=False, gen=None):
 def cmd_gen(a):
     torch.set_num_threads(a.threads)
     m = load_model(a.model)
-    batch, plen, new = 4, 32, 64
+    batch, plen, new = a.batch, 32, 64
     prompts = [[(i * 131 + t * 17 + 3) % 500 for t in range(plen)] for i in range(batch)]
-    first, _, _ = decode(m, prompts, new)  # warm-up
+    first, _, _ = decode(m, prompts, min(new, a.warmup))  # warm-up
     t0 = time.perf_counter()
     for _ in range(a.reps):
         decode(m, prompts, new)
@@ -91,28 +106,34 @@ def cmd_gen(a):
     print(json.dumps({"side": "pytorch", "model": a.model, "threads": a.threads, "reps": a.reps,
                       "tokens_per_s": round(a.reps * batch * new / el, 1),
                       "ms_per_step": round(el * 1000 / (a.reps * new), 3),
-                      "peak_rss_mb": round(peak_rss_mb(), 1),
+                      "peak_rss_mb": round(peak_rss_mb(), 1), "batch": batch,
+                      "weight_bytes": weight_bytes(m),
                       "first_tokens": first[0, :8].tolist()}))
 
 
-def grpo_update(m, opt, ids, att, comp_mask, adv):
-    """One TRL GRPO step (beta 0, dapo, one iteration: old log-probs = detached current)."""
-    pos = (att.cumsum(-1) - 1).clamp(min=0)
-    logits = m(ids, att, pos, *m.empty_past(ids.shape[0]))[0]
-    lp = torch.log_softmax(logits[:, :-1].float(), -1)
-    tok_lp = torch.gather(lp, 2, ids[:, 1:, None]).squeeze(2)
-    mask = comp_mask[:, 1:].to(tok_lp.dtype)
-    old = tok_lp.detach()
-    ratio = torch.exp(tok_lp - old)
-    l1 = ratio * adv[:, None]
-    l2 = torch.clamp(ratio, 1 - 0.2, 1 + 0.2) * adv[:, None]
-    per_tok = -torch.min(l1, l2)
-    loss = (per_tok * mask).sum() / mask.sum().clamp(min=1.0)
+def grpo_update(m, opt, ids, att, comp_mask, adv, micro=None):
+    """One TRL GRPO step (beta 0, dapo, one iteration: old log-probs = detached current),
+    the batch in micro-batches of micro rows (all at once by default), gradients summed."""
+    micro = micro or ids.shape[0]
+    denom = comp_mask[:, 1:].sum().clamp(min=1.0)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    total = 0.0
+    for lo in range(0, ids.shape[0], micro):
+        sl = slice(lo, lo + micro)
+        pos = (att[sl].cumsum(-1) - 1).clamp(min=0)
+        logits = m(ids[sl], att[sl], pos, *m.empty_past(ids[sl].shape[0]))[0]
+        lp = torch.log_softmax(logits[:, :-1].float(), -1)
+        tok_lp = torch.gather(lp, 2, ids[sl, 1:, None]).squeeze(2)
+        mask = comp_mask[sl, 1:].to(tok_lp.dtype)
+        ratio = torch.exp(tok_lp - tok_lp.detach())
+        l1 = ratio * adv[sl, None]
+        l2 = torch.clamp(ratio, 1 - 0.2, 1 + 0.2) * adv[sl, None]
+        loss = (-torch.min(l1, l2) * mask).sum() / denom
+        loss.backward()
+        total += loss.item()
     torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
     opt.step()
-    return loss.item()
+    return total
 
 
 def cmd_rl(a):
@@ -151,6 +172,40 @@ def cmd_rl(a):
                       "peak_rss_mb": round(peak_rss_mb(), 1)}))
 
 
+def cmd_rl_real(a):
+    torch.set_num_threads(a.threads)
+    m = load_model(a.model)
+    P, G, plen, new, micro = 8, 4, 32, 64, 8
+    prompts = [[(i * 131 + t * 17 + 3) % 500 + 1 for t in range(plen)] for i in range(P)]
+    rows = [p for p in prompts for _ in range(G)]
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-6, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    g = torch.Generator().manual_seed(1)
+    t0 = time.perf_counter()
+    comp, pids, patt = decode(m, rows, new, sample=True, gen=g)
+    t1 = time.perf_counter()
+    ids = torch.cat((pids, comp), 1)
+    att = torch.cat((patt, torch.ones_like(comp)), 1)
+    cmask = torch.cat((torch.zeros_like(patt), torch.ones_like(comp)), 1)
+    with torch.no_grad():  # the reference's log-probs (the starting policy)
+        pos = (att.cumsum(-1) - 1).clamp(min=0)
+        logits = m(ids, att, pos, *m.empty_past(ids.shape[0]))[0]
+        torch.gather(torch.log_softmax(logits[:, :-1].float(), -1), 2, ids[:, 1:, None])
+    t2 = time.perf_counter()
+    rew = (comp[:, 0] % 2).float()
+    grp = rew.view(-1, G)
+    adv = ((grp - grp.mean(1, keepdim=True)) / (grp.std(1, keepdim=True) + 1e-4)).view(-1)
+    m.train()
+    updates = []
+    for _ in range(2):
+        t = time.perf_counter()
+        grpo_update(m, opt, ids, att, cmask, adv, micro=micro)
+        updates.append(time.perf_counter() - t)
+    print(json.dumps({"side": "pytorch", "model": a.model, "threads": a.threads,
+                      "generate_s": round(t1 - t0, 2), "gen_tokens_per_s": round(len(rows) * new / (t1 - t0), 1),
+                      "score_s": round(t2 - t1, 2), "update1_s": round(updates[0], 2), "update2_s": round(updates[1], 2),
+                      "peak_rss_mb": round(peak_rss_mb(), 1)}))
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -158,12 +213,17 @@ def main():
     g.add_argument("model", choices=["tiny", "smollm2"])
     g.add_argument("--threads", type=int, default=1)
     g.add_argument("--reps", type=int, default=5)
+    g.add_argument("--batch", type=int, default=4)
+    g.add_argument("--warmup", type=int, default=64, help="tokens of the warm-up run")
     r = sub.add_parser("rl")
     r.add_argument("prompts")
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--reps", type=int, default=10)
+    rr = sub.add_parser("rl-real")
+    rr.add_argument("model", choices=["smollm2"])
+    rr.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
-    {"gen": cmd_gen, "rl": cmd_rl}[a.cmd](a)
+    {"gen": cmd_gen, "rl": cmd_rl, "rl-real": cmd_rl_real}[a.cmd](a)
 
 
 if __name__ == "__main__":

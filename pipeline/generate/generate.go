@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"ortalign/onnx"
 	"ortalign/onnx/onnxpb"
@@ -23,6 +24,10 @@ const (
 	GenIndexInput = "ortalign_gen_index"
 	// NextLogitsOutput is float32 [batch, vocab]: the logits at GenIndexInput.
 	NextLogitsOutput = "ortalign_next_logits"
+	// NextLogZOutput is float64 [batch]: log Σ exp of each row of NextLogitsOutput, so
+	// that a token's log-prob is its logit less it (computed where the exponentials are
+	// vectorized).
+	NextLogZOutput = "ortalign_next_logz"
 )
 
 // CacheMode selects how a Generator decodes.
@@ -87,6 +92,7 @@ type Generator struct {
 	kv [][]float32
 	// scratch are advance's per-worker score buffers.
 	scratch [][]float64
+	stats   Stats
 	// params are the parameter inputs' feeds (GeneratorOptions.ParamInputs), by name;
 	// paramNames are all of ParamInputs, those the next-token logits do not need included.
 	params     map[string]*ort.Tensor
@@ -206,10 +212,10 @@ func newGenerator(path string, m *onnx.Model, kind cacheKind, o GeneratorOptions
 	if err := appendNextLogitsHead(m); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	outputs := []string{NextLogitsOutput}
+	outputs := []string{NextLogitsOutput, NextLogZOutput}
 	keep := g.GetOutput()[:0:0]
 	for _, out := range g.GetOutput() {
-		if out.GetName() == NextLogitsOutput {
+		if out.GetName() == NextLogitsOutput || out.GetName() == NextLogZOutput {
 			keep = append(keep, out)
 		}
 	}
@@ -324,6 +330,10 @@ func (gen *Generator) run(feeds, into map[string]*ort.Tensor) (map[string]*ort.T
 	for name, t := range gen.params {
 		feeds[name] = t
 	}
+	start := time.Now()
+	defer func() {
+		gen.stats.Runs, gen.stats.RunSeconds = gen.stats.Runs+1, gen.stats.RunSeconds+time.Since(start).Seconds()
+	}()
 	return gen.sess.Run(feeds, into)
 }
 
@@ -370,7 +380,11 @@ func appendNextLogitsHead(m *onnx.Model) error {
 		logits = b.Cast(logits, onnx.Float)
 	}
 	lm.AddIdentity(g, logits, NextLogitsOutput)
-	return onnx.AddOutput(g, NextLogitsOutput, onnx.Float, []onnx.Dim{onnx.DimParam("batch"), onnx.DimParam("vocab")})
+	if err := onnx.AddOutput(g, NextLogitsOutput, onnx.Float, []onnx.Dim{onnx.DimParam("batch"), onnx.DimParam("vocab")}); err != nil {
+		return err
+	}
+	lm.AddIdentity(g, b.ReduceLogSumExp(b.Cast(NextLogitsOutput, onnx.Double), []int64{1}, false), NextLogZOutput)
+	return onnx.AddOutput(g, NextLogZOutput, onnx.Double, []onnx.Dim{onnx.DimParam("batch")})
 }
 
 // newExportCached uses the KV cache of an optimum-style export: present.* outputs
@@ -421,10 +435,25 @@ type genRow struct {
 	pi, ri      int
 }
 
-// Generate completes every prompt o.NumReturnSequences times, in one batch (callers
-// bound the batch size). The completions come back in prompt order, then return index.
-// It stops between decoding steps when ctx is cancelled, returning ctx's error.
+// Stats describes a generator's last Generate call.
+type Stats struct {
+	// Tokens are the tokens sampled, Runs the ONNX Runtime runs (prefills and steps).
+	Tokens, Runs int
+	// Seconds is the call's wall time, RunSeconds the part of it spent in the runs.
+	Seconds, RunSeconds float64
+}
+
+// Stats describes the last Generate call.
+func (gen *Generator) Stats() Stats { return gen.stats }
+
+// Generate completes every prompt o.NumReturnSequences times, in batches of at most
+// o.BatchSize rows (all of them when 0). The completions come back in prompt order, then
+// return index. It stops between decoding steps when ctx is cancelled, returning ctx's
+// error.
 func (gen *Generator) Generate(ctx context.Context, prompts []Prompt, o SampleOptions) ([]Completion, error) {
+	start := time.Now()
+	gen.stats = Stats{}
+	defer func() { gen.stats.Seconds = time.Since(start).Seconds() }()
 	if err := o.normalize(); err != nil {
 		return nil, err
 	}
@@ -466,6 +495,7 @@ func (gen *Generator) Generate(ctx context.Context, prompts []Prompt, o SampleOp
 			}
 		}
 		out[i] = Completion{PromptIndex: r.pi, ReturnIndex: r.ri, IDs: r.out, Logps: r.logps, FinishReason: r.reason, Text: r.text}
+		gen.stats.Tokens += len(r.out)
 		if out[i].IDs == nil {
 			out[i].IDs, out[i].Logps = []int64{}, []float64{}
 		}
@@ -497,10 +527,11 @@ func (gen *Generator) decode(ctx context.Context, rows []*genRow, o *SampleOptio
 	return nil
 }
 
-// advance samples the next token of every unfinished row from its logits (row i of
-// rows is row i of logits) and records finishes. Rows are sampled in parallel, each from
-// its own source, so the tokens do not depend on the order.
-func (gen *Generator) advance(rows []*genRow, logits []float32, o *SampleOptions) error {
+// advance samples the next token of every unfinished row from the run's next-token
+// logits (row i of rows is row i of them) and records finishes. Rows are sampled in
+// parallel, each from its own source, so the tokens do not depend on the order.
+func (gen *Generator) advance(rows []*genRow, out map[string]*ort.Tensor, o *SampleOptions) error {
+	logits, logz := out[NextLogitsOutput].F32, out[NextLogZOutput].F64
 	v := gen.vocab
 	toks, logps := make([]int64, len(rows)), make([]float64, len(rows))
 	var todo []int
@@ -522,8 +553,8 @@ func (gen *Generator) advance(rows []*genRow, logits []float32, o *SampleOptions
 			for k := w; k < len(todo); k += workers {
 				i := todo[k]
 				raw := logits[i*v : (i+1)*v]
-				toks[i] = nextToken(buf, raw, rows[i].seen, o, rows[i].rng)
-				logps[i] = logSoftmaxAt(raw, toks[i])
+				toks[i] = nextToken(buf, raw, logz[i], rows[i].seen, o, rows[i].rng)
+				logps[i] = float64(raw[toks[i]]) - logz[i]
 			}
 		}()
 	}
@@ -586,7 +617,7 @@ func (gen *Generator) decodeFull(ctx context.Context, rows []*genRow, o *SampleO
 		if err != nil {
 			return gen.runError(len(seqs), seqs, err)
 		}
-		if err := gen.advance(active, out[NextLogitsOutput].F32, o); err != nil {
+		if err := gen.advance(active, out, o); err != nil {
 			return err
 		}
 	}
@@ -746,14 +777,14 @@ func (gen *Generator) decodeCached(ctx context.Context, rows []*genRow, o *Sampl
 	for i, r := range rows {
 		prompts[i] = r.prompt
 	}
-	c, logits, err := gen.prefill(prompts, o.PaddingSide == "left")
+	c, _, err := gen.prefill(prompts, o.PaddingSide == "left")
 	if err != nil {
 		return err
 	}
 	tokens := make([]int64, len(rows))
 	active := make([]bool, len(rows))
 	for {
-		if err := gen.advance(rows, logits, o); err != nil {
+		if err := gen.advance(rows, c.out, o); err != nil {
 			return err
 		}
 		if allDone(rows) {
@@ -768,7 +799,7 @@ func (gen *Generator) decodeCached(ctx context.Context, rows []*genRow, o *Sampl
 				tokens[i] = r.out[len(r.out)-1]
 			}
 		}
-		if logits, err = c.step(tokens, active); err != nil {
+		if _, err = c.step(tokens, active); err != nil {
 			return err
 		}
 	}

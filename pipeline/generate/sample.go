@@ -238,7 +238,7 @@ func softmaxOf(s []float64, idx []int) []float64 {
 }
 
 // argmax returns the first index of the largest score (torch.argmax's choice on ties).
-func argmax(s []float64) int {
+func argmax[T float32 | float64](s []T) int {
 	best := 0
 	for i, v := range s {
 		if v > s[best] {
@@ -275,8 +275,18 @@ func sampleScores(s []float64, rng *rand.Rand) int {
 	return last
 }
 
-// nextToken picks a row's next token from its raw logits.
-func nextToken(buf []float64, raw []float32, seen map[int64]struct{}, o *SampleOptions, rng *rand.Rand) int64 {
+// nextToken picks a row's next token from its raw logits, whose log Σ exp is logz.
+// Greedy decoding without a repetition penalty takes the argmax of the raw logits;
+// sampling from softmax(raw) (temperature 1, no penalty or filter) draws against the
+// normalizer exp(logz − max) rather than summing it again.
+func nextToken(buf []float64, raw []float32, logz float64, seen map[int64]struct{}, o *SampleOptions, rng *rand.Rand) int64 {
+	plain := o.RepetitionPenalty == 1 && o.TopK == 0 && o.TopP == 1 && o.MinP == 0
+	switch {
+	case plain && o.Temperature == 0:
+		return int64(argmax(raw))
+	case plain && o.Temperature == 1:
+		return int64(sampleRaw(raw, logz, rng))
+	}
 	processLogits(buf, raw, seen, o)
 	if o.Temperature == 0 {
 		return int64(argmax(buf))
@@ -284,15 +294,21 @@ func nextToken(buf []float64, raw []float32, seen map[int64]struct{}, o *SampleO
 	return int64(sampleScores(buf, rng))
 }
 
-// logSoftmaxAt is log softmax(raw)[tok], in float64.
-func logSoftmaxAt(raw []float32, tok int64) float64 {
-	m := math.Inf(-1)
-	for _, v := range raw {
-		m = max(m, float64(v))
+// sampleRaw is sampleScores on the raw logits as float64, with Σ exp(raw − max) taken as
+// exp(logz − max).
+func sampleRaw(raw []float32, logz float64, rng *rand.Rand) int {
+	m := float64(raw[argmax(raw)])
+	u := rng.Float64() * math.Exp(logz-m)
+	cum, last := 0.0, -1
+	for i, v := range raw {
+		if math.IsInf(float64(v), -1) {
+			continue
+		}
+		cum += math.Exp(float64(v) - m)
+		last = i
+		if u < cum {
+			return i
+		}
 	}
-	z := 0.0
-	for _, v := range raw {
-		z += math.Exp(float64(v) - m)
-	}
-	return float64(raw[tok]) - m - math.Log(z)
+	return last
 }

@@ -41,7 +41,8 @@ type slotRun struct {
 	capacity int   // positions per slot
 	per      []int // floats per slot of each past's buffer
 	rows     []*genRow
-	n        []int64 // valid positions in each slot in use
+	n        []int64                // valid positions in each slot in use
+	out      map[string]*ort.Tensor // the last run's outputs
 }
 
 // newSlotRun sizes the cache for slots rows of up to capacity tokens, reusing the
@@ -124,6 +125,7 @@ func (s *slotRun) run(from int, tokens [][]int64, start []int64) ([]float32, err
 	if err != nil {
 		return nil, fmt.Errorf("%s: %d rows of up to %d tokens after %d cached: %w", gen.Path, m, width, slices.Max(start), err)
 	}
+	s.out = out
 	return out[NextLogitsOutput].F32, nil
 }
 
@@ -213,11 +215,10 @@ func (gen *Generator) decodeSlots(ctx context.Context, rows []*genRow, o *Sample
 		if k := min(slots-len(s.rows), len(waiting)); k > 0 {
 			batch := waiting[:k]
 			waiting = waiting[k:]
-			logits, err := s.admit(batch)
-			if err != nil {
+			if _, err := s.admit(batch); err != nil {
 				return err
 			}
-			if err := gen.advance(batch, logits, o); err != nil {
+			if err := gen.advance(batch, s.out, o); err != nil {
 				return err
 			}
 			continue
@@ -228,11 +229,10 @@ func (gen *Generator) decodeSlots(ctx context.Context, rows []*genRow, o *Sample
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		logits, err := s.step()
-		if err != nil {
+		if _, err := s.step(); err != nil {
 			return err
 		}
-		if err := gen.advance(s.rows, logits, o); err != nil {
+		if err := gen.advance(s.rows, s.out, o); err != nil {
 			return err
 		}
 	}

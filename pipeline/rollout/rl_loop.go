@@ -290,7 +290,9 @@ func collect(ctx context.Context, e *engine.Engine[objective.Rollout], gen *gene
 	if err != nil {
 		return nil, err
 	}
-	genTime := time.Since(start)
+	// Generation is the sampling alone; scoring (rewards, old and reference log-probs)
+	// is the rest of the round.
+	genTime := gen.Stats().Seconds
 	G := c.NumGenerations
 	rollouts := make([]objective.Rollout, len(comps))
 	clipped, length := 0.0, 0.0
@@ -373,7 +375,8 @@ func collect(ctx context.Context, e *engine.Engine[objective.Rollout], gen *gene
 		engine.Metric{Name: "objective/rlhf_reward", Value: score + nonScore},
 		engine.Metric{Name: "completions/mean_length", Value: length / n},
 		engine.Metric{Name: "completions/clipped_ratio", Value: clipped / n},
-		engine.Metric{Name: "time/generation_s", Value: genTime.Seconds()},
+		engine.Metric{Name: "time/generation_s", Value: genTime},
+		engine.Metric{Name: "time/scoring_s", Value: time.Since(start).Seconds() - genTime},
 		engine.Metric{Name: "time/rollout_s", Value: time.Since(start).Seconds()},
 	)
 	return &rlRound{rollouts: rollouts, metrics: m}, nil
