@@ -144,7 +144,8 @@ func (e *Engine[T]) Run(ctx context.Context, src Source[T], rc RunConfig[T]) err
 		}
 		return e.SaveCheckpoint(rc.Checkpoint, settings)
 	}
-	// fail reports err of step+1, which changed nothing, keeping the work done so far.
+	// fail reports err of step+1, which changed nothing, keeping the work done so far; on
+	// an interrupt it saves the state and returns the context's error.
 	fail := func(step int, err error) error {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			if cerr := save(); cerr != nil {
@@ -168,10 +169,7 @@ func (e *Engine[T]) Run(ctx context.Context, src Source[T], rc RunConfig[T]) err
 	clock := runClock{start: time.Now()}
 	for step := e.opt.Step; step < plan.Total; {
 		if err := ctx.Err(); err != nil {
-			if cerr := save(); cerr != nil {
-				return fmt.Errorf("interrupted at step %d; checkpoint failed: %w", step, cerr)
-			}
-			return err
+			return fail(step, err)
 		}
 		start := step
 		// A round's first step is timed from here: making the round (reference values,
