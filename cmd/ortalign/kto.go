@@ -23,6 +23,7 @@ type ktoOptions struct {
 	dataFlags
 	modelFlags
 	optimFlags
+	referenceFlags
 	ref, dataPath, tokenizer string
 	loss                     string
 	beta                     float64
@@ -54,7 +55,8 @@ file (prompt, chosen, rejected) is unpaired as TRL does: its chosen completions 
 desirable rows, its rejected ones undesirable. The KL reference point of the kto loss is
 estimated from mismatched pairs: in blocks of --batch-size rows, as TRL forms them, each
 row's prompt with the previous row's completion. Reference log-probs come from --ref
-(default: the starting model), computed once up front. Rows are taken in file order, as
+(default: the starting model), computed for each step's rows as the step comes (all
+before the first step with --precompute-ref-log-probs). Rows are taken in file order, as
 TRL's KTOTrainer samples them, so that each batch is a block and its KL partners lie
 within it; --no-shuffle=false shuffles the rows (each keeps its KL partner).
 
@@ -75,6 +77,7 @@ same command again resumes.`,
 	f.Float64Var(&o.undesirableWeight, "undesirable-weight", objective.DefaultKTOWeight, "weight of the undesirable rows' losses")
 	f.StringVar(&o.ref, "ref", "", "reference model (default: the starting model)")
 	f.StringVar(&o.tokenizer, "tokenizer", "", "HuggingFace tokenizer.json (needed for text datasets)")
+	addReferenceFlags(f, &o.referenceFlags)
 	addOptimFlags(f, &o.optimFlags, trainDefaults{lr: 1e-6})
 	// TRL's KTOTrainer samples in order (the KL partners of a batch are its own rows).
 	o.noShuffle = true
@@ -104,26 +107,43 @@ func runKTO(ctx context.Context, o *ktoOptions, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer eng.Close()
-	// The reference of the training rows, then of the held-out ones.
-	prog := progress.NewProgress(stderr, "reference", "rows")
-	from := ""
-	for _, set := range []*[]encode.EncodedUnpaired{&rows, &eval} {
-		if len(*set) > 0 && err == nil {
-			*set, from, err = objective.KTOReference(ctx, eng, ref, *set, loss.UsesKL(), o.batchSize, prog)
+	reference := eng.StartingReference()
+	from := objective.RefFromPolicy
+	if ref != nil {
+		reference = objective.KTOModelReference(ref, o.batchSize, loss.UsesKL())
+		from = objective.RefFromModel
+	}
+	if o.precomputeRef {
+		// The reference of the training rows, then of the held-out ones, before training.
+		prog := progress.NewProgress(stderr, "reference", "rows")
+		for _, set := range []*[]encode.EncodedUnpaired{&rows, &eval} {
+			if len(*set) > 0 && err == nil {
+				*set, from, err = objective.KTOReference(ctx, eng, ref, *set, loss.UsesKL(), o.batchSize, prog)
+			}
 		}
+		if errors.Is(err, context.Canceled) {
+			return fmt.Errorf("interrupted before training started; nothing was saved")
+		}
+		if err != nil {
+			return err
+		}
+		if ref != nil {
+			ref.Close() // every reference log-prob is computed: its memory is not needed
+		}
+	} else {
+		// Training computes them as its steps come (engine.Referenced).
+		rows, eval = objective.KTOWithoutReference(rows), objective.KTOWithoutReference(eval)
 	}
-	if errors.Is(err, context.Canceled) {
-		return fmt.Errorf("interrupted before training started; nothing was saved")
+	when := ""
+	if eng.NeedsReference(rows) {
+		when = ", each step's as it comes"
 	}
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stderr, "reference log-probs: %s\n", from)
+	fmt.Fprintf(stderr, "reference log-probs: %s%s\n", from, when)
 	fmt.Fprintf(stderr, "training %d tensors of %s on %d rows (%d desirable; %s loss, %s, lr %g)\n",
 		len(eng.Trainable()), o.model, len(rows), desirableRows(rows), o.loss, o.optimizer, o.lr)
 	ro := o.optimFlags.runOptions("kto")
 	ro.Stderr = stderr
-	res, err := engine.RunTraining(ctx, eng, rows, eval, ro)
+	res, err := engine.RunTrainingWithReference(ctx, eng, rows, eval, reference, ro)
 	if err != nil {
 		return err
 	}

@@ -244,3 +244,48 @@ func TestKTOUnpairedFile(t *testing.T) {
 		t.Fatalf("metrics %v", lines)
 	}
 }
+
+// TestKTOStepReferenceEqualsPrecomputed: kto with each step's reference log-probs (rows'
+// and KL sequences') computed as the step comes (the default) writes the model.onnx and
+// metrics.jsonl (but for wall-clock values) of --precompute-ref-log-probs, with held-out
+// rows evaluated along the way, with the starting model as the reference, with a --ref
+// model, and shuffled with apo_zero_unpaired; stderr says which way it went.
+func TestKTOStepReferenceEqualsPrecomputed(t *testing.T) {
+	for name, extra := range map[string][]string{
+		"starting model":             nil,
+		"--ref":                      {"--ref", tinyLlama},
+		"apo_zero_unpaired_shuffled": {"--loss", "apo_zero_unpaired", "--no-shuffle=false"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			run := func(pre bool) (string, string) {
+				t.Helper()
+				out := t.TempDir()
+				args := append([]string{"--max-steps", "6", "--eval-fraction", "0.05", "--eval-steps", "3", "--batch-size", "4", "--gradient-accumulation-steps", "2"}, extra...)
+				if pre {
+					args = append(args, "--precompute-ref-log-probs")
+				}
+				var stderr bytes.Buffer
+				if err := runKTO(context.Background(), ktoOpts(t, out, args...), io.Discard, &stderr); err != nil {
+					t.Fatal(err)
+				}
+				return out, stderr.String()
+			}
+			step, stepLog := run(false)
+			pre, preLog := run(true)
+			if !strings.Contains(stepLog, "each step's as it comes") || strings.Contains(preLog, "each step's as it comes") || !strings.Contains(preLog, "reference: ") {
+				t.Errorf("stderr does not say how the reference was computed:\n%s\n--precompute-ref-log-probs:\n%s", stepLog, preLog)
+			}
+			if strings.Contains(stepLog, "reference: ") {
+				t.Errorf("a pass over the data before training:\n%s", stepLog)
+			}
+			if a, b := readFile(t, filepath.Join(step, "model.onnx")), readFile(t, filepath.Join(pre, "model.onnx")); a != b {
+				t.Error("model.onnx differs from the precomputed run's")
+			}
+			a := untimed(t, []byte(readFile(t, filepath.Join(step, "metrics.jsonl"))))
+			b := untimed(t, []byte(readFile(t, filepath.Join(pre, "metrics.jsonl"))))
+			if a != b || strings.Count(a, `"eval_loss"`) != 2 {
+				t.Errorf("metrics (wall-clock values left out), each step's reference:\n%s\nprecomputed:\n%s", a, b)
+			}
+		})
+	}
+}

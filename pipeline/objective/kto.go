@@ -282,28 +282,133 @@ func (KTO) Fingerprint(h hash.Hash, r encode.EncodedUnpaired) {
 	binary.Write(h, binary.LittleEndian, ref)
 }
 
+// HasReference implements engine.Referenced: the row carries the reference log-probs of
+// its sequence and, with the kto loss, of its KL sequence.
+func (k KTO) HasReference(r encode.EncodedUnpaired) bool {
+	return r.RefLogps != nil && (!k.Config.UsesKL() || r.RefKLLogps != nil)
+}
+
+// ForReference implements engine.Referenced: the rows with reference log-probs 0, which
+// the sequence log-probs do not depend on.
+func (KTO) ForReference(rows []encode.EncodedUnpaired) []encode.EncodedUnpaired {
+	zero := 0.0
+	out := make([]encode.EncodedUnpaired, len(rows))
+	for i, r := range rows {
+		r.RefLogps, r.RefKLLogps = &zero, &zero
+		out[i] = r
+	}
+	return out
+}
+
+// WithReference implements engine.Referenced: the rows carrying the forward's sequence
+// log-probs as their reference: the rows', then (kto) their KL sequences'.
+func (k KTO) WithReference(rows []encode.EncodedUnpaired, out map[string]*ort.Tensor) ([]encode.EncodedUnpaired, error) {
+	t := out[lm.SequenceLogpsOutput]
+	if t == nil {
+		return nil, fmt.Errorf("no %s output", lm.SequenceLogpsOutput)
+	}
+	lp := make([]float64, len(t.F32))
+	for i, v := range t.F32 {
+		lp[i] = float64(v)
+	}
+	return ktoWithReference(rows, lp, k.Config.UsesKL())
+}
+
+// ktoWithReference returns a copy of rows carrying the log-probs lp: the rows', then
+// (kl) their KL sequences'.
+func ktoWithReference(rows []encode.EncodedUnpaired, lp []float64, kl bool) ([]encode.EncodedUnpaired, error) {
+	n := len(rows)
+	want := n
+	if kl {
+		want = 2 * n
+	}
+	if len(lp) != want {
+		return nil, fmt.Errorf("%d reference log-probs for %d rows, want %d", len(lp), n, want)
+	}
+	out := make([]encode.EncodedUnpaired, n)
+	for i, r := range rows {
+		v := lp[i]
+		r.RefLogps, r.RefKLLogps = &v, nil
+		if kl {
+			w := lp[n+i]
+			r.RefKLLogps = &w
+		}
+		out[i] = r
+	}
+	return out, nil
+}
+
+// ktoSequences returns the sequences of a batch of rows as a model scores them: the
+// rows', then (kl) their KL sequences.
+func ktoSequences(rows []encode.EncodedUnpaired, kl bool) []lm.Sequence {
+	seqs := make([]lm.Sequence, 0, 2*len(rows))
+	for _, r := range rows {
+		seqs = append(seqs, r.Seq)
+	}
+	if kl {
+		for _, r := range rows {
+			seqs = append(seqs, r.KL)
+		}
+	}
+	return seqs
+}
+
+// KTOWithoutReference returns a copy of rows carrying no reference log-probs, for
+// training to compute as its steps come (engine.Referenced).
+func KTOWithoutReference(rows []encode.EncodedUnpaired) []encode.EncodedUnpaired {
+	out := make([]encode.EncodedUnpaired, len(rows))
+	for i, r := range rows {
+		r.RefLogps, r.RefKLLogps = nil, nil
+		out[i] = r
+	}
+	return out
+}
+
+// KTOModelReference is the engine.Reference of a separate reference model ref: rows
+// scored in the consecutive batches of batchSize rows that KTOReference scores them in
+// before training, so that the values are the same.
+func KTOModelReference(ref *lm.LogProbModel, batchSize int, kl bool) engine.Reference[encode.EncodedUnpaired] {
+	return ktoModelReference{ref: ref, batchSize: batchSize, kl: kl}
+}
+
+// ktoModelReference is KTOModelReference.
+type ktoModelReference struct {
+	ref       *lm.LogProbModel
+	batchSize int
+	kl        bool
+}
+
+func (m ktoModelReference) Batches(rows []encode.EncodedUnpaired) [][]int {
+	return engine.ReferenceBatches(len(rows), m.batchSize)
+}
+
+func (m ktoModelReference) Compute(ctx context.Context, batches [][]encode.EncodedUnpaired) ([][]encode.EncodedUnpaired, error) {
+	out := make([][]encode.EncodedUnpaired, len(batches))
+	for k, b := range batches {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		lp, err := m.ref.SequenceLogps(ktoSequences(b, m.kl))
+		if err != nil {
+			return nil, fmt.Errorf("reference log-probs: %w", err)
+		}
+		if out[k], err = ktoWithReference(b, lp, m.kl); err != nil {
+			return nil, fmt.Errorf("reference log-probs: %w", err)
+		}
+	}
+	return out, nil
+}
+
 // KTOReference returns rows carrying the reference log-probs of their sequences and, with
 // kl, of their KL sequences, and where they came from: the reference model ref when
 // given, else the engine's own forward graph with its current weights — before training
 // the policy is the reference (with LoRA the adapters are still zero), so no second copy
-// of the model is loaded. It computes them all up front, as DPO's AttachReference does;
-// it is the one place KTO's reference is computed, so that it can move into the step the
-// way DPO's does. Call it before training (a resume restores trained weights after).
+// of the model is loaded. It computes them all up front (TRL's precompute_ref_log_probs),
+// in the batches training computes them in as its steps come (engine.Referenced with
+// Engine.StartingReference, or KTOModelReference), so the values are the same. Call it
+// before training (a resume restores trained weights after).
 func KTOReference(ctx context.Context, e *engine.Engine[encode.EncodedUnpaired], ref *lm.LogProbModel, rows []encode.EncodedUnpaired, kl bool, batchSize int, prog *progress.Progress) ([]encode.EncodedUnpaired, string, error) {
-	out := make([]encode.EncodedUnpaired, len(rows))
-	copy(out, rows)
-	// put stores the log-probs of a batch of rows starting at lo: the rows', then (kl)
-	// their KL sequences'.
-	put := func(lo, n int, lp []float64) {
-		for i := range n {
-			v := lp[i]
-			out[lo+i].RefLogps, out[lo+i].RefKLLogps = &v, nil
-			if kl {
-				w := lp[n+i]
-				out[lo+i].RefKLLogps = &w
-			}
-		}
-	}
+	out := make([]encode.EncodedUnpaired, 0, len(rows))
 	prog.Start(len(rows))
 	defer prog.Done()
 	if ref != nil {
@@ -312,41 +417,31 @@ func KTOReference(ctx context.Context, e *engine.Engine[encode.EncodedUnpaired],
 				return nil, "", err
 			}
 			batch := rows[lo:min(lo+batchSize, len(rows))]
-			seqs := make([]lm.Sequence, 0, 2*len(batch))
-			for _, r := range batch {
-				seqs = append(seqs, r.Seq)
-			}
-			if kl {
-				for _, r := range batch {
-					seqs = append(seqs, r.KL)
-				}
-			}
-			lp, err := ref.SequenceLogps(seqs)
+			lp, err := ref.SequenceLogps(ktoSequences(batch, kl))
 			if err != nil {
 				return nil, "", fmt.Errorf("reference log-probs: %w", err)
 			}
-			put(lo, len(batch), lp)
+			b, err := ktoWithReference(batch, lp, kl)
+			if err != nil {
+				return nil, "", fmt.Errorf("reference log-probs: %w", err)
+			}
+			out = append(out, b...)
 			prog.Add(len(batch))
 		}
 		return out, RefFromModel, nil
 	}
-	// The forward graph wants reference inputs: zeros, whose loss is not read.
-	zero := 0.0
-	for i := range out {
-		out[i].RefLogps, out[i].RefKLLogps = &zero, &zero
-	}
 	// The forward session's arena is not needed through training.
 	defer e.ReleaseForward()
-	next := 0
-	err := e.Forward(ctx, out, func(batch []encode.EncodedUnpaired, o map[string]*ort.Tensor) error {
-		lp := make([]float64, len(o[lm.SequenceLogpsOutput].F32))
-		for i, v := range o[lm.SequenceLogpsOutput].F32 {
-			lp[i] = float64(v)
-		}
-		put(next, len(batch), lp)
-		next += len(batch)
+	k := KTO{Config: KTOConfig{LossType: KTOLossAPOZeroUnpaired}}
+	if kl {
+		k.Config.LossType = KTOLossKTO
+	}
+	// The forward graph wants reference inputs: zeros, whose loss is not read.
+	err := e.Forward(ctx, k.ForReference(rows), func(batch []encode.EncodedUnpaired, o map[string]*ort.Tensor) error {
+		b, err := k.WithReference(batch, o)
+		out = append(out, b...)
 		prog.Add(len(batch))
-		return nil
+		return err
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("reference log-probs: %w", err)
