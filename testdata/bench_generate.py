@@ -111,6 +111,17 @@ def cmd_gen(a):
                       "first_tokens": first[0, :8].tolist()}))
 
 
+def rollout_batch(comp, pids, patt, G):
+    """The sampled rows as a training batch: ids, attention mask, completion mask and GRPO
+    advantages of a stand-in reward per completion (the reward is not what is timed)."""
+    ids = torch.cat((pids, comp), 1)
+    att = torch.cat((patt, torch.ones_like(comp)), 1)
+    cmask = torch.cat((torch.zeros_like(patt), torch.ones_like(comp)), 1)
+    grp = (comp[:, 0] % 2).float().view(-1, G)
+    adv = ((grp - grp.mean(1, keepdim=True)) / (grp.std(1, keepdim=True) + 1e-4)).view(-1)
+    return ids, att, cmask, adv
+
+
 def grpo_update(m, opt, ids, att, comp_mask, adv, micro=None):
     """One TRL GRPO step (beta 0, dapo, one iteration: old log-probs = detached current),
     the batch in micro-batches of micro rows (all at once by default), gradients summed."""
@@ -149,13 +160,7 @@ def cmd_rl(a):
         t0 = time.perf_counter()
         comp, pids, patt = decode(m, rows, new, sample=True, gen=g)
         t1 = time.perf_counter()
-        ids = torch.cat((pids, comp), 1)
-        att = torch.cat((patt, torch.ones_like(comp)), 1)
-        cmask = torch.cat((torch.zeros_like(patt), torch.ones_like(comp)), 1)
-        # reward: a stand-in score per completion (the reward function is not what is timed)
-        rew = (comp[:, 0] % 2).float()
-        grp = rew.view(-1, G)
-        adv = ((grp - grp.mean(1, keepdim=True)) / (grp.std(1, keepdim=True) + 1e-4)).view(-1)
+        ids, att, cmask, adv = rollout_batch(comp, pids, patt, G)
         m.train()
         t2 = time.perf_counter()
         grpo_update(m, opt, ids, att, cmask, adv)
@@ -183,17 +188,12 @@ def cmd_rl_real(a):
     t0 = time.perf_counter()
     comp, pids, patt = decode(m, rows, new, sample=True, gen=g)
     t1 = time.perf_counter()
-    ids = torch.cat((pids, comp), 1)
-    att = torch.cat((patt, torch.ones_like(comp)), 1)
-    cmask = torch.cat((torch.zeros_like(patt), torch.ones_like(comp)), 1)
+    ids, att, cmask, adv = rollout_batch(comp, pids, patt, G)
     with torch.no_grad():  # the reference's log-probs (the starting policy)
         pos = (att.cumsum(-1) - 1).clamp(min=0)
         logits = m(ids, att, pos, *m.empty_past(ids.shape[0]))[0]
         torch.gather(torch.log_softmax(logits[:, :-1].float(), -1), 2, ids[:, 1:, None])
     t2 = time.perf_counter()
-    rew = (comp[:, 0] % 2).float()
-    grp = rew.view(-1, G)
-    adv = ((grp - grp.mean(1, keepdim=True)) / (grp.std(1, keepdim=True) + 1e-4)).view(-1)
     m.train()
     updates = []
     for _ in range(2):
