@@ -193,9 +193,11 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 	for _, tie := range eng.Ties() {
 		fmt.Fprintf(stderr, "training %q as the transpose of %q, as the exporter copied it (--untie trains it separately)\n", tie.Copy, tie.Source)
 	}
-	refCfg := objective.ReferenceConfig{BatchSize: o.batchSize, Loss: loss, Progress: progress.NewProgress(stderr, "reference", "pairs"), Precompute: o.precomputeRef}
+	// The same batches as training computes them in without --precompute-ref-log-probs.
+	refCfg := objective.ReferenceConfig{Batches: eng.TrainingBatches(len(pairs)), Loss: loss, Progress: progress.NewProgress(stderr, "reference", "pairs"), Precompute: o.precomputeRef}
 	pairs, from, err := objective.AttachReference(ctx, eng, ref, pairs, refCfg)
 	if err == nil && len(eval) > 0 {
+		refCfg.Batches = engine.ConsecutiveBatches(len(eval), o.batchSize)
 		eval, _, err = objective.AttachReference(ctx, eng, ref, eval, refCfg)
 	}
 	if errors.Is(err, context.Canceled) {
@@ -209,7 +211,7 @@ func runDPO(ctx context.Context, o *dpoOptions, stdout, stderr io.Writer) error 
 		if o.precomputeRef {
 			ref.Close() // every reference log-prob is computed: its memory is not needed
 		}
-		reference = objective.ModelReference(ref, o.batchSize)
+		reference = objective.ModelReference(ref)
 	}
 	when := ""
 	if eng.NeedsReference(pairs) {

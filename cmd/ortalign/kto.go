@@ -110,16 +110,15 @@ func runKTO(ctx context.Context, o *ktoOptions, stdout, stderr io.Writer) error 
 	reference := eng.StartingReference()
 	from := objective.RefFromPolicy
 	if ref != nil {
-		reference = objective.KTOModelReference(ref, o.batchSize, loss.UsesKL())
+		reference = objective.KTOModelReference(ref, loss.UsesKL())
 		from = objective.RefFromModel
 	}
 	if o.precomputeRef {
 		// The reference of the training rows, then of the held-out ones, before training.
 		prog := progress.NewProgress(stderr, "reference", "rows")
-		for _, set := range []*[]encode.EncodedUnpaired{&rows, &eval} {
-			if len(*set) > 0 && err == nil {
-				*set, from, err = objective.KTOReference(ctx, eng, ref, *set, loss.UsesKL(), o.batchSize, prog)
-			}
+		// The same batches as training computes them in without --precompute-ref-log-probs.
+		if rows, from, err = objective.KTOReference(ctx, eng, ref, rows, loss.UsesKL(), eng.TrainingBatches(len(rows)), prog); err == nil && len(eval) > 0 {
+			eval, _, err = objective.KTOReference(ctx, eng, ref, eval, loss.UsesKL(), engine.ConsecutiveBatches(len(eval), o.batchSize), prog)
 		}
 		if errors.Is(err, context.Canceled) {
 			return fmt.Errorf("interrupted before training started; nothing was saved")

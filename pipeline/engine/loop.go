@@ -331,7 +331,8 @@ type itemSource[T any] struct {
 	order      []int
 	orderEpoch int
 	// ref, when set, gives the items their reference values as their steps come
-	// (ItemsWithReference): batches are its batches, batchOf each item's, referenced the
+	// (ItemsWithReference): batches are the batches it computes them in
+	// (TrainingBatches), batchOf each item's, referenced the
 	// items carrying their values and has those computed, by index.
 	ref        Reference[T]
 	batches    [][]int
@@ -347,9 +348,9 @@ func (e *Engine[T]) Items(items []T) (Source[T], error) { return e.ItemsWithRefe
 // reference values (when some do, every item gets a computed one): a step's items get
 // theirs from ref as the loop reaches the step, so that a run starts without a pass over
 // the dataset and a run of a few steps computes the values of a few batches. An item's
-// value is computed with its batch of ref.Batches, which may hold items of later steps
-// (kept for them): the values are those of a pass over the items before training, to the
-// last bit, wherever a run is resumed. items is not changed. With a nil ref, or items
+// value is computed with its micro-batch of the first epoch (TrainingBatches), which in
+// later epochs may hold items of other steps: the values are those of a pass over the
+// items before training (ComputeReference), to the last bit, wherever a run is resumed. items is not changed. With a nil ref, or items
 // that all carry their values, it is Items.
 func (e *Engine[T]) ItemsWithReference(items []T, ref Reference[T]) (Source[T], error) {
 	plan, err := e.cfg.Plan(len(items))
@@ -358,7 +359,7 @@ func (e *Engine[T]) ItemsWithReference(items []T, ref Reference[T]) (Source[T], 
 	}
 	s := &itemSource[T]{e: e, items: items, plan: plan, orderEpoch: -1}
 	if ref != nil && e.NeedsReference(items) {
-		s.ref, s.batches = ref, ref.Batches(items)
+		s.ref, s.batches = ref, e.TrainingBatches(len(items))
 		s.batchOf, s.referenced, s.has = make([]int, len(items)), make([]T, len(items)), make([]bool, len(items))
 		for k, b := range s.batches {
 			for _, i := range b {
@@ -422,7 +423,7 @@ func (s *itemSource[T]) reference(ctx context.Context, idx [][]int) error {
 	if len(todo) == 0 {
 		return nil
 	}
-	done, err := s.ref.Compute(ctx, gather(s.items, todo))
+	done, err := s.ref.Compute(ctx, gather(s.items, todo), nil)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 
 	"ortalign/onnx"
 	"ortalign/onnx/ort"
+	"ortalign/pipeline/progress"
 )
 
 // Referenced is implemented by objectives whose items carry reference values: what a
@@ -28,14 +29,15 @@ type Referenced[T any] interface {
 
 // Reference computes the reference values of a run's items (see Referenced), a batch at
 // a time. A value depends, to the last bit, on the batch it is computed in (its padded
-// width, the other rows it is summed beside), so every item's is computed in the batch
-// Batches puts it in, whenever a run first needs it: the same values as a pass over the
-// items before training, where it is resumed or how far it runs.
+// width, the other rows it is summed beside), so a run computes every training item's in
+// its micro-batch of the first epoch (Engine.TrainingBatches), whenever the run first
+// needs it, and a pass before training (ComputeReference) uses the same batches: the
+// values are the same where a run is resumed or how far it runs, and the first step
+// computes just its own batches.
 type Reference[T any] interface {
-	// Batches splits items into the batches Compute is given, as lists of indexes.
-	Batches(items []T) [][]int
-	// Compute returns copies of batches carrying their reference values.
-	Compute(ctx context.Context, batches [][]T) ([][]T, error)
+	// Compute returns copies of batches carrying their reference values, advancing prog
+	// (nil reports nothing) by each batch's items.
+	Compute(ctx context.Context, batches [][]T, prog *progress.Progress) ([][]T, error)
 }
 
 // NeedsReference reports whether the engine's objective is Referenced and some of items
@@ -54,8 +56,7 @@ func (e *Engine[T]) NeedsReference(items []T) bool {
 }
 
 // StartingReference returns the Reference of a Referenced objective computed by its own
-// forward graph with the starting weights, in consecutive batches of the training batch
-// size (as ReferenceBatches): before the first update the starting weights are the live
+// forward graph with the starting weights: before the first update the starting weights are the live
 // parameters; after it (or after a resume) they are the trained initializers' values in
 // the user's model — for LoRA, the adapters' initial values, whose B is zero: adapters
 // off over the same base weights. No second copy of the weights is kept: the values are
@@ -77,11 +78,7 @@ type startingReference[T any] struct {
 	r Referenced[T]
 }
 
-func (s startingReference[T]) Batches(items []T) [][]int {
-	return ReferenceBatches(len(items), s.e.cfg.BatchSize)
-}
-
-func (s startingReference[T]) Compute(ctx context.Context, batches [][]T) ([][]T, error) {
+func (s startingReference[T]) Compute(ctx context.Context, batches [][]T, prog *progress.Progress) ([][]T, error) {
 	e := s.e
 	defer e.ReleaseForward()
 	if e.opt.Step > 0 {
@@ -107,6 +104,7 @@ func (s startingReference[T]) Compute(ctx context.Context, batches [][]T) ([][]T
 		err := e.Forward(ctx, s.r.ForReference(b), func(batch []T, res map[string]*ort.Tensor) error {
 			var err error
 			out[k], err = s.r.WithReference(batch, res)
+			prog.Add(len(batch))
 			return err
 		})
 		if err != nil {
@@ -116,16 +114,29 @@ func (s startingReference[T]) Compute(ctx context.Context, batches [][]T) ([][]T
 	return out, nil
 }
 
-// ReferenceBatches splits n items into consecutive batches of size (the last may be
-// short), as lists of indexes: the batches of a pass over them in order.
-func ReferenceBatches(n, size int) [][]int {
+// TrainingBatches returns the micro-batches of the first epoch over n items, as lists of
+// indexes (the last may be short, and hold items the epoch leaves out): the batches a run
+// computes its training items' reference values in (see Reference).
+func (e *Engine[T]) TrainingBatches(n int) [][]int {
+	return chunks(EpochOrder(n, e.cfg.Seed, 0, e.cfg.Shuffle), e.cfg.BatchSize)
+}
+
+// ConsecutiveBatches splits n items into consecutive batches of size (the last may be
+// short), as lists of indexes: the batches of a pass over them in order, as held-out
+// items are evaluated.
+func ConsecutiveBatches(n, size int) [][]int {
+	order := make([]int, n)
+	for i := range order {
+		order[i] = i
+	}
+	return chunks(order, size)
+}
+
+// chunks splits order into consecutive pieces of size (the last may be short).
+func chunks(order []int, size int) [][]int {
 	var out [][]int
-	for lo := 0; lo < n; lo += size {
-		b := make([]int, min(lo+size, n)-lo)
-		for k := range b {
-			b[k] = lo + k
-		}
-		out = append(out, b)
+	for lo := 0; lo < len(order); lo += size {
+		out = append(out, order[lo:min(lo+size, len(order))])
 	}
 	return out
 }
@@ -171,20 +182,27 @@ func (e *Engine[T]) startingParams() ([][]float32, error) {
 	return out, nil
 }
 
-// attachReference returns a copy of items carrying the reference values ref computes,
-// every batch of them at once, when some lack them (see ItemsWithReference).
-func attachReference[T any](ctx context.Context, e *Engine[T], ref Reference[T], items []T) ([]T, error) {
-	if ref == nil || !e.NeedsReference(items) {
-		return items, nil
-	}
-	idx := ref.Batches(items)
-	done, err := ref.Compute(ctx, gather(items, idx))
+// ComputeReference returns a copy of items carrying the reference values ref computes in
+// batches (lists of indexes covering every item once): Engine.TrainingBatches for a run's
+// training items, so that the values are those training computes as its steps come;
+// ConsecutiveBatches for held-out ones, as RunTraining computes theirs. prog (nil reports
+// nothing) counts the items.
+func ComputeReference[T any](ctx context.Context, ref Reference[T], items []T, batches [][]int, prog *progress.Progress) ([]T, error) {
+	prog.Start(len(items))
+	defer prog.Done()
+	done, err := ref.Compute(ctx, gather(items, batches), prog)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]T, len(items))
-	if err := scatter(out, nil, idx, done); err != nil {
+	has := make([]bool, len(items))
+	if err := scatter(out, has, batches, done); err != nil {
 		return nil, err
+	}
+	for i, ok := range has {
+		if !ok {
+			return nil, fmt.Errorf("reference: item %d is in no batch", i)
+		}
 	}
 	return out, nil
 }

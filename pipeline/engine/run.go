@@ -55,8 +55,10 @@ func RunTrainingWithReference[T any](ctx context.Context, e *Engine[T], items, e
 		return nil, err
 	}
 	if len(eval) > 0 {
-		if eval, err = attachReference(ctx, e, ref, eval); err != nil {
-			return nil, Interrupted(err, "before training started; nothing was saved")
+		if ref != nil && e.NeedsReference(eval) {
+			if eval, err = ComputeReference(ctx, ref, eval, ConsecutiveBatches(len(eval), e.cfg.BatchSize), nil); err != nil {
+				return nil, Interrupted(err, "before training started; nothing was saved")
+			}
 		}
 		if res.EvalBefore, err = e.Evaluate(ctx, eval); err != nil {
 			return nil, Interrupted(err, "before training started; nothing was saved")

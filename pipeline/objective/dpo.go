@@ -162,9 +162,12 @@ func WithReference(pairs []encode.EncodedPair, refC, refR []float64) []encode.En
 
 // ReferenceConfig says how AttachReference finds reference log-probs.
 type ReferenceConfig struct {
-	BatchSize int                // pairs per forward pass of a separate reference model
-	Loss      LossConfig         // reference-free losses take the references as 0
-	Progress  *progress.Progress // advanced per pair; started and ended here
+	// Batches are the batches the pairs' values are computed in (lists of indexes):
+	// Engine.TrainingBatches for training pairs, engine.ConsecutiveBatches for held-out
+	// ones, as training computes them without Precompute, so the values are the same.
+	Batches  [][]int
+	Loss     LossConfig         // reference-free losses take the references as 0
+	Progress *progress.Progress // advanced per pair; started and ended here
 	// Precompute computes every pair's reference log-probs here, before training (TRL's
 	// precompute_ref_log_probs). Without it, pairs that need computed ones come back
 	// without any, and training computes them as its steps come (engine.Referenced;
@@ -201,25 +204,25 @@ func AttachReference(ctx context.Context, e *engine.Engine[encode.EncodedPair], 
 		if fromData {
 			return pairs, RefFromData, nil
 		}
-		if !c.Precompute {
-			return withoutReference(pairs), RefFromPolicy, nil
-		}
-		out, err := ReferenceFromPolicy(ctx, e, pairs, c.Progress)
-		return out, RefFromPolicy, err
+		return computeReference(ctx, e.StartingReference(), pairs, c, RefFromPolicy)
 	}
 	if c.Loss.LDAlpha != nil {
 		return nil, "", fmt.Errorf("LD-DPO with a separate reference model needs its per-token log-probs, which reference scoring does not compute; use the starting model as the reference or give LD-weighted ref_chosen_logps/ref_rejected_logps columns")
 	}
+	return computeReference(ctx, ModelReference(ref), pairs, c, RefFromModel)
+}
+
+// computeReference is AttachReference's pairs with their values from ref, with
+// c.Precompute; else carrying none.
+func computeReference(ctx context.Context, ref engine.Reference[encode.EncodedPair], pairs []encode.EncodedPair, c ReferenceConfig, from string) ([]encode.EncodedPair, string, error) {
 	if !c.Precompute {
-		return withoutReference(pairs), RefFromModel, nil
+		return withoutReference(pairs), from, nil
 	}
-	c.Progress.Start(len(pairs))
-	refC, refR, err := score.ReferenceLogps(ctx, ref, pairs, score.ScoreConfig{BatchSize: c.BatchSize, Progress: c.Progress})
-	c.Progress.Done()
+	out, err := engine.ComputeReference(ctx, ref, pairs, c.Batches, c.Progress)
 	if err != nil {
-		return nil, "", err
+		return nil, "", fmt.Errorf("reference log-probs: %w", err)
 	}
-	return WithReference(pairs, refC, refR), RefFromModel, nil
+	return out, from, nil
 }
 
 // withoutReference returns a copy of pairs carrying no reference log-probs: a dataset's
@@ -233,53 +236,32 @@ func withoutReference(pairs []encode.EncodedPair) []encode.EncodedPair {
 	return out
 }
 
-// ModelReference is the engine.Reference of a separate reference model ref: pairs scored
-// in the batches of batchSize pairs of similar length that AttachReference scores them in
-// before training (score.PairBatches), so that the values are the same.
-func ModelReference(ref *lm.LogProbModel, batchSize int) engine.Reference[encode.EncodedPair] {
-	return modelReference{ref: ref, batchSize: batchSize}
+// ModelReference is the engine.Reference of a separate reference model ref: each batch
+// scored as one forward pass.
+func ModelReference(ref *lm.LogProbModel) engine.Reference[encode.EncodedPair] {
+	return modelReference{ref: ref}
 }
 
 // modelReference is ModelReference.
-type modelReference struct {
-	ref       *lm.LogProbModel
-	batchSize int
-}
+type modelReference struct{ ref *lm.LogProbModel }
 
-func (m modelReference) Batches(pairs []encode.EncodedPair) [][]int {
-	return score.PairBatches(pairs, m.batchSize)
-}
-
-func (m modelReference) Compute(ctx context.Context, batches [][]encode.EncodedPair) ([][]encode.EncodedPair, error) {
+func (m modelReference) Compute(ctx context.Context, batches [][]encode.EncodedPair, prog *progress.Progress) ([][]encode.EncodedPair, error) {
 	out := make([][]encode.EncodedPair, len(batches))
 	for k, b := range batches {
-		// One batch of all of b, in its order (PairBatches of a batch it made keeps it).
 		refC, refR, err := score.ReferenceLogps(ctx, m.ref, b, score.ScoreConfig{BatchSize: len(b)})
 		if err != nil {
 			return nil, err
 		}
 		out[k] = WithReference(b, refC, refR)
+		prog.Add(len(b))
 	}
 	return out, nil
 }
 
 // ReferenceFromPolicy returns pairs carrying reference log-probs computed by the engine's
-// forward graph with its current weights, in batches of the training batch size: before
-// training, the starting model is the reference, so no second copy of the model is
-// loaded.
+// forward graph with its starting weights, in the batches training computes them in
+// (Engine.TrainingBatches): before training, the starting model is the reference, so no
+// second copy of the model is loaded.
 func ReferenceFromPolicy(ctx context.Context, e *engine.Engine[encode.EncodedPair], pairs []encode.EncodedPair, prog *progress.Progress) ([]encode.EncodedPair, error) {
-	out := make([]encode.EncodedPair, 0, len(pairs))
-	prog.Start(len(pairs))
-	err := e.Forward(ctx, DPO{}.ForReference(pairs), func(batch []encode.EncodedPair, res map[string]*ort.Tensor) error {
-		b, err := DPO{}.WithReference(batch, res)
-		out = append(out, b...)
-		prog.Add(len(batch))
-		return err
-	})
-	prog.Done()
-	e.ReleaseForward()
-	if err != nil {
-		return nil, fmt.Errorf("reference log-probs: %w", err)
-	}
-	return out, nil
+	return engine.ComputeReference(ctx, e.StartingReference(), pairs, e.TrainingBatches(len(pairs)), prog)
 }

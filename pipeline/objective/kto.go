@@ -364,25 +364,19 @@ func KTOWithoutReference(rows []encode.EncodedUnpaired) []encode.EncodedUnpaired
 	return out
 }
 
-// KTOModelReference is the engine.Reference of a separate reference model ref: rows
-// scored in the consecutive batches of batchSize rows that KTOReference scores them in
-// before training, so that the values are the same.
-func KTOModelReference(ref *lm.LogProbModel, batchSize int, kl bool) engine.Reference[encode.EncodedUnpaired] {
-	return ktoModelReference{ref: ref, batchSize: batchSize, kl: kl}
+// KTOModelReference is the engine.Reference of a separate reference model ref: each batch
+// scored as one forward pass, with its KL sequences when kl.
+func KTOModelReference(ref *lm.LogProbModel, kl bool) engine.Reference[encode.EncodedUnpaired] {
+	return ktoModelReference{ref: ref, kl: kl}
 }
 
 // ktoModelReference is KTOModelReference.
 type ktoModelReference struct {
-	ref       *lm.LogProbModel
-	batchSize int
-	kl        bool
+	ref *lm.LogProbModel
+	kl  bool
 }
 
-func (m ktoModelReference) Batches(rows []encode.EncodedUnpaired) [][]int {
-	return engine.ReferenceBatches(len(rows), m.batchSize)
-}
-
-func (m ktoModelReference) Compute(ctx context.Context, batches [][]encode.EncodedUnpaired) ([][]encode.EncodedUnpaired, error) {
+func (m ktoModelReference) Compute(ctx context.Context, batches [][]encode.EncodedUnpaired, prog *progress.Progress) ([][]encode.EncodedUnpaired, error) {
 	out := make([][]encode.EncodedUnpaired, len(batches))
 	for k, b := range batches {
 		if err := ctx.Err(); err != nil {
@@ -395,58 +389,32 @@ func (m ktoModelReference) Compute(ctx context.Context, batches [][]encode.Encod
 		if out[k], err = ktoWithReference(b, lp, m.kl); err != nil {
 			return nil, fmt.Errorf("reference log-probs: %w", err)
 		}
+		prog.Add(len(b))
 	}
 	return out, nil
 }
 
 // KTOReference returns rows carrying the reference log-probs of their sequences and, with
 // kl, of their KL sequences, and where they came from: the reference model ref when
-// given, else the engine's own forward graph with its current weights — before training
+// given, else the engine's own forward graph with its starting weights — before training
 // the policy is the reference (with LoRA the adapters are still zero), so no second copy
-// of the model is loaded. It computes them all up front (TRL's precompute_ref_log_probs),
-// in the batches training computes them in as its steps come (engine.Referenced with
-// Engine.StartingReference, or KTOModelReference), so the values are the same. Call it
-// before training (a resume restores trained weights after).
-func KTOReference(ctx context.Context, e *engine.Engine[encode.EncodedUnpaired], ref *lm.LogProbModel, rows []encode.EncodedUnpaired, kl bool, batchSize int, prog *progress.Progress) ([]encode.EncodedUnpaired, string, error) {
-	out := make([]encode.EncodedUnpaired, 0, len(rows))
-	prog.Start(len(rows))
-	defer prog.Done()
+// of the model is loaded. It computes them all up front (TRL's precompute_ref_log_probs)
+// in batches: Engine.TrainingBatches for training rows, engine.ConsecutiveBatches for
+// held-out ones, the batches training computes them in as its steps come, so the values
+// are the same. Call it before training (a resume restores trained weights after).
+func KTOReference(ctx context.Context, e *engine.Engine[encode.EncodedUnpaired], ref *lm.LogProbModel, rows []encode.EncodedUnpaired, kl bool, batches [][]int, prog *progress.Progress) ([]encode.EncodedUnpaired, string, error) {
+	var r engine.Reference[encode.EncodedUnpaired]
+	from := RefFromModel
 	if ref != nil {
-		for lo := 0; lo < len(rows); lo += batchSize {
-			if err := ctx.Err(); err != nil {
-				return nil, "", err
-			}
-			batch := rows[lo:min(lo+batchSize, len(rows))]
-			lp, err := ref.SequenceLogps(ktoSequences(batch, kl))
-			if err != nil {
-				return nil, "", fmt.Errorf("reference log-probs: %w", err)
-			}
-			b, err := ktoWithReference(batch, lp, kl)
-			if err != nil {
-				return nil, "", fmt.Errorf("reference log-probs: %w", err)
-			}
-			out = append(out, b...)
-			prog.Add(len(batch))
-		}
-		return out, RefFromModel, nil
+		r = KTOModelReference(ref, kl)
+	} else {
+		r, from = e.StartingReference(), RefFromPolicy
 	}
-	// The forward session's arena is not needed through training.
-	defer e.ReleaseForward()
-	k := KTO{Config: KTOConfig{LossType: KTOLossAPOZeroUnpaired}}
-	if kl {
-		k.Config.LossType = KTOLossKTO
-	}
-	// The forward graph wants reference inputs: zeros, whose loss is not read.
-	err := e.Forward(ctx, k.ForReference(rows), func(batch []encode.EncodedUnpaired, o map[string]*ort.Tensor) error {
-		b, err := k.WithReference(batch, o)
-		out = append(out, b...)
-		prog.Add(len(batch))
-		return err
-	})
+	out, err := engine.ComputeReference(ctx, r, rows, batches, prog)
 	if err != nil {
 		return nil, "", fmt.Errorf("reference log-probs: %w", err)
 	}
-	return out, RefFromPolicy, nil
+	return out, from, nil
 }
 
 // KTOWeightAdvice is TRL's advice when the desirable and undesirable rows are not equal

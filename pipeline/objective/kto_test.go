@@ -140,7 +140,7 @@ func TestKTOReferenceFromPolicy(t *testing.T) {
 	rows := o.rows(t, 3)
 	cfg := engine.TrainConfig{Optim: engine.OptimConfig{Name: engine.OptimSGD}, LR: 1, BatchSize: 3, MaxSteps: 1, Threads: 1, PadID: o.PadID}
 	e := newEngineOf(t, engineModel, cfg, KTO{Config: KTOConfig{Beta: 0.1, DesirableWeight: 1, UndesirableWeight: 1}})
-	got, from, err := KTOReference(context.Background(), e, nil, rows, true, 3, nil)
+	got, from, err := KTOReference(context.Background(), e, nil, rows, true, engine.ConsecutiveBatches(len(rows), 3), nil)
 	if err != nil || from != RefFromPolicy {
 		t.Fatalf("%s: %v", from, err)
 	}
@@ -149,7 +149,7 @@ func TestKTOReferenceFromPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ref.Close()
-	want, from, err := KTOReference(context.Background(), nil, ref, rows, true, 5, nil)
+	want, from, err := KTOReference(context.Background(), nil, ref, rows, true, engine.ConsecutiveBatches(len(rows), 5), nil)
 	if err != nil || from != RefFromModel {
 		t.Fatalf("%s: %v", from, err)
 	}
@@ -178,7 +178,7 @@ func TestKTOReferenceFromPolicy(t *testing.T) {
 	if v := m.Value(engine.LossOutput); math.Abs(v-0.5) > 1e-6 || m.Value("count/chosen")+m.Value("count/rejected") != 3 {
 		t.Errorf("start: %v", m)
 	}
-	apo, _, err := KTOReference(context.Background(), nil, ref, rows, false, 4, nil)
+	apo, _, err := KTOReference(context.Background(), nil, ref, rows, false, engine.ConsecutiveBatches(len(rows), 4), nil)
 	if err != nil || apo[0].RefKLLogps != nil || *apo[5].RefLogps != *want[5].RefLogps {
 		t.Fatalf("without KL: %v", err)
 	}

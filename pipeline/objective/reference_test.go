@@ -13,6 +13,7 @@ import (
 
 	"ortalign/pipeline/encode"
 	"ortalign/pipeline/engine"
+	"ortalign/pipeline/progress"
 	"ortalign/tokenize"
 )
 
@@ -46,12 +47,12 @@ type countingReference struct {
 	before func()
 }
 
-func (c *countingReference) Compute(ctx context.Context, batches [][]encode.EncodedPair) ([][]encode.EncodedPair, error) {
+func (c *countingReference) Compute(ctx context.Context, batches [][]encode.EncodedPair, prog *progress.Progress) ([][]encode.EncodedPair, error) {
 	if c.before != nil {
 		c.before()
 	}
 	c.batches = append(c.batches, batches...)
-	return c.Reference.Compute(ctx, batches)
+	return c.Reference.Compute(ctx, batches, prog)
 }
 
 func (c *countingReference) items() int {
@@ -170,11 +171,12 @@ func TestStepReferenceEqualsPrecomputed(t *testing.T) {
 	}
 }
 
-// TestMaxStepsComputesItsStepsReference: a one-step run over 40 pairs computes the
-// reference of the batches holding its step's pairs, not the dataset's.
+// TestMaxStepsComputesItsStepsReference: a one-step run over 40 shuffled pairs computes
+// the reference of its step's own micro-batches, as they are, and nothing else: start-up
+// does not grow with the dataset.
 func TestMaxStepsComputesItsStepsReference(t *testing.T) {
 	pairs, pad := bundledPairs(t, 40)
-	cfg := engine.TrainConfig{Optim: engine.OptimConfig{Name: engine.OptimAdamW}, LR: 1e-3, BatchSize: 4, MaxSteps: 1, Seed: 1, Shuffle: true, Threads: 1, PadID: pad}
+	cfg := engine.TrainConfig{Optim: engine.OptimConfig{Name: engine.OptimAdamW}, LR: 1e-3, BatchSize: 4, GradAccum: 2, MaxSteps: 1, Seed: 1, Shuffle: true, Threads: 1, PadID: pad}
 	e := newEngine(t, cfg, 0.1)
 	ref := &countingReference{Reference: e.StartingReference()}
 	src, err := e.ItemsWithReference(pairs, ref)
@@ -185,22 +187,32 @@ func TestMaxStepsComputesItsStepsReference(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	trained := round.Steps[0][0]
-	if n := ref.items(); n == 0 || len(ref.batches) > len(trained) || n > len(trained)*cfg.BatchSize {
-		t.Fatalf("%d batches (%d pairs) computed for a step of %d pairs, want at most one batch of %d a pair", len(ref.batches), n, len(trained), cfg.BatchSize)
+	micro := round.Steps[0]
+	if len(micro) != cfg.GradAccum || len(ref.batches) != len(micro) {
+		t.Fatalf("%d batches computed for a step of %d micro-batches", len(ref.batches), len(micro))
 	}
-	for _, p := range trained {
-		if !(DPO{}).HasReference(p) {
-			t.Fatalf("pair of row %d has no reference", p.Row)
+	for k, b := range micro {
+		if slices.Equal(indexes(b), indexes(pairs[k*cfg.BatchSize:(k+1)*cfg.BatchSize])) {
+			t.Fatalf("micro-batch %d is in file order: the run was not shuffled", k)
 		}
-		held := false
-		for _, b := range ref.batches {
-			held = held || slices.ContainsFunc(b, func(q encode.EncodedPair) bool { return q.Index == p.Index })
+		if got, want := indexes(ref.batches[k]), indexes(b); !slices.Equal(got, want) {
+			t.Fatalf("reference batch %d holds pairs %v, the step's micro-batch %v", k, got, want)
 		}
-		if !held {
-			t.Fatalf("pair %d was trained on but its reference was not computed here", p.Index)
+		for _, p := range b {
+			if !(DPO{}).HasReference(p) {
+				t.Fatalf("pair of row %d has no reference", p.Row)
+			}
 		}
 	}
+}
+
+// indexes are the pairs' indexes in their file.
+func indexes(pairs []encode.EncodedPair) []int {
+	out := make([]int, len(pairs))
+	for i, p := range pairs {
+		out[i] = p.Index
+	}
+	return out
 }
 
 // TestReferenceInterruptSavesCheckpoint: a cancellation (Ctrl-C) while a step's
