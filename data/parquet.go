@@ -97,6 +97,20 @@ func (d *Dataset) NumRowGroups() int {
 	return len(d.rowStart)
 }
 
+// RowGroupRows is the number of rows in row group g (all of them for JSON Lines, which
+// is one group), skipped rows included.
+func (d *Dataset) RowGroupRows(g int) int64 {
+	switch {
+	case d.jsonl != nil:
+		return d.NumRows
+	case g < 0 || g >= len(d.rowStart):
+		return 0
+	case g+1 < len(d.rowStart):
+		return d.rowStart[g+1] - d.rowStart[g]
+	}
+	return d.NumRows - d.rowStart[g]
+}
+
 // ReadAll reads every row. Rows with a null required value are returned as
 // skipped rows (or are an error with [Options.Strict]); examples keep file
 // order.

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"ortalign/pipeline/engine"
@@ -41,5 +44,19 @@ func TestTrainersInterruptedWhileLoading(t *testing.T) {
 				t.Fatalf("want %q, got %v", errInterruptedBeforeTraining, err)
 			}
 		})
+	}
+}
+
+// TestScoreInterrupted: score stopped by a signal says so and writes nothing.
+func TestScoreInterrupted(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	out := filepath.Join(t.TempDir(), "scores.jsonl")
+	err := runScore(ctx, scoreOpts(tinyData, out), io.Discard, io.Discard)
+	if !errors.Is(err, engine.ErrInterrupted) || !strings.Contains(err.Error(), out+" was not written") {
+		t.Fatalf("want interrupted, got %v", err)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatalf("output left behind: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -11,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	dataset "ortalign/data"
+	"ortalign/pipeline/engine"
 	"ortalign/pipeline/lm"
 	"ortalign/pipeline/score"
 )
@@ -139,6 +141,9 @@ func runScore(ctx context.Context, o *scoreOptions, stdout, stderr io.Writer) er
 		Beta:  o.beta, BatchSize: o.batchSize, Shard: o.shardI, Shards: o.shards,
 		InitRuntime: o.initORT, Progress: stderr,
 	})
+	if errors.Is(err, context.Canceled) {
+		return fmt.Errorf("%w; %s was not written", engine.ErrInterrupted, o.out)
+	}
 	if err != nil {
 		return flagHints(err)
 	}

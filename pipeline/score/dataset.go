@@ -95,6 +95,9 @@ func ScoreDataset(ctx context.Context, c DatasetConfig) (DatasetSummary, error) 
 	if err := initRuntime(); err != nil {
 		return sum, err
 	}
+	if err := ctx.Err(); err != nil {
+		return sum, err
+	}
 	fc := ScoreFileConfig{Out: c.Out, Data: c.DataOptions, Beta: c.Beta, BatchSize: c.BatchSize, Shard: c.Shard, Shards: c.Shards}
 	if c.Reward != "" {
 		if fc.Reward, err = LoadRewardModel(c.Reward, c.Model); err != nil {
@@ -117,6 +120,10 @@ func ScoreDataset(ctx context.Context, c DatasetConfig) (DatasetSummary, error) 
 			}
 		}
 		fc.Data.Vocab = fc.Policy.VocabSize()
+	}
+	// Loading a model is not cancellable: a signal during it stops the run once it is done.
+	if err := ctx.Err(); err != nil {
+		return sum, err
 	}
 	if tok := c.DataOptions.Tokenizer; tok != nil {
 		if err := encode.CheckTokenizerFits(tok, fc.Data.Vocab); err != nil {

@@ -149,3 +149,39 @@ func TestScoreDatasetErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestScoreDatasetStopsOnSignal: a signal before the models load stops the run there
+// (the policy's file is not even opened), and leaves no output.
+func TestScoreDatasetStopsOnSignal(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := t.TempDir()
+	out := filepath.Join(dir, "scores.jsonl")
+	_, err := ScoreDataset(ctx, DatasetConfig{Data: testPairs, Out: out, DataOptions: testDataOptions(t),
+		Policy: filepath.Join(dir, "not-there.onnx"), Model: lm.ModelOptions{Threads: 1}, Beta: 0.1, BatchSize: 8,
+		InitRuntime: func() error { cancel(); return nil }})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("want the run stopped, got %v", err)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatalf("output left behind: %v", err)
+	}
+}
+
+// TestScoreShardProgress: a shard's progress counts the rows of its own row groups: a
+// one-group file's shard 0 of 2 holds every row, shard 1 none.
+func TestScoreShardProgress(t *testing.T) {
+	for shard, want := range []string{"score: 100/100 pairs", "score: 0/0 pairs"} {
+		var progress bytes.Buffer
+		dir := t.TempDir()
+		_, err := ScoreDataset(context.Background(), DatasetConfig{Data: testPairs, Out: filepath.Join(dir, "s.jsonl"), DataOptions: testDataOptions(t),
+			Policy: testModel, Model: lm.ModelOptions{Threads: 1}, Beta: 0.1, BatchSize: 8, Shard: shard, Shards: 2,
+			InitRuntime: func() error { return nil }, Progress: &progress})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(progress.String(), want) {
+			t.Errorf("shard %d/2: progress %q, want %q", shard, progress.String(), want)
+		}
+	}
+}

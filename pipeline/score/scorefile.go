@@ -138,11 +138,13 @@ func streamScores[T any](ctx context.Context, ds *data.Dataset, c ScoreFileConfi
 		return sum, err
 	}
 	defer w.abort()
-	c.Progress.Start(int(ds.NumRows) / shards)
 	var groups []int
+	var rows int64
 	for g := c.Shard; g < ds.NumRowGroups(); g += shards {
 		groups = append(groups, g)
+		rows += ds.RowGroupRows(g)
 	}
+	c.Progress.Start(int(rows))
 	for len(groups) > 0 {
 		if err := ctx.Err(); err != nil {
 			return sum, err
