@@ -382,7 +382,7 @@ func (s *itemSource[T]) Fingerprint() string {
 	}
 	fp := fmt.Sprintf("%d items, sha256 %s", len(s.items), hex.EncodeToString(h.Sum(nil))[:16])
 	if s.ref != nil {
-		fp += ", reference values computed as their steps come"
+		fp += ", reference values computed in their first-epoch micro-batches as their steps come"
 	}
 	return fp
 }
