@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"ortalign/onnx/onnxpb"
 )
@@ -122,31 +124,10 @@ func (m *Model) ExternalLocation(t *onnxpb.TensorProto) (ExternalLocation, bool)
 // The graph is copied deeply, but the tensors' raw data (the weights) is shared with m:
 // copying hundreds of megabytes for every derived graph (training, scoring, generation)
 // multiplied the peak memory. Nothing in ortalign writes into raw data — a new value
-// replaces the slice (SetTensorFloats) — and callers must keep it that way.
+// replaces the slice (SetTensorFloats) — and callers must keep it that way. Clone only
+// reads m, so clones of one model may be made at once, beside its other readers.
 func (m *Model) Clone() *Model {
-	var tensors []*onnxpb.TensorProto
-	var raws [][]byte
-	walkTensors(m.proto, func(t *onnxpb.TensorProto, _ string) error {
-		if t != nil {
-			tensors, raws = append(tensors, t), append(raws, t.RawData)
-			t.RawData = nil
-		}
-		return nil
-	})
-	cp := proto.Clone(m.proto).(*onnxpb.ModelProto)
-	i := 0
-	walkTensors(cp, func(t *onnxpb.TensorProto, _ string) error {
-		if t != nil {
-			if i < len(raws) {
-				t.RawData = raws[i]
-			}
-			i++
-		}
-		return nil
-	})
-	for k, t := range tensors {
-		t.RawData = raws[k]
-	}
+	cp := cloneSharingBytes(m.proto.ProtoReflect()).Interface().(*onnxpb.ModelProto)
 	c := &Model{proto: cp, mapped: m.mapped}
 	if len(m.ext) > 0 || len(m.extByName) > 0 {
 		var orig []*onnxpb.TensorProto
@@ -251,6 +232,42 @@ func checkNoUnresolved(p *onnxpb.ModelProto) error {
 		}
 		return nil
 	})
+}
+
+// cloneSharingBytes is proto.Clone, except that bytes fields share src's slices.
+func cloneSharingBytes(src protoreflect.Message) protoreflect.Message {
+	dst := src.New()
+	src.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsList():
+			from, to := v.List(), dst.Mutable(fd).List()
+			for i := 0; i < from.Len(); i++ {
+				e := from.Get(i)
+				if fd.Message() != nil {
+					e = protoreflect.ValueOfMessage(cloneSharingBytes(e.Message()))
+				}
+				to.Append(e)
+			}
+		case fd.IsMap():
+			to := dst.Mutable(fd).Map()
+			v.Map().Range(func(k protoreflect.MapKey, e protoreflect.Value) bool {
+				if fd.MapValue().Message() != nil {
+					e = protoreflect.ValueOfMessage(cloneSharingBytes(e.Message()))
+				}
+				to.Set(k, e)
+				return true
+			})
+		case fd.Message() != nil:
+			dst.Set(fd, protoreflect.ValueOfMessage(cloneSharingBytes(v.Message())))
+		default:
+			dst.Set(fd, v) // scalars, strings, and bytes (shared)
+		}
+		return true
+	})
+	if u := src.GetUnknown(); len(u) > 0 {
+		dst.SetUnknown(slices.Clone(u))
+	}
+	return dst
 }
 
 // walkTensors calls fn for every dense tensor in the model that can hold

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -345,6 +346,51 @@ func TestSaveAutoSwitchesToExternalWhenTooLarge(t *testing.T) {
 	if err := m.Save(filepath.Join(dir, "tiny.onnx"), SaveOptions{SizeThreshold: -1}); err == nil {
 		t.Error("save succeeded although the graph alone exceeds the limit")
 	}
+}
+
+// Clone reads its source only: clones made at once, beside a reader of the weights,
+// all equal the source, which is left as it was (an earlier Clone detached the raw
+// data while it copied, so two at once lost it).
+func TestConcurrentClones(t *testing.T) {
+	for _, path := range []string{mlpPath, extPath, unknownPath} {
+		m := mustLoad(t, path)
+		want := proto.Clone(m.Proto())
+		clones := make([]*Model, 8)
+		var wg sync.WaitGroup
+		for i := range clones {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				clones[i] = m.Clone()
+			}()
+		}
+		sizes := 0
+		for range 100 {
+			for _, init := range m.Graph().GetInitializer() {
+				sizes += len(init.GetRawData())
+			}
+		}
+		wg.Wait()
+		if !proto.Equal(m.Proto(), want) {
+			t.Fatalf("%s: cloning changed the source", path)
+		}
+		if wantSizes := 100 * rawBytes(want.(*onnxpb.ModelProto)); sizes != wantSizes {
+			t.Errorf("%s: a reader beside the clones saw %d bytes of raw data, want %d", path, sizes, wantSizes)
+		}
+		for i, c := range clones {
+			if !proto.Equal(c.Proto(), want) {
+				t.Errorf("%s: clone %d differs from the source", path, i)
+			}
+		}
+	}
+}
+
+func rawBytes(p *onnxpb.ModelProto) int {
+	n := 0
+	for _, init := range p.GetGraph().GetInitializer() {
+		n += len(init.GetRawData())
+	}
+	return n
 }
 
 func TestCloneKeepsLayout(t *testing.T) {
