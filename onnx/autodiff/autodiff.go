@@ -42,6 +42,14 @@ type Config struct {
 	// Threads is ONNX Runtime's intra-op thread count for the sample run;
 	// 0 means 1.
 	Threads int
+	// Values optionally gives float initializers' values, by name, for the
+	// sample run to read instead of the initializers' own data: the
+	// caller's copies of the weights it trains. A weight left unaligned in
+	// a mapped model file can be fed only as a copy, and the sample run
+	// would make its own (a second, for a caller that copies it anyway to
+	// train it). A value whose length does not match its initializer is
+	// ignored.
+	Values map[string][]float32
 	// StopGradient lists values of the forward graph whose gradient is not
 	// propagated: the backward pass treats them as constants (PyTorch's
 	// detach), whatever they are computed from. The values listed in the

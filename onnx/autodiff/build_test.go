@@ -193,3 +193,59 @@ func TestProbeFeedsTransposedWeights(t *testing.T) {
 		t.Fatalf("gradient error %.3g", e)
 	}
 }
+
+// The probe feeds a large float initializer from Config.Values when the caller gives
+// one of its size (the caller's copy, not another), else from the initializer itself.
+func TestProbeFeedsGivenValues(t *testing.T) {
+	own := make([]float32, 2*probeFedElements)
+	for i := range own {
+		own[i] = float32(i)
+	}
+	big, small := onnx.FloatTensor("w", []int64{2, probeFedElements}, own), onnx.FloatTensor("b", []int64{4}, own[:4])
+	given := make([]float32, len(own))
+	tests := []struct {
+		name  string
+		t     *onnxpb.TensorProto
+		given []float32
+		want  []float32 // nil: not fed
+		same  bool      // want is given itself
+	}{
+		{"given", big, given, given, true},
+		{"given of another size", big, given[:10], own, false},
+		{"none given", big, nil, own, false},
+		{"small", small, own[:4], nil, false},
+	}
+	for _, tc := range tests {
+		got := fedFloats(tc.t, tc.given)
+		if !slices.Equal(got, tc.want) || (tc.want == nil) != (got == nil) {
+			t.Errorf("%s: fed %d values, want %d", tc.name, len(got), len(tc.want))
+			continue
+		}
+		if tc.same && &got[0] != &tc.given[0] {
+			t.Errorf("%s: fed a copy of the given values", tc.name)
+		}
+	}
+	// Given values change nothing in the graph built.
+	m, c := newCase("given")
+	x := c.data([]int64{3, 32}, onnx.DimParam("n"), onnx.DimValue(32))
+	w := c.f32(32, 40)
+	h := c.b.Cast(c.b.MatMul(c.b.Cast(x, onnx.Float), w), onnx.Double)
+	setLoss(m, c.b.ReduceSum(c.b.Mul(h, c.b.Tanh(h)), nil, false))
+	wv, err := onnx.TensorFloats(onnx.Initializer(m.Graph(), w))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Loss: m.Graph().GetOutput()[0].GetName(), Trainable: c.trainable}
+	plain, err := Build(m, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Values = map[string][]float32{w: wv}
+	withValues, err := Build(m, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(plain.Model.Proto(), withValues.Model.Proto()) {
+		t.Error("the graph built with Config.Values differs from the one built without")
+	}
+}

@@ -51,7 +51,7 @@ func sampleShapes(m *onnx.Model, p plan, cfg Config) (sampled, error) {
 			return sampled{}, err
 		}
 	}
-	pr, err := newProbe(m, want, threads)
+	pr, err := newProbe(m, want, threads, cfg.Values)
 	var a map[string][]int64
 	if err == nil {
 		defer pr.close()
@@ -95,7 +95,7 @@ type probe struct {
 // the probe session rather than embedded in its model.
 const probeFedElements = 1024
 
-func newProbe(m *onnx.Model, want []string, threads int) (*probe, error) {
+func newProbe(m *onnx.Model, want []string, threads int, values map[string][]float32) (*probe, error) {
 	g := m.Graph()
 	pr := &probe{g: g, known: map[string][]int64{}, weights: map[string]*ort.Tensor{}}
 	for _, t := range g.GetInitializer() {
@@ -131,7 +131,7 @@ func newProbe(m *onnx.Model, want []string, threads int) (*probe, error) {
 	}
 	pp.Graph = pg
 	for _, t := range g.GetInitializer() {
-		if data := fedFloats(t); data != nil {
+		if data := fedFloats(t, values[t.GetName()]); data != nil {
 			w, err := ort.NewFloatTensor(pr.known[t.GetName()], data)
 			if err != nil {
 				return nil, fmt.Errorf("initializer %q: %w", t.GetName(), err)
@@ -266,16 +266,20 @@ var littleEndian = func() bool {
 	return *(*byte)(unsafe.Pointer(&x)) == 1
 }()
 
-// fedFloats returns the data of a large float initializer without copying
-// it, or nil when t is small, of another type, or its data cannot be read
-// in place (then the probe model embeds it).
-func fedFloats(t *onnxpb.TensorProto) []float32 {
+// fedFloats returns the data of a large float initializer to feed the
+// probe: given when it has t's size (Config.Values), else t's own data,
+// read in place where it can be, copied where it is unaligned; nil when t
+// is small, of another type or unreadable (then the probe model embeds it).
+func fedFloats(t *onnxpb.TensorProto, given []float32) []float32 {
 	if onnx.DataType(t.GetDataType()) != onnx.Float || len(t.GetDims()) == 0 {
 		return nil
 	}
 	n := numel(t.GetDims())
 	if n < probeFedElements {
 		return nil
+	}
+	if int64(len(given)) == n {
+		return given
 	}
 	if len(t.GetFloatData()) > 0 {
 		if int64(len(t.GetFloatData())) != n {

@@ -6,6 +6,7 @@ import (
 	"hash"
 	"math"
 	"regexp"
+	"slices"
 
 	"ortalign/internal/hugepages"
 	"ortalign/onnx"
@@ -213,6 +214,12 @@ type GraphConfig struct {
 	// pass instead of keeping its activations (autodiff.Config.GradientCheckpointing):
 	// same gradients, less memory, more compute.
 	GradientCheckpointing bool
+	// Values, when set, is called with the trainable initializers once they are
+	// chosen, before differentiation, and returns their values in that order: the
+	// caller's own copies (the engine's parameter buffers), which the shape probe then
+	// reads instead of copying the weights itself (autodiff.Config.Values). It does
+	// not change the graph.
+	Values func(trainable []string) ([][]float32, error)
 }
 
 // TrainingGraph is a generated training graph and what it trains.
@@ -258,6 +265,17 @@ func BuildTrainingGraph[T any](m *onnx.Model, obj Objective[T], c GraphConfig) (
 	if len(names) == 0 {
 		return nil, fmt.Errorf("no trainable float initializers")
 	}
+	var values map[string][]float32
+	if c.Values != nil {
+		vals, err := c.Values(names)
+		if err != nil {
+			return nil, err
+		}
+		values = make(map[string][]float32, len(names))
+		for i, name := range names {
+			values[name] = vals[i]
+		}
+	}
 	in, err := ModelInputsOf(fwd, 0)
 	if err != nil {
 		return nil, err
@@ -277,6 +295,7 @@ func BuildTrainingGraph[T any](m *onnx.Model, obj Objective[T], c GraphConfig) (
 	res, err := autodiff.Build(fwd, autodiff.Config{
 		Loss: LossOutput, Trainable: names, KeepOutputs: obj.Outputs(),
 		SampleFeeds: feeds, SecondSampleFeeds: feeds2, GradientCheckpointing: c.GradientCheckpointing,
+		Values: values,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("build training graph: %w", err)
@@ -353,23 +372,32 @@ func NewEngine[T any](path string, m *onnx.Model, cfg TrainConfig, obj Objective
 		}
 		train, gc.Trainable, gc.TieTransposedCopies = e.adapted.Model, e.adapted.Trainable, false
 	}
+	// The trained values are read out of the model as soon as the build has chosen
+	// them, for its shape probe to read as well (GraphConfig.Values); a graph from the
+	// cache names them once read.
+	var read *trainedValues
+	gc.Values = func(names []string) ([][]float32, error) {
+		v, err := readTrained(train, names)
+		read = &v
+		return v.params, err
+	}
 	if e.graph, e.reusedGraph, err = cachedTrainingGraph(cfg.GraphCache, train, obj, gc, cfg.Adapter); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	for _, name := range e.graph.Trainable {
-		init := onnx.Initializer(train.Graph(), name)
-		data, err := onnx.TensorFloats(init)
+	if read == nil || !slices.Equal(read.names, e.graph.Trainable) {
+		v, err := readTrained(train, e.graph.Trainable)
 		if err != nil {
-			return nil, fmt.Errorf("%s: initializer %q: %w", path, name, err)
+			return nil, fmt.Errorf("%s: %w", path, err)
 		}
+		read = &v
+	}
+	for i, name := range read.names {
 		if _, ok := e.graph.Grads[name]; !ok {
 			return nil, fmt.Errorf("%s: no gradient for trainable %q", path, name)
 		}
-		e.names = append(e.names, name)
-		e.shapes = append(e.shapes, append([]int64(nil), init.GetDims()...))
-		e.params = append(e.params, data)
-		e.grads = append(e.grads, hugepages.Floats(len(data)))
+		e.grads = append(e.grads, hugepages.Floats(len(read.params[i])))
 	}
+	e.names, e.shapes, e.params = read.names, read.shapes, read.params
 	outputs := append([]string{LossOutput}, e.graph.Outputs...)
 	for _, name := range e.names {
 		outputs = append(outputs, e.graph.Grads[name])
@@ -384,6 +412,31 @@ func NewEngine[T any](path string, m *onnx.Model, cfg TrainConfig, obj Objective
 		return nil, err
 	}
 	return e, nil
+}
+
+// trainedValues are copies of trained initializers' values, with their names and shapes.
+type trainedValues struct {
+	names  []string
+	shapes [][]int64
+	params [][]float32
+}
+
+// readTrained copies the values of m's initializers names.
+func readTrained(m *onnx.Model, names []string) (trainedValues, error) {
+	v := trainedValues{names: slices.Clone(names)}
+	for _, name := range names {
+		init := onnx.Initializer(m.Graph(), name)
+		if init == nil {
+			return trainedValues{}, fmt.Errorf("no initializer %q", name)
+		}
+		data, err := onnx.TensorFloats(init)
+		if err != nil {
+			return trainedValues{}, fmt.Errorf("initializer %q: %w", name, err)
+		}
+		v.shapes = append(v.shapes, slices.Clone(init.GetDims()))
+		v.params = append(v.params, data)
+	}
+	return v, nil
 }
 
 // Close releases the sessions.
