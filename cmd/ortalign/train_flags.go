@@ -219,7 +219,7 @@ type referenceFlags struct {
 }
 
 func addReferenceFlags(f *pflag.FlagSet, r *referenceFlags) {
-	f.BoolVar(&r.precomputeRef, "precompute-ref-log-probs", false, "compute every pair's reference log-probs before the first step (TRL's precompute_ref_log_probs) instead of each step's as it comes")
+	f.BoolVar(&r.precomputeRef, "precompute-ref-log-probs", false, "compute every training item's reference log-probs (pairs; KTO's rows and KL pairs) before the first step (TRL's precompute_ref_log_probs) instead of each step's as it comes")
 }
 
 // runOptions are the engine's run settings from the flags.
