@@ -23,7 +23,9 @@ Definitions shared with the Go side (also in testdata/README.md):
       loss   = mean over pairs of -logsigmoid(beta * logits)      c = chosen, r = rejected
   TRL metrics: rewards/chosen = mean beta*(pc-rc), rewards/rejected = mean beta*(pr-rr),
   rewards/accuracies = mean(beta*(pc-rc) > beta*(pr-rr)), rewards/margins = mean of the
-  difference, logps/chosen = mean pc, logps/rejected = mean pr.
+  difference, logps/chosen = mean pc, logps/rejected = mean pr; logits/chosen (rejected) =
+  the mean of every logit at the positions that predict a completion token of the chosen
+  (rejected) rows, pooled (AdamW curves).
 * Gradients in float64 (model.double()); the float32 loss is recorded too.
 * GPT-2 tie: tinymodels.GPT2LM uses ONE Parameter (transformer.wte.weight) for the
   embedding and the lm_head. torch.onnx.export writes the lm_head use as a second,
@@ -265,6 +267,16 @@ def onnx_grads(name, params_map, grads_main, grads_untied):
     return out
 
 
+def logits_metrics(logits, batch):
+    """TRL's logits/chosen and logits/rejected: the mean of every logit at the positions
+    t-1 that predict a completion token t, the chosen rows' (first half) pooled, then the
+    rejected rows'."""
+    m = batch[3][:, 1:].bool()
+    lg = logits[:, :-1].detach()
+    n = lg.shape[0] // 2
+    return {"logits/chosen": lg[:n][m[:n]].mean().item(), "logits/rejected": lg[n:][m[n:]].mean().item()}
+
+
 def adamw_curve(model, batch, ref, steps=ADAMW_STEPS):
     opt = torch.optim.AdamW(model.parameters(), lr=ADAMW["lr"], betas=ADAMW["betas"],
                             eps=ADAMW["eps"], weight_decay=ADAMW["weight_decay"],
@@ -273,7 +285,9 @@ def adamw_curve(model, batch, ref, steps=ADAMW_STEPS):
     rec = []
     for k in range(1, steps + 1):
         opt.zero_grad(set_to_none=True)
-        loss, metrics = dpo_loss(policy_logps(model, batch), ref)
+        logits = fwd(model, batch)
+        loss, metrics = dpo_loss(tm.completion_logps(logits, batch[0], batch[3])[0], ref)
+        metrics.update(logits_metrics(logits, batch))
         loss.backward()
         gn = math.sqrt(sum(p.grad.double().pow(2).sum().item() for p in model.parameters()))
         row = {"step": k}

@@ -13,6 +13,10 @@ type Metric struct {
 	// Sum marks a count (tokens, items) that accumulates over micro-batches instead of
 	// being averaged.
 	Sum bool
+	// Over, when positive, is what Value is a mean over (a micro-batch's tokens, say):
+	// micro-batches' values then combine in proportion to it rather than to the
+	// objective's Weight, so that accumulation gives the one-batch mean.
+	Over float64
 }
 
 // Metrics is an ordered list of named values: one line of metrics.jsonl, with TRL's
@@ -104,7 +108,7 @@ func (m *Metrics) UnmarshalJSON(data []byte) error {
 }
 
 // weightedMean combines micro-batch metrics: each value is weighted by its batch's
-// weight over the total, counts (Sum) are added.
+// weight over the total (or by its own Over), counts (Sum) are added.
 func weightedMean(parts []Metrics, weights []float64) Metrics {
 	if len(parts) == 0 {
 		return nil
@@ -116,17 +120,36 @@ func weightedMean(parts []Metrics, weights []float64) Metrics {
 	out := make(Metrics, len(parts[0]))
 	copy(out, parts[0])
 	for i := range out {
-		out[i].Value = 0
+		out[i].Value, out[i].Over = 0, 0
 	}
 	for k, p := range parts {
 		for i := range out {
-			v := p.Value(out[i].Name)
-			if out[i].Sum {
-				out[i].Value += v
-			} else if total > 0 {
-				out[i].Value += v * (weights[k] / total)
+			x := p.metric(out[i].Name)
+			switch {
+			case out[i].Sum:
+				out[i].Value += x.Value
+			case x.Over > 0:
+				out[i].Value += x.Value * x.Over
+				out[i].Over += x.Over
+			case total > 0:
+				out[i].Value += x.Value * (weights[k] / total)
 			}
 		}
 	}
+	for i := range out {
+		if out[i].Over > 0 {
+			out[i].Value /= out[i].Over
+		}
+	}
 	return out
+}
+
+// metric returns the metric named name (the zero Metric when absent).
+func (m Metrics) metric(name string) Metric {
+	for _, x := range m {
+		if x.Name == name {
+			return x
+		}
+	}
+	return Metric{}
 }

@@ -69,6 +69,11 @@ const (
 	// log-prob of WPO (TRL's use_weighting, Eq. 2 of the WPO paper), whose mean over a
 	// row's completion tokens is the log of its weight; 0 at every other position.
 	TokenWPOLogpsOutput = "token_wpo_logps"
+	// CompletionLogitsOutput is float32 [batch]: per row, the sum over completion
+	// positions t (t >= 1) of the mean over the vocabulary of logits[t-1]. Divided by
+	// the rows' completion tokens it is TRL's logits/chosen (and /rejected): the mean of
+	// every logit that predicts a completion token. It is not differentiated.
+	CompletionLogitsOutput = "completion_logits"
 )
 
 // HeadOptions selects the log-prob head's optional outputs and path.
@@ -76,6 +81,8 @@ type HeadOptions struct {
 	TokenLogps    bool // add TokenLogpsOutput
 	TokenCorrect  bool // add TokenCorrectOutput
 	TokenWPOLogps bool // add TokenWPOLogpsOutput
+	// CompletionLogits adds CompletionLogitsOutput.
+	CompletionLogits bool
 	// Dense computes the full [batch, seq, vocab] logits even when the model's final
 	// projection is recognised (the sparse path projects completion positions only).
 	Dense bool
@@ -86,6 +93,7 @@ type HeadOptions struct {
 type HeadOutputs struct {
 	SequenceLogps, VocabSize                string
 	TokenLogps, TokenCorrect, TokenWPOLogps string
+	CompletionLogits                        string
 	// Sparse reports whether the head projects completion positions only.
 	Sparse bool
 }
@@ -140,6 +148,9 @@ func AppendLogProbHeadWith(m *onnx.Model, o HeadOptions) (HeadOutputs, error) {
 		lse2 := b.Log(b.ReduceSum(b.Exp(b.Mul(b.ConstFloat(2), h.Lp)), []int64{h.VocabAxis}, false))
 		extras = append(extras, extra{TokenWPOLogpsOutput, h.PerPosition(b, b.Sub(h.Tok, lse2)), batchSeq})
 	}
+	if o.CompletionLogits {
+		extras = append(extras, extra{CompletionLogitsOutput, h.completionLogits(b), []onnx.Dim{onnx.DimParam("batch")}})
+	}
 	var inputs []string
 	for _, in := range g.GetInput() {
 		inputs = append(inputs, in.GetName())
@@ -166,6 +177,8 @@ func AppendLogProbHeadWith(m *onnx.Model, o HeadOptions) (HeadOutputs, error) {
 			res.TokenCorrect = e.name
 		case TokenWPOLogpsOutput:
 			res.TokenWPOLogps = e.name
+		case CompletionLogitsOutput:
+			res.CompletionLogits = e.name
 		}
 	}
 	onnx.Prune(g, inputs)
@@ -213,6 +226,15 @@ func (h HeadValues) correct(b *onnx.Builder) string {
 	}
 	pred := b.Op("ArgMax", []string{h.logits}, onnx.AttrInt("axis", 1), onnx.AttrInt("keepdims", 0))
 	return b.MatMul(h.owner, b.Cast(b.Equal(pred, h.targets), onnx.Float))
+}
+
+// completionLogits sums, per row, the vocabulary mean of the logits at the positions
+// that predict a completion token.
+func (h HeadValues) completionLogits(b *onnx.Builder) string {
+	if h.owner == "" {
+		return b.ReduceSum(b.Mul(b.ReduceMean(h.logits, []int64{2}, false), h.nextMask), []int64{1}, false)
+	}
+	return b.MatMul(h.owner, b.ReduceMean(h.logits, []int64{1}, false))
 }
 
 // lmHead is a causal LM's final projection: logits = hidden · weight (+ bias).

@@ -33,10 +33,13 @@ func (d DPO) Settings() map[string]string {
 }
 
 // AppendLoss implements Objective with the preference-loss head.
-func (d DPO) AppendLoss(m *onnx.Model) error { return AppendPreferenceLoss(m, d.Loss) }
+func (d DPO) AppendLoss(m *onnx.Model) error {
+	return AppendPreferenceLossWith(m, d.Loss, lm.HeadOptions{CompletionLogits: true})
+}
 
-// Outputs implements Objective: the policy's summed completion log-probs per row.
-func (DPO) Outputs() []string { return []string{lm.SequenceLogpsOutput} }
+// Outputs implements Objective: the policy's summed completion log-probs per row, and
+// its completion logits (for TRL's logits/chosen and logits/rejected).
+func (DPO) Outputs() []string { return []string{lm.SequenceLogpsOutput, lm.CompletionLogitsOutput} }
 
 // Weight implements Objective: the loss is a mean over pairs.
 func (DPO) Weight(batch []encode.EncodedPair) float64 { return float64(len(batch)) }
@@ -65,9 +68,20 @@ func (d DPO) Metrics(pairs []encode.EncodedPair, out map[string]*ort.Tensor) (en
 	if len(lp) != 2*n {
 		return nil, fmt.Errorf("%s has %d values for %d pairs", lm.SequenceLogpsOutput, len(lp), n)
 	}
+	cl := out[lm.CompletionLogitsOutput].F32
+	if len(cl) != 2*n {
+		return nil, fmt.Errorf("%s has %d values for %d pairs", lm.CompletionLogitsOutput, len(cl), n)
+	}
 	var rewC, rewR, logC, logR, acc float64
+	// TRL's logits/*: the mean of every logit that predicts a completion token, the
+	// batch's chosen (rejected) tokens pooled.
+	var logitsC, logitsR, tokC, tokR float64
 	beta := d.Loss.Beta
 	for i, p := range pairs {
+		logitsC += float64(cl[i])
+		logitsR += float64(cl[n+i])
+		tokC += float64(p.Chosen.CompletionTokens())
+		tokR += float64(p.Rejected.CompletionTokens())
 		pc, pr := float64(lp[i]), float64(lp[n+i])
 		rc, rr := beta*(pc-*p.RefChosenLogps), beta*(pr-*p.RefRejectedLogps)
 		rewC += rc
@@ -89,6 +103,8 @@ func (d DPO) Metrics(pairs []encode.EncodedPair, out map[string]*ort.Tensor) (en
 		{Name: "rewards/margins", Value: rewC - rewR},
 		{Name: "logps/chosen", Value: logC},
 		{Name: "logps/rejected", Value: logR},
+		{Name: "logits/chosen", Value: logitsC / max(tokC, 1), Over: tokC},
+		{Name: "logits/rejected", Value: logitsR / max(tokR, 1), Over: tokR},
 	}, nil
 }
 

@@ -286,7 +286,7 @@ func headRun(t *testing.T, m *onnx.Model, o lm.HeadOptions, rows []lm.Sequence, 
 		t.Fatal(err)
 	}
 	outs := []string{head.SequenceLogps}
-	for _, n := range []string{head.TokenLogps, head.TokenCorrect, head.TokenWPOLogps} {
+	for _, n := range []string{head.TokenLogps, head.TokenCorrect, head.TokenWPOLogps, head.CompletionLogits} {
 		if n != "" {
 			outs = append(outs, n)
 		}
@@ -308,14 +308,16 @@ func headRun(t *testing.T, m *onnx.Model, o lm.HeadOptions, rows []lm.Sequence, 
 // a row whose prompt is empty and right padding, token_logps is log softmax(logits[t-1])
 // [ids[t]] at completion positions t >= 1 and 0 elsewhere (computed in Go from the
 // model's logits) and sums to sequence_logps; token_correct is the number of completion
-// positions whose Go argmax is the target; token_wpo_logps is token_logps − log Σ p².
+// positions whose Go argmax is the target; token_wpo_logps is token_logps − log Σ p²;
+// completion_logits is the sum over completion positions of the vocabulary mean of
+// logits[t-1].
 func TestHeadPerTokenOutputs(t *testing.T) {
 	var o dpoOracle
 	readOracle(t, "../../testdata/expected/dpo_grads_llama.json.gz", &o)
 	pairs, _, _ := oracleBatch(&o)
 	rows := encode.PairRows(pairs)
 	rows = append(rows, lm.Sequence{IDs: []int64{5, 9, 13, 2}, CompletionStart: 0}, lm.Sequence{IDs: []int64{7, 7}, CompletionStart: 1})
-	all := lm.HeadOptions{TokenLogps: true, TokenCorrect: true, TokenWPOLogps: true}
+	all := lm.HeadOptions{TokenLogps: true, TokenCorrect: true, TokenWPOLogps: true, CompletionLogits: true}
 	for _, file := range []string{"gpt2_opset14", "gpt2_tied_opset17", "llama_opset14", "llama_opset17"} {
 		m, err := onnx.Load("../../testdata/models/" + file + ".onnx")
 		if err != nil {
@@ -341,7 +343,7 @@ func TestHeadPerTokenOutputs(t *testing.T) {
 				}
 				worst, correctTotal := 0.0, 0
 				for i, r := range rows {
-					var sum float64
+					var sum, logitsSum float64
 					correct := 0
 					for p := 0; p < width; p++ {
 						got, gotW := float64(tok[i*width+p]), float64(wpo[i*width+p])
@@ -358,12 +360,14 @@ func TestHeadPerTokenOutputs(t *testing.T) {
 								mx, arg = float64(x), v
 							}
 						}
-						var se, se2 float64
+						var se, se2, zs float64
 						for _, x := range z {
 							e := math.Exp(float64(x) - mx)
 							se += e
 							se2 += e * e
+							zs += float64(x)
 						}
+						logitsSum += zs / float64(vocab)
 						lse := mx + math.Log(se)
 						want := float64(z[r.IDs[p]]) - lse
 						wantW := want - (math.Log(se2) + 2*mx - 2*lse)
@@ -378,6 +382,9 @@ func TestHeadPerTokenOutputs(t *testing.T) {
 					}
 					if seq := float64(out[lm.SequenceLogpsOutput].F32[i]); math.Abs(sum-seq) > 1e-4*math.Max(1, math.Abs(seq)) {
 						t.Errorf("row %d: token_logps sum %.6f, sequence_logps %.6f", i, sum, seq)
+					}
+					if got := float64(out[lm.CompletionLogitsOutput].F32[i]); !(math.Abs(got-logitsSum) <= 1e-5*math.Max(1, math.Abs(logitsSum))) {
+						t.Errorf("row %d: completion_logits %.7f, Go %.7f", i, got, logitsSum)
 					}
 					if got := out[lm.TokenCorrectOutput].F32[i]; got != float32(correct) {
 						t.Errorf("row %d: token_correct %g, Go argmax count %d", i, got, correct)

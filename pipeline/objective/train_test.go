@@ -174,6 +174,20 @@ func TestDPOAdamWCurveMatchesPyTorch(t *testing.T) {
 					if got[k].Value("step") != want.Value("step") || nanToInf(math.Abs(got[k].Value("rewards/chosen")-want.Value("rewards/chosen"))) > 1e-4 {
 						t.Errorf("step %d: metrics %+v, PyTorch %+v", k+1, got[k], want)
 					}
+					// TRL's logits/*: float32 rounding at the starting weights, then the
+					// curves' drift.
+					tol := 1e-6
+					if k == 0 {
+						tol = 1e-7
+					}
+					for _, name := range []string{"logits/chosen", "logits/rejected"} {
+						if _, ok := want.Get(name); !ok {
+							t.Fatalf("the oracle has no %s (testdata/gen_dpo_oracle.py)", name)
+						}
+						if e := nanToInf(math.Abs(got[k].Value(name) - want.Value(name))); e > tol {
+							t.Errorf("step %d: %s %.8f, PyTorch %.8f (|diff| %.1e, tolerance %.0e)", k+1, name, got[k].Value(name), want.Value(name), e, tol)
+						}
+					}
 				}
 			})
 		}
