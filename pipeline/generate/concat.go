@@ -55,7 +55,7 @@ func (gen *Generator) prefill(prompts [][]int64, left bool) (*cacheRun, []float3
 	feeds := map[string]*ort.Tensor{lm.InputIDs: {Shape: shape, I64: ids}, lm.AttentionMask: {Shape: shape, I64: flat},
 		GenIndexInput: {Shape: []int64{int64(n)}, I64: index}}
 	if gen.hasPos {
-		feeds[lm.PositionIDs] = &ort.Tensor{Shape: shape, I64: pos}
+		feeds[lm.PositionIDs] = ort.MustInt64Tensor(shape, pos)
 	}
 	for _, p := range gen.pasts {
 		feeds[p.name] = p.empty(n)
@@ -93,7 +93,7 @@ func (c *cacheRun) step(tokens []int64, active []bool) ([]float32, error) {
 	feeds := map[string]*ort.Tensor{lm.InputIDs: {Shape: one, I64: ids}, lm.AttentionMask: {Shape: []int64{int64(c.n), int64(width)}, I64: flat},
 		GenIndexInput: {Shape: []int64{int64(c.n)}, I64: make([]int64, c.n)}}
 	if gen.hasPos {
-		feeds[lm.PositionIDs] = &ort.Tensor{Shape: one, I64: pos}
+		feeds[lm.PositionIDs] = ort.MustInt64Tensor(one, pos)
 	}
 	for _, p := range gen.pasts {
 		feeds[p.name] = c.out[p.present]

@@ -109,7 +109,7 @@ type cachePast struct {
 func (c cachePast) empty(batch int) *ort.Tensor {
 	shape := slices.Clone(c.dims)
 	shape[c.batchAxis], shape[c.seqAxis] = int64(batch), 0
-	return &ort.Tensor{Shape: shape, F32: []float32{}}
+	return ort.MustFloatTensor(shape, nil)
 }
 
 // Prompt is one prompt to complete; Index (its position in the dataset) seeds its rows'
@@ -285,7 +285,11 @@ func paramInputs(g *onnxpb.GraphProto, names []string) (map[string]*ort.Tensor, 
 				return nil, err
 			}
 		}
-		feeds[name] = &ort.Tensor{Shape: shape, F32: data}
+		w, err := ort.NewFloatTensor(shape, data)
+		if err != nil {
+			return nil, fmt.Errorf("parameter input %q: %w", name, err)
+		}
+		feeds[name] = w
 	}
 	return feeds, nil
 }
@@ -308,17 +312,16 @@ func (gen *Generator) SetParams(names []string, shapes [][]int64, values [][]flo
 		if !ok {
 			continue
 		}
-		t := &ort.Tensor{Shape: shapes[i], F32: values[i]}
 		if !slices.Equal(shapes[i], cur.Shape) {
 			return fmt.Errorf("%s: set params: %q has shape %v, the model's is %v", gen.Path, name, shapes[i], cur.Shape)
 		}
-		if err := t.Check(); err != nil {
+		if _, err := ort.NewFloatTensor(shapes[i], values[i]); err != nil {
 			return fmt.Errorf("%s: set params: %q: %w", gen.Path, name, err)
 		}
 	}
 	for i, name := range names {
 		if _, ok := gen.params[name]; ok {
-			gen.params[name] = &ort.Tensor{Shape: shapes[i], F32: values[i]}
+			gen.params[name] = ort.MustFloatTensor(shapes[i], values[i]) // checked above
 		}
 	}
 	return nil
@@ -636,7 +639,7 @@ func (gen *Generator) runError(batch int, seqs [][]int64, err error) error {
 // at each row's last token.
 func (gen *Generator) runFull(seqs [][]int64) (map[string]*ort.Tensor, error) {
 	feeds, index, width := paddedFeeds(seqs, gen.hasMask, gen.hasPos)
-	feeds[GenIndexInput] = &ort.Tensor{Shape: []int64{int64(len(seqs))}, I64: index}
+	feeds[GenIndexInput] = ort.MustInt64Tensor([]int64{int64(len(seqs))}, index)
 	if gen.lengths {
 		feedLengths(feeds, index, int64(width))
 	}
@@ -667,10 +670,10 @@ func paddedFeeds(seqs [][]int64, mask, positions bool) (feeds map[string]*ort.Te
 	shape := []int64{int64(n), int64(width)}
 	feeds = map[string]*ort.Tensor{lm.InputIDs: {Shape: shape, I64: ids}}
 	if mask {
-		feeds[lm.AttentionMask] = &ort.Tensor{Shape: shape, I64: att}
+		feeds[lm.AttentionMask] = ort.MustInt64Tensor(shape, att)
 	}
 	if positions {
-		feeds[lm.PositionIDs] = &ort.Tensor{Shape: shape, I64: pos}
+		feeds[lm.PositionIDs] = ort.MustInt64Tensor(shape, pos)
 	}
 	return feeds, last, width
 }

@@ -268,7 +268,7 @@ func probeKVAxes(m *onnx.Model, layers []onnx.AttentionLayer, masks *onnx.KVMask
 		}
 		feeds := map[string]*ort.Tensor{lm.InputIDs: {Shape: shape, I64: ids}, lm.AttentionMask: {Shape: shape, I64: mask}}
 		if hasPos {
-			feeds[lm.PositionIDs] = &ort.Tensor{Shape: shape, I64: pos}
+			feeds[lm.PositionIDs] = ort.MustInt64Tensor(shape, pos)
 		}
 		return sess.Run(feeds, nil)
 	}

@@ -31,8 +31,8 @@ const (
 // feedLengths sets the lengths inputs: last[i] is row i's last valid position, total the
 // sequence length the run attends over.
 func feedLengths(feeds map[string]*ort.Tensor, last []int64, total int64) {
-	feeds[lengthsInput] = &ort.Tensor{Shape: []int64{int64(len(last))}, I64: slices.Clone(last)}
-	feeds[totalInput] = &ort.Tensor{Shape: []int64{}, I64: []int64{total}}
+	feeds[lengthsInput] = ort.MustInt64Tensor([]int64{int64(len(last))}, slices.Clone(last))
+	feeds[totalInput] = ort.MustInt64Tensor([]int64{}, []int64{total})
 }
 
 // slotRun is a batch decoding in slots.
@@ -76,7 +76,7 @@ func (s *slotRun) view(i, from, to int) *ort.Tensor {
 	p := s.gen.pasts[i]
 	shape := slices.Clone(p.dims)
 	shape[p.batchAxis], shape[p.seqAxis] = int64(to-from), int64(s.capacity)
-	return &ort.Tensor{Shape: shape, F32: s.gen.kv[i][from*s.per[i] : to*s.per[i]]}
+	return ort.MustFloatTensor(shape, s.gen.kv[i][from*s.per[i]:to*s.per[i]])
 }
 
 // run feeds tokens[i] to slot from+i, whose first start[i] positions are cached, and
@@ -108,10 +108,10 @@ func (s *slotRun) run(from int, tokens [][]int64, start []int64) ([]float32, err
 	}
 	feeds := map[string]*ort.Tensor{lm.InputIDs: {Shape: shape, I64: ids}, GenIndexInput: {Shape: []int64{int64(m)}, I64: index}}
 	if gen.hasMask {
-		feeds[lm.AttentionMask] = &ort.Tensor{Shape: []int64{int64(m), total}, I64: mask}
+		feeds[lm.AttentionMask] = ort.MustInt64Tensor([]int64{int64(m), total}, mask)
 	}
 	if gen.hasPos {
-		feeds[lm.PositionIDs] = &ort.Tensor{Shape: shape, I64: pos}
+		feeds[lm.PositionIDs] = ort.MustInt64Tensor(shape, pos)
 	}
 	if gen.lengths {
 		feedLengths(feeds, last, total)
