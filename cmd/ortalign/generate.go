@@ -79,7 +79,7 @@ only when complete; Ctrl-C stops without writing it.`,
 	f.Uint64Var(&o.seed, "seed", 42, "sampling seed")
 	f.IntSliceVar(&o.eos, "eos-token-id", nil, "token id that ends a completion (repeatable; default: the tokenizer's EOS)")
 	f.StringArrayVar(&o.stop, "stop", nil, "string that ends a completion (repeatable; needs --tokenizer)")
-	f.IntVar(&o.batchSize, "batch-size", 8, "prompts per batch")
+	f.IntVar(&o.batchSize, "batch-size", 8, "prompts decoded together (with a cache written in place, slots for this many prompts' completions, refilled as they finish)")
 	f.StringVar(&o.paddingSide, "padding-side", "left", "how prompts of different lengths are padded for the cached prefill: left or right")
 	f.BoolVar(&o.noCache, "no-kv-cache", false, "re-run the whole sequence every step (no KV cache)")
 	for _, name := range []string{"model", "prompts", "out"} {

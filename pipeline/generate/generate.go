@@ -486,6 +486,8 @@ func (gen *Generator) Generate(ctx context.Context, prompts []Prompt, o SampleOp
 	var err error
 	if len(rows) > 0 && o.MaxNewTokens > 0 {
 		err = gen.decode(ctx, rows, &o)
+	} else {
+		o.rowsDone(rows) // done before any decoding
 	}
 	if err != nil {
 		return nil, err
@@ -526,6 +528,7 @@ func (gen *Generator) decode(ctx context.Context, rows []*genRow, o *SampleOptio
 		if err != nil {
 			return err
 		}
+		o.rowsDone(batch)
 	}
 	return nil
 }

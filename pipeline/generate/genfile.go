@@ -161,14 +161,36 @@ type batchesDone struct {
 	time time.Duration
 }
 
-// generateBatches completes the prompts in batches of similar length; results[i] are
-// prompt i's completions.
+// generateBatches completes the prompts, size at a time, in order of length; results[i]
+// are prompt i's completions. With a cache written in place (slots) it is one Generate
+// call over size × NumReturnSequences slots, a finished row's slot taking the next
+// prompt's, so no batch waits for its longest completion; otherwise consecutive batches
+// of size prompts. The tokens are the same either way (each row samples from its own
+// seeded source).
 func generateBatches(ctx context.Context, gen *Generator, items []encode.EncodedPrompt, so SampleOptions, size int, prog *progress.Progress) ([][]Completion, batchesDone, error) {
 	var d batchesDone
 	results := make([][]Completion, len(items))
 	prog.Start(len(items))
 	start := time.Now()
-	for _, b := range lm.LengthBatches(len(items), size, func(i int) int { return len(items[i].IDs) }) {
+	n := max(so.NumReturnSequences, 1)
+	length := func(i int) int { return len(items[i].IDs) }
+	batches := lm.LengthBatches(len(items), size, length)
+	if gen.inPlace {
+		batches = lm.LengthBatches(len(items), len(items), length)
+		so.BatchSize = size * n
+	}
+	// A prompt is done when its n rows are.
+	left := make(map[int]int, len(items))
+	for _, it := range items {
+		left[int(it.Row)] = n
+	}
+	so.Done = func(prompt int) {
+		if left[prompt]--; left[prompt] == 0 {
+			d.done++
+			prog.Add(1)
+		}
+	}
+	for _, b := range batches {
 		in := make([]Prompt, len(b))
 		for k, i := range b {
 			in[k] = Prompt{IDs: items[i].IDs, Index: int(items[i].Row)}
@@ -178,10 +200,8 @@ func generateBatches(ctx context.Context, gen *Generator, items []encode.Encoded
 			return nil, d, err
 		}
 		for k, i := range b {
-			results[i] = out[k*so.NumReturnSequences : (k+1)*so.NumReturnSequences]
+			results[i] = out[k*n : (k+1)*n]
 		}
-		d.done += len(b)
-		prog.Add(len(b))
 	}
 	prog.Done()
 	d.time = time.Since(start)

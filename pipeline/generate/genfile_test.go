@@ -166,3 +166,66 @@ func TestGenerateFileErrors(t *testing.T) {
 		t.Errorf("cancelled run left %v", entries)
 	}
 }
+
+// TestGenerateFileSlots: with a cache written in place, GenerateFile decodes the whole
+// file in --batch-size × NumReturnSequences slots; the file is the same at every batch
+// size (and as the batched path writes it), and the progress counts every prompt.
+func TestGenerateFileSlots(t *testing.T) {
+	var prompts [][]int64
+	for i := range 7 {
+		p := make([]int64, 1+(i*5)%9)
+		for k := range p {
+			p[k] = int64((i*31 + k*7) % 500)
+		}
+		prompts = append(prompts, p)
+	}
+	in := writeIDPrompts(t, prompts...)
+	so := SampleOptions{Temperature: 0.9, MaxNewTokens: 6, NumReturnSequences: 2, Seed: 11, EOS: []int64{262}}
+	run := func(cache CacheMode, batch int) (string, []data.Example, string) {
+		out := filepath.Join(t.TempDir(), "gen.jsonl")
+		var prog bytes.Buffer
+		sum, err := GenerateFile(context.Background(), FileConfig{
+			Prompts: in, Out: out, Model: genModelPath("llama_opset17"), Sample: so, BatchSize: batch,
+			Generator: GeneratorOptions{Threads: 1, Cache: cache}, Progress: &prog,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cache == CacheAuto && sum.CacheMode != "derived" {
+			t.Fatalf("cache mode %q, want derived (written in place)", sum.CacheMode)
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b), readRows(t, out), prog.String()
+	}
+	gen := loadGen(t, "llama_opset17", CacheAuto, 1)
+	if !gen.inPlace {
+		t.Fatal("llama_opset17's derived cache is not written in place: the slots are not exercised")
+	}
+	// Without a cache: consecutive batches; the tokens are the same, the log-probs equal
+	// to float rounding.
+	_, want, _ := run(CacheOff, 3)
+	first := ""
+	for _, batch := range []int{1, 2, 8} {
+		file, rows, prog := run(CacheAuto, batch)
+		if first == "" {
+			first = file
+		} else if file != first {
+			t.Errorf("batch size %d: another file than at batch size 1", batch)
+		}
+		if len(rows) != len(want) {
+			t.Fatalf("batch size %d: %d rows, want %d", batch, len(rows), len(want))
+		}
+		for i := range rows {
+			if !slices.Equal(rows[i].PromptIDs, want[i].PromptIDs) || !slices.Equal(rows[i].CompletionIDs, want[i].CompletionIDs) {
+				t.Errorf("batch size %d row %d: prompt %v completion %v; without a cache %v %v", batch, i,
+					rows[i].PromptIDs, rows[i].CompletionIDs, want[i].PromptIDs, want[i].CompletionIDs)
+			}
+		}
+		if !strings.Contains(prog, "7/7") {
+			t.Errorf("batch size %d: progress %q never reached 7/7 prompts", batch, prog)
+		}
+	}
+}

@@ -53,6 +53,19 @@ type SampleOptions struct {
 	// place, a finished row's slot takes the next row waiting; otherwise the rows go in
 	// consecutive batches. Tokens do not depend on it.
 	BatchSize int
+	// Done, when set, is called with a row's Prompt.Index as each row (one of a prompt's
+	// NumReturnSequences) finishes: progress through a long Generate call.
+	Done func(prompt int)
+}
+
+// rowsDone reports finished rows to Done.
+func (o *SampleOptions) rowsDone(rows []*genRow) {
+	if o.Done == nil {
+		return
+	}
+	for _, r := range rows {
+		o.Done(r.pi)
+	}
 }
 
 // Finish reasons.

@@ -162,18 +162,20 @@ func (s *slotRun) step() ([]float32, error) {
 }
 
 // retire drops finished rows, moving the last rows in use into their slots.
-func (s *slotRun) retire() {
+func (s *slotRun) retire() (retired []*genRow) {
 	for i := 0; i < len(s.rows); {
 		if !s.rows[i].done {
 			i++
 			continue
 		}
+		retired = append(retired, s.rows[i])
 		last := len(s.rows) - 1
 		if i != last {
 			s.move(last, i)
 		}
 		s.rows, s.n = s.rows[:last], s.n[:last]
 	}
+	return retired
 }
 
 // move copies slot from's row (its valid positions) into slot to.
@@ -211,7 +213,7 @@ func (gen *Generator) decodeSlots(ctx context.Context, rows []*genRow, o *Sample
 	}
 	waiting := rows
 	for {
-		s.retire()
+		o.rowsDone(s.retire())
 		if k := min(slots-len(s.rows), len(waiting)); k > 0 {
 			batch := waiting[:k]
 			waiting = waiting[k:]
