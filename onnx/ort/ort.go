@@ -155,6 +155,11 @@ type Options struct {
 	// DisablePrepacking keeps the weights as they are instead of repacking constant MatMul
 	// operands for the kernels (a second copy of them): for sessions run a few times.
 	DisablePrepacking bool
+	// NoScalarOutputs is the caller's word that no fetched output is a scalar (0-d):
+	// outputs whose rank the model does not declare are then run as tensors, without
+	// asking ONNX Runtime's shape inference, which builds a throwaway session as costly
+	// as the real one.
+	NoScalarOutputs bool
 }
 
 // Session is an ONNX Runtime inference session with fixed input and output names.
@@ -238,6 +243,13 @@ func newSession(model []byte, path string, outputs []string, o Options) (*Sessio
 		ins, outs, err = modelFileIO(path)
 	} else {
 		ins, outs, err = modelIO(model)
+	}
+	if err == nil && !ranksKnown(outs, outputs) && o.NoScalarOutputs {
+		for i := range outs {
+			if outs[i].Dimensions == nil {
+				outs[i].Dimensions = ortgo.NewShape(-1) // a tensor of unknown rank
+			}
+		}
 	}
 	if err == nil && !ranksKnown(outs, outputs) {
 		if path != "" {

@@ -1,6 +1,7 @@
 package ort
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -200,5 +201,43 @@ func TestSessionWithoutInputsOrOutputs(t *testing.T) {
 	}
 	if _, err := (&Session{}).Run(nil, nil); err == nil {
 		t.Error("Run on a zero Session: no error")
+	}
+}
+
+// TestNoScalarOutputs: an output whose rank the model does not declare runs as a tensor
+// when the caller vouches that no output is a scalar (no shape-inference session), and
+// as before without the option.
+func TestNoScalarOutputs(t *testing.T) {
+	m, err := onnx.Load("testdata/addsum.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	onnx.Output(m.Graph(), "y").GetType().GetTensorType().Shape = nil
+	b, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := map[string]*Tensor{
+		"x":   {Shape: []int64{2, 3}, F32: []float32{1, 2, 3, 4, 5, 6}},
+		"ids": {Shape: []int64{2}, I64: []int64{7, 9}},
+	}
+	for _, noScalars := range []bool{true, false} {
+		s, err := NewSession(b, []string{"y"}, Options{Threads: 1, NoScalarOutputs: noScalars})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Without the option ONNX Runtime's inference gives y's rank; with it, none is
+		// asked for.
+		if dims, rank := s.Outputs()[0].Dims, map[bool]int{true: 1, false: 2}[noScalars]; len(dims) != rank {
+			t.Errorf("NoScalarOutputs %v: y's dims %v, want rank %d", noScalars, dims, rank)
+		}
+		out, err := s.Run(in, nil)
+		s.Destroy()
+		if err != nil {
+			t.Fatalf("NoScalarOutputs %v: %v", noScalars, err)
+		}
+		if y := out["y"]; !slices.Equal(y.Shape, []int64{2, 3}) || !slices.Equal(y.F32, []float32{2, 4, 6, 5, 7, 9}) {
+			t.Errorf("NoScalarOutputs %v: y = %+v, want [2 3] 2 4 6 5 7 9", noScalars, y)
+		}
 	}
 }

@@ -231,13 +231,14 @@ func probeKVAxes(m *onnx.Model, layers []onnx.AttentionLayer, masks *onnx.KVMask
 	}
 	b := onnx.NewBuilder(g, p.Opset(""), "ortalign_probe")
 	asFloat := map[string]string{}
+	vector := []onnx.Dim{onnx.DimParam("rank")}
 	for _, x := range scalars {
-		asFloat[x] = b.Cast(x, onnx.Float)
-		if err := add(asFloat[x], onnx.Float, nil); err != nil {
+		// Flattened, so that no output is a scalar (ort.Options.NoScalarOutputs).
+		asFloat[x] = b.Reshape(b.Cast(x, onnx.Float), b.ConstInt64s([]int64{-1}))
+		if err := add(asFloat[x], onnx.Float, vector); err != nil {
 			return nil, err
 		}
 	}
-	vector := []onnx.Dim{onnx.DimParam("rank")}
 	shapeOf := map[string]string{}
 	for _, v := range masks.Values {
 		shapeOf[v] = b.Shape(v)
@@ -252,6 +253,9 @@ func probeKVAxes(m *onnx.Model, layers []onnx.AttentionLayer, masks *onnx.KVMask
 	}
 	so := o.sessionOptions()
 	so.DisablePrepacking = true
+	// The key and value points, the queries and the logits have batch and sequence
+	// axes; the scalars and shapes are vectors.
+	so.NoScalarOutputs = true
 	sess, err := openSession(p, outs, so)
 	if err != nil {
 		return nil, fmt.Errorf("probe session: %w", err)
