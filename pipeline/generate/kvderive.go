@@ -123,15 +123,18 @@ func deriveCacheGraph(m *onnx.Model, o GeneratorOptions) (*derivation, error) {
 		return nil, err
 	}
 	// Points above a head split or repeat sized by the new tokens' count need those sizes
-	// for the whole sequence: probe the shapes they are computed from too.
+	// for the whole sequence: probe the shapes they are computed from too (one analysis
+	// of the graph for all of them).
+	var shapeUses []onnx.KVMaskUse
 	for _, l := range layers {
 		for _, c := range []onnx.KVChain{l.Key, l.Value} {
 			for _, pt := range c.Points {
-				if err := masks.AddShapeReads(dg, pt.ShapeUses(dg), lm.AttentionMask, positions); err != nil {
-					return nil, err
-				}
+				shapeUses = append(shapeUses, pt.ShapeUses(dg)...)
 			}
 		}
+	}
+	if err := masks.AddShapeReads(dg, shapeUses, lm.AttentionMask, positions); err != nil {
+		return nil, err
 	}
 	scales, scaleErr := attentionScales(dg, layers)
 	pr, err := probeKVAxes(d, layers, &masks, scaleInputs(scales), o)
