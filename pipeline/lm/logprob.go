@@ -197,6 +197,10 @@ type HeadValues struct {
 	logits, Lp, targets, Tok   string
 	owner, nextMask, ids, mask string
 	VocabAxis                  int64 // the vocabulary axis of logits and lp
+	// Sparse path: the gathered [N, hidden] states, the projection and the logits' type.
+	hidden     string
+	head       lmHead
+	logitsType onnx.DataType
 }
 
 // perPosition lays out per-prediction values v (tok's layout) as [batch, seq] at the
@@ -229,12 +233,21 @@ func (h HeadValues) correct(b *onnx.Builder) string {
 }
 
 // completionLogits sums, per row, the vocabulary mean of the logits at the positions
-// that predict a completion token.
+// that predict a completion token. On the sparse path the mean is taken through the
+// projection, hidden · mean_v W[:, v] (+ mean b): the same value, without keeping the
+// [N, vocab] logits alive for it.
 func (h HeadValues) completionLogits(b *onnx.Builder) string {
 	if h.owner == "" {
 		return b.ReduceSum(b.Mul(b.ReduceMean(h.logits, []int64{2}, false), h.nextMask), []int64{1}, false)
 	}
-	return b.MatMul(h.owner, b.ReduceMean(h.logits, []int64{1}, false))
+	mean := b.MatMul(h.hidden, b.ReduceMean(h.head.Weight, []int64{1}, true)) // [N, 1]
+	if h.head.Bias != "" {
+		mean = b.Add(mean, b.ReduceMean(h.head.Bias, []int64{0}, true))
+	}
+	if h.logitsType != onnx.Float {
+		mean = b.Cast(mean, onnx.Float)
+	}
+	return b.MatMul(h.owner, b.Squeeze(mean, []int64{1}))
 }
 
 // lmHead is a causal LM's final projection: logits = hidden · weight (+ bias).
@@ -301,6 +314,7 @@ func SparseSequenceLogps(b *onnx.Builder, head lmHead, logitsType onnx.DataType,
 	return HeadValues{
 		seqLogps: b.MatMul(owner, tok), vocab: vocab,
 		logits: logits, Lp: lp, targets: targets, Tok: tok, owner: owner, ids: ids, mask: mask, VocabAxis: 1,
+		hidden: hidden, head: head, logitsType: logitsType,
 	}
 }
 
