@@ -25,12 +25,8 @@ type Metrics []Metric
 
 // Get returns the value of name and whether it is present.
 func (m Metrics) Get(name string) (float64, bool) {
-	for _, x := range m {
-		if x.Name == name {
-			return x.Value, true
-		}
-	}
-	return 0, false
+	x, ok := m.metric(name)
+	return x.Value, ok
 }
 
 // Value returns the value of name, 0 when absent.
@@ -124,7 +120,7 @@ func weightedMean(parts []Metrics, weights []float64) Metrics {
 	}
 	for k, p := range parts {
 		for i := range out {
-			x := p.metric(out[i].Name)
+			x, _ := p.metric(out[i].Name)
 			switch {
 			case out[i].Sum:
 				out[i].Value += x.Value
@@ -144,12 +140,13 @@ func weightedMean(parts []Metrics, weights []float64) Metrics {
 	return out
 }
 
-// metric returns the metric named name (the zero Metric when absent).
-func (m Metrics) metric(name string) Metric {
+// metric returns the metric named name and whether it is present (the zero Metric when
+// absent).
+func (m Metrics) metric(name string) (Metric, bool) {
 	for _, x := range m {
 		if x.Name == name {
-			return x
+			return x, true
 		}
 	}
-	return Metric{}
+	return Metric{}, false
 }

@@ -52,8 +52,8 @@ func (gen *Generator) prefill(prompts [][]int64, left bool) (*cacheRun, []float3
 		flat = append(flat, m...)
 	}
 	shape := []int64{int64(n), int64(width)}
-	feeds := map[string]*ort.Tensor{lm.InputIDs: {Shape: shape, I64: ids}, lm.AttentionMask: {Shape: shape, I64: flat},
-		GenIndexInput: {Shape: []int64{int64(n)}, I64: index}}
+	feeds := map[string]*ort.Tensor{lm.InputIDs: ort.MustInt64Tensor(shape, ids), lm.AttentionMask: ort.MustInt64Tensor(shape, flat),
+		GenIndexInput: ort.MustInt64Tensor([]int64{int64(n)}, index)}
 	if gen.hasPos {
 		feeds[lm.PositionIDs] = ort.MustInt64Tensor(shape, pos)
 	}
@@ -90,8 +90,8 @@ func (c *cacheRun) step(tokens []int64, active []bool) ([]float32, error) {
 		flat = append(flat, m...)
 	}
 	one := []int64{int64(c.n), 1}
-	feeds := map[string]*ort.Tensor{lm.InputIDs: {Shape: one, I64: ids}, lm.AttentionMask: {Shape: []int64{int64(c.n), int64(width)}, I64: flat},
-		GenIndexInput: {Shape: []int64{int64(c.n)}, I64: make([]int64, c.n)}}
+	feeds := map[string]*ort.Tensor{lm.InputIDs: ort.MustInt64Tensor(one, ids), lm.AttentionMask: ort.MustInt64Tensor([]int64{int64(c.n), int64(width)}, flat),
+		GenIndexInput: ort.MustInt64Tensor([]int64{int64(c.n)}, make([]int64, c.n))}
 	if gen.hasPos {
 		feeds[lm.PositionIDs] = ort.MustInt64Tensor(one, pos)
 	}

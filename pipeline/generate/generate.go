@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"runtime"
@@ -304,6 +305,7 @@ func (gen *Generator) SetParams(names []string, shapes [][]int64, values [][]flo
 	if len(shapes) != len(names) || len(values) != len(names) {
 		return fmt.Errorf("%s: set params: %d names, %d shapes, %d values", gen.Path, len(names), len(shapes), len(values))
 	}
+	set := map[string]*ort.Tensor{}
 	for i, name := range names {
 		if !gen.paramNames[name] {
 			return fmt.Errorf("%s: set params: %q is not a parameter input of the generator", gen.Path, name)
@@ -315,15 +317,13 @@ func (gen *Generator) SetParams(names []string, shapes [][]int64, values [][]flo
 		if !slices.Equal(shapes[i], cur.Shape) {
 			return fmt.Errorf("%s: set params: %q has shape %v, the model's is %v", gen.Path, name, shapes[i], cur.Shape)
 		}
-		if _, err := ort.NewFloatTensor(shapes[i], values[i]); err != nil {
+		t, err := ort.NewFloatTensor(shapes[i], values[i])
+		if err != nil {
 			return fmt.Errorf("%s: set params: %q: %w", gen.Path, name, err)
 		}
+		set[name] = t
 	}
-	for i, name := range names {
-		if _, ok := gen.params[name]; ok {
-			gen.params[name] = ort.MustFloatTensor(shapes[i], values[i]) // checked above
-		}
-	}
+	maps.Copy(gen.params, set)
 	return nil
 }
 
@@ -671,7 +671,7 @@ func paddedFeeds(seqs [][]int64, mask, positions bool) (feeds map[string]*ort.Te
 		last[i] = int64(len(s) - 1)
 	}
 	shape := []int64{int64(n), int64(width)}
-	feeds = map[string]*ort.Tensor{lm.InputIDs: {Shape: shape, I64: ids}}
+	feeds = map[string]*ort.Tensor{lm.InputIDs: ort.MustInt64Tensor(shape, ids)}
 	if mask {
 		feeds[lm.AttentionMask] = ort.MustInt64Tensor(shape, att)
 	}

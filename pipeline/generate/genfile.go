@@ -173,12 +173,11 @@ func generateBatches(ctx context.Context, gen *Generator, items []encode.Encoded
 	prog.Start(len(items))
 	start := time.Now()
 	n := max(so.NumReturnSequences, 1)
-	length := func(i int) int { return len(items[i].IDs) }
-	batches := lm.LengthBatches(len(items), size, length)
+	prompts := size
 	if gen.inPlace {
-		batches = lm.LengthBatches(len(items), len(items), length)
-		so.BatchSize = size * n
+		prompts, so.BatchSize = len(items), size*n
 	}
+	batches := lm.LengthBatches(len(items), prompts, func(i int) int { return len(items[i].IDs) })
 	// A prompt is done when its n rows are.
 	left := make(map[int]int, len(items))
 	for _, it := range items {

@@ -273,7 +273,7 @@ func probeKVAxes(m *onnx.Model, layers []onnx.AttentionLayer, masks *onnx.KVMask
 		for i := range mask {
 			mask[i], pos[i] = 1, int64(i%t)
 		}
-		feeds := map[string]*ort.Tensor{lm.InputIDs: {Shape: shape, I64: ids}, lm.AttentionMask: {Shape: shape, I64: mask}}
+		feeds := map[string]*ort.Tensor{lm.InputIDs: ort.MustInt64Tensor(shape, ids), lm.AttentionMask: ort.MustInt64Tensor(shape, mask)}
 		if hasPos {
 			feeds[lm.PositionIDs] = ort.MustInt64Tensor(shape, pos)
 		}

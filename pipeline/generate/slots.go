@@ -106,7 +106,7 @@ func (s *slotRun) run(from int, tokens [][]int64, start []int64) ([]float32, err
 		}
 		last[i], index[i] = n-1, int64(len(t)-1)
 	}
-	feeds := map[string]*ort.Tensor{lm.InputIDs: {Shape: shape, I64: ids}, GenIndexInput: {Shape: []int64{int64(m)}, I64: index}}
+	feeds := map[string]*ort.Tensor{lm.InputIDs: ort.MustInt64Tensor(shape, ids), GenIndexInput: ort.MustInt64Tensor([]int64{int64(m)}, index)}
 	if gen.hasMask {
 		feeds[lm.AttentionMask] = ort.MustInt64Tensor([]int64{int64(m), total}, mask)
 	}
