@@ -318,10 +318,13 @@ func TestHeadPerTokenOutputs(t *testing.T) {
 	rows := encode.PairRows(pairs)
 	rows = append(rows, lm.Sequence{IDs: []int64{5, 9, 13, 2}, CompletionStart: 0}, lm.Sequence{IDs: []int64{7, 7}, CompletionStart: 1})
 	all := lm.HeadOptions{TokenLogps: true, TokenCorrect: true, TokenWPOLogps: true, CompletionLogits: true}
-	for _, file := range []string{"gpt2_opset14", "gpt2_tied_opset17", "llama_opset14", "llama_opset17"} {
-		m, err := onnx.Load("../../testdata/models/" + file + ".onnx")
+	for _, file := range []string{"gpt2_opset14", "gpt2_tied_opset17", "llama_opset14", "llama_opset17", "llama_opset17+bias"} {
+		m, err := onnx.Load("../../testdata/models/" + strings.TrimSuffix(file, "+bias") + ".onnx")
 		if err != nil {
 			t.Fatal(err)
+		}
+		if strings.HasSuffix(file, "+bias") {
+			addHeadBias(t, m)
 		}
 		// The random tiny models rarely predict a token: a greedy continuation (with one
 		// token changed) gives rows with correct predictions.
@@ -397,6 +400,42 @@ func TestHeadPerTokenOutputs(t *testing.T) {
 				t.Logf("worst per-token |diff| vs Go %.1e; %d correct predictions", worst, correctTotal)
 			})
 		}
+	}
+}
+
+// addHeadBias gives m's final projection a bias (logits = hidden · W + b, as some
+// exporters write it), so that the sparse head's bias path is exercised.
+func addHeadBias(t *testing.T, m *onnx.Model) {
+	t.Helper()
+	g := m.Graph()
+	head, ok := lm.FindLMHead(g)
+	if !ok || head.Bias != "" {
+		t.Fatal("want a plain projection to add a bias to")
+	}
+	vocab := onnx.Output(g, lm.LogitsOutput).GetType().GetTensorType().GetShape().GetDim()[2].GetDimValue()
+	bias := make([]float32, vocab)
+	for i := range bias {
+		bias[i] = float32(i%7) * 0.25
+	}
+	if err := onnx.AddInitializer(g, onnx.FloatTensor("test_head_bias", []int64{vocab}, bias)); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range g.GetNode() {
+		for i, out := range n.Output {
+			if out == lm.LogitsOutput {
+				n.Output[i] = "logits_without_bias"
+			}
+		}
+	}
+	b := onnx.NewBuilder(g, m.Opset(""), "test")
+	sum := b.Add("logits_without_bias", "test_head_bias")
+	for _, n := range g.GetNode() {
+		if len(n.Output) == 1 && n.Output[0] == sum {
+			n.Output[0] = lm.LogitsOutput // the Add itself writes the logits
+		}
+	}
+	if head, ok := lm.FindLMHead(g); !ok || head.Bias != "test_head_bias" {
+		t.Fatalf("head %+v, %v: the bias is not recognised", head, ok)
 	}
 }
 
